@@ -1,0 +1,403 @@
+//! Weights in and out, under the reference state-dict names.
+//!
+//! Reads `.safetensors` and PyTorch `.pt` files (a bare state dict, or a training checkpoint
+//! with `ema`/`model` entries beside `opt` and a pickled `args`), checks that every key the
+//! model needs is present with the right shape and nothing else is, and only then loads.
+//! Writes safetensors with the same names, atomically.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use crate::model::{Denoiser, FfnForm, ModelConfig};
+
+/// Float tensors by reference key, as f32.
+pub type StateDict = BTreeMap<String, TensorData>;
+
+/// Metadata key under which saved safetensors carry the model configuration (JSON).
+pub const CONFIG_METADATA_KEY: &str = "udit_config";
+
+/// A weights file read into memory.
+pub struct Weights {
+    pub tensors: StateDict,
+    /// Model configuration stored beside the weights, when the file has one.
+    pub config: Option<ModelConfig>,
+}
+
+/// Reads `.safetensors` or a PyTorch checkpoint. In a checkpoint with several state dicts,
+/// `entry` picks one (`"ema"`, `"model"`, ...); by default `ema` is preferred, then `model`.
+pub fn read_weights(path: &Path, entry: Option<&str>) -> Result<Weights> {
+    let mut head = [0u8; 4];
+    {
+        use std::io::Read;
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let n = f
+            .read(&mut head)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n < 4 {
+            bail!("{} is too short to be a weights file", path.display());
+        }
+    }
+    // Zip (PyTorch >= 1.6), or a raw pickle stream (older PyTorch): both start with these.
+    let is_pytorch = head == *b"PK\x03\x04" || head[0] == 0x80;
+    let result = if is_pytorch {
+        read_pytorch(path, entry)
+    } else {
+        read_safetensors(path, entry)
+    };
+    result.with_context(|| format!("cannot load weights from {}", path.display()))
+}
+
+fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
+    if let Some(e) = entry {
+        bail!("--entry {e:?} applies to PyTorch checkpoints; this file is safetensors");
+    }
+    let bytes = std::fs::read(path)?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+    let config = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CONFIG_METADATA_KEY))
+        .map(|json| ModelConfig::from_json(json))
+        .transpose()
+        .context("the model configuration stored in the file is invalid")?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+    let mut tensors = StateDict::new();
+    for (name, view) in st.tensors() {
+        tensors.insert(name.clone(), safetensors_to_f32(&name, &view)?);
+    }
+    Ok(Weights { tensors, config })
+}
+
+/// Converts any float (or integer) safetensors view to f32 data.
+pub fn safetensors_to_f32(
+    name: &str,
+    view: &safetensors::tensor::TensorView,
+) -> Result<TensorData> {
+    use safetensors::Dtype;
+    let b = view.data();
+    let values: Vec<f32> = match view.dtype() {
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::I64 => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        other => bail!("tensor {name} has unsupported dtype {other:?}"),
+    };
+    Ok(TensorData::new(values, view.shape().to_vec()))
+}
+
+fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
+    use burn::store::pytorch_reader::{DType, PytorchReader};
+    let reader = PytorchReader::new(path)
+        .map_err(|e| anyhow::anyhow!("not a readable PyTorch checkpoint ({e})"))?;
+    let keys = reader.keys();
+    let tops: BTreeSet<&str> = keys
+        .iter()
+        .filter_map(|k| k.split_once('.').map(|(top, _)| top))
+        .collect();
+    let nested = ["ema", "model", "state_dict", "module"];
+    let prefix = match entry {
+        Some(e) if tops.contains(e) => Some(e.to_string()),
+        Some(e) => bail!(
+            "the checkpoint has no entry {e:?} (entries: {})",
+            tops.iter().copied().collect::<Vec<_>>().join(", ")
+        ),
+        None => nested
+            .iter()
+            .find(|n| tops.contains(**n))
+            .map(|n| n.to_string()),
+    };
+    let mut tensors = StateDict::new();
+    for (name, t) in reader.tensors() {
+        let key = match &prefix {
+            Some(p) => match name
+                .strip_prefix(p.as_str())
+                .and_then(|k| k.strip_prefix('.'))
+            {
+                Some(k) => k,
+                None => continue, // `opt`, the other state dict, ...
+            },
+            None => name.as_str(),
+        };
+        let b = t
+            .read()
+            .with_context(|| format!("cannot read tensor {name}"))?;
+        let values: Vec<f32> = match t.dtype() {
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            DType::F64 => b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            _ => continue, // integer buffers (e.g. step counters) are not weights
+        };
+        tensors.insert(key.to_string(), TensorData::new(values, t.shape().to_vec()));
+    }
+    if tensors.is_empty() {
+        bail!("no float tensors found in the checkpoint");
+    }
+    Ok(Weights {
+        tensors,
+        config: None,
+    })
+}
+
+/// The state-dict key of a burn module path: a field `a__0` is the segment `a.0`
+/// (an index into a PyTorch `nn.Sequential`), and enum variants add no segment.
+fn key_of(path: &[String]) -> String {
+    path.iter()
+        .map(|s| s.trim_start_matches("__").replace("__", "."))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Tracks the module path while burn walks a model.
+#[derive(Default)]
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn enter(&mut self, name: &str, container: &str) {
+        if !container.starts_with("Enum:") {
+            self.0.push(name.to_string());
+        }
+    }
+    fn exit(&mut self, container: &str) {
+        if !container.starts_with("Enum:") {
+            self.0.pop();
+        }
+    }
+}
+
+/// Collects key -> shape (and optionally data) of every float parameter.
+struct Collect {
+    path: PathStack,
+    shapes: BTreeMap<String, Vec<usize>>,
+    data: Option<StateDict>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+    fn exit_module(&mut self, _: &str, container: &str) {
+        self.path.exit(container);
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let key = key_of(&self.path.0);
+        let value = param.val();
+        self.shapes.insert(key.clone(), value.dims().to_vec());
+        if let Some(data) = &mut self.data {
+            data.insert(key, value.into_data());
+        }
+    }
+}
+
+/// Replaces every float parameter with the state-dict tensor of its key.
+struct Load<'a> {
+    path: PathStack,
+    tensors: &'a StateDict,
+    device: Device,
+}
+
+impl ModuleMapper for Load<'_> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+    fn exit_module(&mut self, _: &str, container: &str) {
+        self.path.exit(container);
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let data = self.tensors[&key_of(&self.path.0)].clone();
+        let device = self.device.clone();
+        param.map(|old| {
+            let grad = old.is_require_grad();
+            Tensor::from_data(data, &device).set_require_grad(grad)
+        })
+    }
+}
+
+/// Key -> shape of every parameter of `module`.
+pub fn param_shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
+    let mut c = Collect {
+        path: PathStack::default(),
+        shapes: BTreeMap::new(),
+        data: None,
+    };
+    module.visit(&mut c);
+    c.shapes
+}
+
+/// Every parameter of `module` under its reference key.
+pub fn state_dict<M: Module>(module: &M) -> StateDict {
+    let mut c = Collect {
+        path: PathStack::default(),
+        shapes: BTreeMap::new(),
+        data: Some(StateDict::new()),
+    };
+    module.visit(&mut c);
+    c.data.unwrap_or_default()
+}
+
+/// Loads `tensors` into `module` when they match it exactly; otherwise names the keys that
+/// are missing, unexpected or mis-shaped and leaves the module untouched.
+pub fn load_into<M: Module>(module: M, tensors: &StateDict, device: &Device) -> Result<M> {
+    let expected = param_shapes(&module);
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !tensors.contains_key(*k))
+        .collect();
+    let unexpected: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    let misshaped: Vec<String> = expected
+        .iter()
+        .filter_map(|(k, shape)| {
+            let got = tensors.get(k)?.shape().to_vec();
+            (got != *shape).then(|| format!("{k} (checkpoint {got:?}, model {shape:?})"))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let list = |v: Vec<String>| {
+        let n = v.len();
+        let mut s = v.into_iter().take(5).collect::<Vec<_>>().join(", ");
+        if n > 5 {
+            s.push_str(&format!(" and {} more", n - 5));
+        }
+        s
+    };
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} missing keys: {}",
+            missing.len(),
+            list(missing.into_iter().cloned().collect())
+        ));
+    }
+    if !unexpected.is_empty() {
+        problems.push(format!(
+            "{} unexpected keys: {}",
+            unexpected.len(),
+            list(unexpected.into_iter().cloned().collect())
+        ));
+    }
+    if !misshaped.is_empty() {
+        problems.push(format!(
+            "{} mis-shaped tensors: {}",
+            misshaped.len(),
+            list(misshaped)
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("the weights do not fit this model: {}", problems.join("; "));
+    }
+    Ok(module.map(&mut Load {
+        path: PathStack::default(),
+        tensors,
+        device: device.clone(),
+    }))
+}
+
+/// The FFN form a U-DiT state dict is in: branch keys (`project_in.0`) mean the training form.
+pub fn ffn_form_of(tensors: &StateDict) -> FfnForm {
+    if tensors.keys().any(|k| k.contains(".project_in.0.")) {
+        FfnForm::Train
+    } else {
+        FfnForm::Merged
+    }
+}
+
+/// Builds the model `cfg` describes and loads `weights` into it.
+pub fn load_denoiser(cfg: &ModelConfig, weights: &Weights, device: &Device) -> Result<Denoiser> {
+    let model = Denoiser::new(cfg, ffn_form_of(&weights.tensors), device);
+    load_into(model, &weights.tensors, device)
+}
+
+/// Writes `tensors` (and the configuration, when given) as safetensors, atomically: the
+/// file appears complete under its name or not at all.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &StateDict,
+    config: Option<&ModelConfig>,
+) -> Result<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, d)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                d.shape().to_vec(),
+                d.as_bytes(),
+            )
+            .map_err(|e| anyhow::anyhow!("tensor {k}: {e}"))?;
+            Ok((k.clone(), view))
+        })
+        .collect::<Result<_>>()?;
+    let metadata = config
+        .map(|c| -> Result<_> {
+            Ok(std::collections::HashMap::from([(
+                CONFIG_METADATA_KEY.to_string(),
+                serde_json::to_string(c)?,
+            )]))
+        })
+        .transpose()?;
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| anyhow::anyhow!("cannot serialize: {e}"))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes to a temporary file beside `path`, syncs, then renames over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("output path has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.partial"));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Analytic cost of a denoiser: parameter counts and multiply-accumulates of one forward
+//! pass at batch 1, the way the paper counts them ("GFLOPs" in its tables are GMACs of the
+//! model with FFN branches merged; Tables 2 and 8).
+
+use crate::model::udit::{FfnType, UDiTConfig};
+use crate::model::{DiTConfig, ModelConfig};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Cost {
+    /// Parameters in the training form (re-parametrization branches separate).
+    pub params: u64,
+    /// Parameters after merging the FFN branches (what the paper reports).
+    pub params_merged: u64,
+    /// Multiply-accumulates of one forward pass at batch 1, merged form.
+    pub macs: u64,
+}
+
+impl Cost {
+    pub fn of(cfg: &ModelConfig) -> Self {
+        match cfg {
+            ModelConfig::UDiT(c) => udit(c),
+            ModelConfig::DiT(c) => dit(c),
+        }
+    }
+}
+
+/// Running totals: parameters and MACs of a layer applied at `pixels` positions.
+#[derive(Default)]
+struct Tally {
+    params: u64,
+    macs: u64,
+}
+
+impl Tally {
+    /// A conv (or linear, k = 1) from `cin` to `cout` channels, applied at `pixels` positions.
+    fn conv(
+        &mut self,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        groups: usize,
+        bias: bool,
+        pixels: usize,
+    ) {
+        let weights = (cout * (cin / groups) * k * k) as u64;
+        self.params += weights + if bias { cout as u64 } else { 0 };
+        self.macs += weights * pixels as u64;
+    }
+}
+
+/// Timestep MLP (256 -> D -> D) and label table for width `d`.
+fn conditioning(t: &mut Tally, d: usize, label_rows: usize) {
+    t.conv(256, d, 1, 1, true, 1);
+    t.conv(d, d, 1, 1, true, 1);
+    t.params += (label_rows * d) as u64;
+}
+
+fn udit(c: &UDiTConfig) -> Cost {
+    let count = |merged: bool| {
+        let mut t = Tally::default();
+        let ch = c.hidden_size;
+        let k = c.downsampler_kernel().unwrap_or(5);
+        let px = |side: usize| side * side;
+        let s = c.input_size;
+        t.conv(c.in_channels, ch, 3, 1, true, px(s));
+        for d in [ch, 2 * ch, 4 * ch] {
+            conditioning(&mut t, d, c.label_rows());
+        }
+        for (i, (dim, side, cond)) in c.stages().into_iter().enumerate() {
+            for _ in 0..c.depth[i] * 2 {
+                udit_pair(
+                    &mut t,
+                    c,
+                    dim,
+                    side,
+                    cond,
+                    k,
+                    c.down_factor.stage(i),
+                    merged,
+                );
+            }
+        }
+        t.conv(ch, ch / 2, 3, 1, false, px(s));
+        t.conv(2 * ch, ch, 3, 1, false, px(s / 2));
+        t.conv(4 * ch, 8 * ch, 3, 1, false, px(s / 4));
+        t.conv(4 * ch, 2 * ch, 1, 1, true, px(s / 2));
+        t.conv(2 * ch, 4 * ch, 3, 1, false, px(s / 2));
+        t.conv(2 * ch, 2 * ch, 1, 1, true, px(s));
+        t.conv(2 * ch, 2 * ch, 3, 1, true, px(s));
+        t.conv(2 * ch, 4 * ch, 1, 1, true, 1);
+        t.conv(2 * ch, c.out_channels(), 3, 1, true, px(s));
+        t
+    };
+    let (train, merged) = (count(false), count(true));
+    Cost {
+        params: train.params,
+        params_merged: merged.params,
+        macs: merged.macs,
+    }
+}
+
+/// One attention + FFN pair with its adaLN at width `dim` on a `side`x`side` map.
+#[allow(clippy::too_many_arguments)]
+fn udit_pair(
+    t: &mut Tally,
+    c: &UDiTConfig,
+    dim: usize,
+    side: usize,
+    cond: usize,
+    k: usize,
+    r: usize,
+    merged: bool,
+) {
+    let n = side * side;
+    // Attention: depthwise downsampler, qkv, scores and weighted sum inside each of the
+    // r*r groups of n/r^2 tokens, output projection.
+    t.conv(dim, dim, k, dim, true, n);
+    t.conv(dim, 3 * dim, 1, 1, true, n);
+    t.macs += 2 * (n * (n / (r * r)) * dim) as u64;
+    t.conv(dim, dim, 1, 1, true, n);
+    if c.attn_type.is_some() {
+        t.params += c.num_heads as u64;
+    }
+    let h = c.ffn_hidden(dim);
+    match (c.ffn_type, c.rep && !merged) {
+        (FfnType::Basic, _) => {
+            t.conv(dim, h, 1, 1, true, n);
+            t.conv(h, dim, 1, 1, true, n);
+        }
+        (FfnType::Rep, true) => {
+            t.conv(dim, h / 2, 1, 1, true, n);
+            t.conv(h / 2, h, 1, 1, true, n);
+            for kk in [5, 3, 1] {
+                t.conv(h, h, kk, h, true, n);
+            }
+            t.conv(h, h / 2, 1, 1, true, n);
+            t.conv(h / 2, dim, 1, 1, true, n);
+        }
+        (FfnType::Rep, false) => {
+            t.conv(dim, h, 1, 1, true, n);
+            t.conv(h, h, 5, h, true, n);
+            t.conv(h, dim, 1, 1, true, n);
+        }
+    }
+    t.conv(cond, 6 * dim, 1, 1, true, 1);
+}
+
+fn dit(c: &DiTConfig) -> Cost {
+    let mut t = Tally::default();
+    let d = c.hidden_size;
+    let n = c.grid() * c.grid();
+    let h = (d as f64 * c.mlp_ratio) as usize;
+    t.conv(c.in_channels, d, c.patch_size, 1, true, n);
+    conditioning(&mut t, d, c.label_rows());
+    // pos_embed is fixed (requires_grad False): not counted, as in the reference.
+    for _ in 0..c.depth {
+        t.conv(d, 3 * d, 1, 1, true, n);
+        t.macs += 2 * (n * n * d) as u64;
+        t.conv(d, d, 1, 1, true, n);
+        t.conv(d, h, 1, 1, true, n);
+        t.conv(h, d, 1, 1, true, n);
+        t.conv(d, 6 * d, 1, 1, true, 1);
+    }
+    t.conv(d, 2 * d, 1, 1, true, 1);
+    t.conv(
+        d,
+        c.patch_size * c.patch_size * c.out_channels(),
+        1,
+        1,
+        true,
+        n,
+    );
+    Cost {
+        params: t.params,
+        params_merged: t.params,
+        macs: t.macs,
+    }
+}

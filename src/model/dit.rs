@@ -1,0 +1,346 @@
+//! DiT (Peebles & Xie, ICCV 2023), the baseline U-DiT is compared with: patchify, a stack of
+//! adaLN-Zero transformer blocks on all tokens, unpatchify. Names follow `facebookresearch/DiT`
+//! `models.py`.
+
+#![allow(non_snake_case)]
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::gelu_approximate;
+use burn::tensor::module::attention;
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use serde::{Deserialize, Serialize};
+
+use super::layers::{
+    AdaLnModulation, Init, LabelEmbedder, Linear, TimestepEmbedder, layer_norm_dim,
+};
+use super::{flag, validate_common};
+
+/// Constructor arguments of the reference `DiT`, with its defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiTConfig {
+    #[serde(default = "d_input_size")]
+    pub input_size: usize,
+    #[serde(default = "d_patch")]
+    pub patch_size: usize,
+    #[serde(default = "d_in_channels")]
+    pub in_channels: usize,
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_depth")]
+    pub depth: usize,
+    #[serde(default = "d_heads")]
+    pub num_heads: usize,
+    #[serde(default = "d_mlp_ratio")]
+    pub mlp_ratio: f64,
+    #[serde(default = "d_dropout")]
+    pub class_dropout_prob: f64,
+    #[serde(default = "d_classes")]
+    pub num_classes: usize,
+    #[serde(default = "d_true", deserialize_with = "flag::de")]
+    pub learn_sigma: bool,
+    /// Channels classifier-free guidance mixes; see `UDiTConfig::cfg_channels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfg_channels: Option<usize>,
+}
+
+fn d_input_size() -> usize {
+    32
+}
+fn d_patch() -> usize {
+    2
+}
+fn d_in_channels() -> usize {
+    4
+}
+fn d_hidden() -> usize {
+    1152
+}
+fn d_depth() -> usize {
+    28
+}
+fn d_heads() -> usize {
+    16
+}
+fn d_mlp_ratio() -> f64 {
+    4.0
+}
+fn d_dropout() -> f64 {
+    0.1
+}
+fn d_classes() -> usize {
+    1000
+}
+fn d_true() -> bool {
+    true
+}
+
+impl DiTConfig {
+    /// `DiT-{S,B,L,XL}/{2,4,8}`.
+    pub fn preset(name: &str) -> Option<Self> {
+        let (size, patch) = name.strip_prefix("DiT-")?.split_once('/')?;
+        let (hidden_size, depth, num_heads) = match size {
+            "S" => (384, 12, 6),
+            "B" => (768, 12, 12),
+            "L" => (1024, 24, 16),
+            "XL" => (1152, 28, 16),
+            _ => return None,
+        };
+        let patch_size = match patch {
+            "2" => 2,
+            "4" => 4,
+            "8" => 8,
+            _ => return None,
+        };
+        let defaults: Self = serde_json::from_str("{}").expect("defaults parse");
+        Some(Self {
+            hidden_size,
+            depth,
+            num_heads,
+            patch_size,
+            ..defaults
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        if self.learn_sigma {
+            2 * self.in_channels
+        } else {
+            self.in_channels
+        }
+    }
+
+    pub fn grid(&self) -> usize {
+        self.input_size / self.patch_size
+    }
+
+    pub fn label_rows(&self) -> usize {
+        self.num_classes + usize::from(self.class_dropout_prob > 0.0)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_common(
+            self.hidden_size,
+            self.num_heads,
+            self.in_channels,
+            self.num_classes,
+        )?;
+        anyhow::ensure!(
+            self.patch_size > 0 && self.input_size % self.patch_size == 0 && self.input_size > 0,
+            "input_size {} is not a positive multiple of patch_size {}",
+            self.input_size,
+            self.patch_size
+        );
+        anyhow::ensure!(
+            self.hidden_size % 4 == 0,
+            "the 2-D sin-cos position embedding needs hidden_size divisible by 4"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.class_dropout_prob),
+            "class_dropout_prob must be in [0, 1)"
+        );
+        if let Some(g) = self.cfg_channels {
+            anyhow::ensure!(
+                g >= 1 && g <= self.in_channels,
+                "cfg_channels must be in 1..={}, got {g}",
+                self.in_channels
+            );
+        }
+        Ok(())
+    }
+
+    pub fn guided_channels(&self) -> usize {
+        super::default_cfg_channels(self.cfg_channels, self.in_channels)
+    }
+}
+
+/// `PatchEmbed`: a p x p conv with stride p.
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub proj: super::layers::Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct DiTBlock {
+    pub attn: Attention,
+    pub mlp: Mlp,
+    pub adaLN_modulation: AdaLnModulation,
+}
+
+#[derive(Module, Debug)]
+pub struct FinalLayer {
+    pub linear: Linear,
+    pub adaLN_modulation: AdaLnModulation,
+}
+
+#[derive(Module, Debug)]
+pub struct DiT {
+    pub x_embedder: PatchEmbed,
+    pub t_embedder: TimestepEmbedder,
+    pub y_embedder: LabelEmbedder,
+    /// Fixed 2-D sin-cos embedding `[1, T, D]`; stored in checkpoints, never trained.
+    pub pos_embed: Param<Tensor<3>>,
+    pub blocks: Vec<DiTBlock>,
+    pub final_layer: FinalLayer,
+    pub patch_size: usize,
+    pub out_channels: usize,
+}
+
+/// `x * (1 + scale) + shift` with `[N, D]` modulation broadcast over tokens.
+fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
+    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim(1)
+}
+
+impl DiT {
+    pub fn new(cfg: &DiTConfig, device: &Device) -> Self {
+        let (d, p) = (cfg.hidden_size, cfg.patch_size);
+        let hidden = (d as f64 * cfg.mlp_ratio) as usize;
+        let lin = |i, o| Linear::new(i, o, true, Init::Xavier, device);
+        let pos = sincos_pos_embed_2d(d, cfg.grid());
+        let blocks = (0..cfg.depth)
+            .map(|_| DiTBlock {
+                attn: Attention {
+                    qkv: lin(d, 3 * d),
+                    proj: lin(d, d),
+                    heads: cfg.num_heads,
+                },
+                mlp: Mlp {
+                    fc1: lin(d, hidden),
+                    fc2: lin(hidden, d),
+                },
+                adaLN_modulation: AdaLnModulation::new(d, 6, device),
+            })
+            .collect();
+        Self {
+            x_embedder: PatchEmbed {
+                proj: super::layers::Conv2d::new(cfg.in_channels, d, p, true, Init::Xavier, device),
+            },
+            t_embedder: TimestepEmbedder::new(d, device),
+            y_embedder: LabelEmbedder::new(cfg.label_rows(), d, device),
+            pos_embed: Param::from_tensor(
+                Tensor::<1>::from_floats(pos.as_slice(), device).reshape([
+                    1,
+                    cfg.grid() * cfg.grid(),
+                    d,
+                ]),
+            )
+            .set_require_grad(false),
+            blocks,
+            final_layer: FinalLayer {
+                linear: Linear::new(d, p * p * cfg.out_channels(), true, Init::Zero, device),
+                adaLN_modulation: AdaLnModulation::new(d, 2, device),
+            },
+            patch_size: p,
+            out_channels: cfg.out_channels(),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
+        let [n, _, h, w] = x.dims();
+        let p = self.patch_size;
+        let conv = &self.x_embedder.proj;
+        let options = ConvOptions::new([p, p], [0, 0], [1, 1], 1);
+        let patches = burn::tensor::module::conv2d(
+            x,
+            conv.weight.val(),
+            conv.bias.as_ref().map(|b| b.val()),
+            options,
+        );
+        let [_, d, gh, gw] = patches.dims();
+        let mut x = patches.reshape([n, d, gh * gw]).swap_dims(1, 2) + self.pos_embed.val();
+        let c = self.t_embedder.forward(t) + self.y_embedder.forward(y);
+        for block in &self.blocks {
+            let [shift_a, scale_a, gate_a, shift_f, scale_f, gate_f] =
+                <[Tensor<2>; 6]>::try_from(block.adaLN_modulation.forward(c.clone(), 6))
+                    .expect("six chunks");
+            let a = block
+                .attn
+                .forward(modulate(layer_norm_dim(x.clone(), 2), shift_a, scale_a));
+            x = x + gate_a.unsqueeze_dim(1) * a;
+            let m = block
+                .mlp
+                .fc2
+                .forward(gelu_approximate(block.mlp.fc1.forward(modulate(
+                    layer_norm_dim(x.clone(), 2),
+                    shift_f,
+                    scale_f,
+                ))));
+            x = x + gate_f.unsqueeze_dim(1) * m;
+        }
+        let [shift, scale] =
+            <[Tensor<2>; 2]>::try_from(self.final_layer.adaLN_modulation.forward(c, 2))
+                .expect("two chunks");
+        let x = self
+            .final_layer
+            .linear
+            .forward(modulate(layer_norm_dim(x, 2), shift, scale));
+        // unpatchify: (n, h, w, p, q, c) -> (n, c, h p, w q)
+        let co = self.out_channels;
+        x.reshape([n, gh, gw, p, p, co])
+            .permute([0, 5, 1, 3, 2, 4])
+            .reshape([n, co, h, w])
+    }
+}
+
+impl Attention {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [n, t, d] = x.dims();
+        let hd = d / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([n, t, 3, self.heads, hd])
+            .permute([2, 0, 3, 1, 4]);
+        let mut parts = qkv
+            .chunk(3, 0)
+            .into_iter()
+            .map(|p| p.reshape([n, self.heads, t, hd]));
+        let (q, k, v) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let options = AttentionModuleOptions {
+            scale: Some((hd as f64).powf(-0.5)),
+            softcap: None,
+            is_causal: false,
+        };
+        let out = attention(q, k, v, None, None, options)
+            .swap_dims(1, 2)
+            .reshape([n, t, d]);
+        self.proj.forward(out)
+    }
+}
+
+/// The fixed 2-D sin-cos position embedding of MAE/DiT, `[grid*grid * dim]` row-major:
+/// first half encodes the column, second half the row of token n = row*grid + col.
+pub fn sincos_pos_embed_2d(dim: usize, grid: usize) -> Vec<f32> {
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
+        .collect();
+    let mut out = Vec::with_capacity(grid * grid * dim);
+    for row in 0..grid {
+        for col in 0..grid {
+            for pos in [col as f64, row as f64] {
+                out.extend(omega.iter().map(|w| (pos * w).sin() as f32));
+                out.extend(omega.iter().map(|w| (pos * w).cos() as f32));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,296 @@
+#![allow(non_snake_case)]
+
+//! Building blocks shared by U-DiT and DiT.
+//!
+//! Every parameter is stored in PyTorch's layout (a `Linear` weight is `[out, in]`, a conv
+//! weight `[out, in/groups, k, k]`), so a state dict maps onto these modules by name with no
+//! transposition. A Rust field named `a__0` stands for the state-dict segment `a.0` (an
+//! index into a PyTorch `nn.Sequential`), see [`crate::checkpoint`].
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::activation::silu;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+
+/// Fresh-weight initialisation, as the reference `initialize_weights` does it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Xavier-uniform weight, zero bias (the reference `_basic_init`).
+    Xavier,
+    /// Normal(0, std) weight, zero bias (timestep MLP, label tables).
+    Normal(f64),
+    /// All zeros (adaLN-Zero modulation and output layers).
+    Zero,
+}
+
+fn init_tensor<const D: usize>(
+    shape: [usize; D],
+    fan_in: usize,
+    fan_out: usize,
+    init: Init,
+    device: &Device,
+) -> Tensor<D> {
+    match init {
+        Init::Xavier => {
+            let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+            Tensor::random(shape, Distribution::Uniform(-a, a), device)
+        }
+        Init::Normal(std) => Tensor::random(shape, Distribution::Normal(0.0, std), device),
+        Init::Zero => Tensor::zeros(shape, device),
+    }
+}
+
+/// `nn.Linear` with the PyTorch weight layout `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    pub fn new(d_in: usize, d_out: usize, bias: bool, init: Init, device: &Device) -> Self {
+        Self {
+            weight: Param::from_tensor(init_tensor([d_out, d_in], d_in, d_out, init, device)),
+            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+        }
+    }
+
+    /// Applies the layer to the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = x.matmul(self.weight.val().transpose().unsqueeze());
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        }
+    }
+}
+
+/// `nn.Conv2d` (stride 1, "same" padding for odd kernels) with the PyTorch weight layout.
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub groups: usize,
+}
+
+impl Conv2d {
+    /// A dense `k x k` convolution.
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        bias: bool,
+        init: Init,
+        device: &Device,
+    ) -> Self {
+        Self::grouped(c_in, c_out, k, 1, bias, init, device)
+    }
+
+    /// A depthwise `k x k` convolution (one filter per channel).
+    pub fn depthwise(c: usize, k: usize, init: Init, device: &Device) -> Self {
+        Self::grouped(c, c, k, c, true, init, device)
+    }
+
+    fn grouped(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        groups: usize,
+        bias: bool,
+        init: Init,
+        device: &Device,
+    ) -> Self {
+        let per_group = c_in / groups;
+        let shape = [c_out, per_group, k, k];
+        let weight = init_tensor(
+            shape,
+            per_group * k * k,
+            c_out / groups * k * k,
+            init,
+            device,
+        );
+        Self::from_weights(weight, bias.then(|| Tensor::zeros([c_out], device)), groups)
+    }
+
+    pub fn from_weights(weight: Tensor<4>, bias: Option<Tensor<1>>, groups: usize) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            bias: bias.map(Param::from_tensor),
+            groups,
+        }
+    }
+
+    pub fn kernel_size(&self) -> usize {
+        self.weight.dims()[3]
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let pad = (self.kernel_size() - 1) / 2;
+        let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], self.groups);
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            options,
+        )
+    }
+}
+
+/// The 256-frequency sinusoid of GLIDE/ADM, cosines first (reference `timestep_embedding`).
+pub fn timestep_embedding(t: Tensor<1>, dim: usize) -> Tensor<2> {
+    let half = dim / 2;
+    let device = t.device();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp())
+        .collect();
+    let freqs = Tensor::<1>::from_floats(freqs.as_slice(), &device).unsqueeze::<2>();
+    let args = t.unsqueeze_dim::<2>(1) * freqs;
+    Tensor::cat(vec![args.clone().cos(), args.sin()], 1)
+}
+
+/// `TimestepEmbedder`: sinusoid, then `mlp.0` Linear, SiLU, `mlp.2` Linear.
+#[allow(non_snake_case)]
+#[derive(Module, Debug)]
+pub struct TimestepEmbedder {
+    pub mlp__0: Linear,
+    pub mlp__2: Linear,
+}
+
+impl TimestepEmbedder {
+    pub const FREQUENCY_SIZE: usize = 256;
+
+    pub fn new(hidden: usize, device: &Device) -> Self {
+        Self {
+            mlp__0: Linear::new(
+                Self::FREQUENCY_SIZE,
+                hidden,
+                true,
+                Init::Normal(0.02),
+                device,
+            ),
+            mlp__2: Linear::new(hidden, hidden, true, Init::Normal(0.02), device),
+        }
+    }
+
+    pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
+        let emb = timestep_embedding(t, Self::FREQUENCY_SIZE);
+        self.mlp__2.forward(silu(self.mlp__0.forward(emb)))
+    }
+}
+
+/// `LabelEmbedder`: a table of `num_classes` rows, plus the null class used by
+/// classifier-free guidance when the model was trained with label dropout.
+#[derive(Module, Debug)]
+pub struct LabelEmbedder {
+    pub embedding_table: Embedding,
+}
+
+/// `nn.Embedding` (`weight` is `[rows, dim]`).
+#[derive(Module, Debug)]
+pub struct Embedding {
+    pub weight: Param<Tensor<2>>,
+}
+
+impl LabelEmbedder {
+    pub fn new(rows: usize, hidden: usize, device: &Device) -> Self {
+        let weight = init_tensor([rows, hidden], rows, hidden, Init::Normal(0.02), device);
+        Self {
+            embedding_table: Embedding {
+                weight: Param::from_tensor(weight),
+            },
+        }
+    }
+
+    pub fn forward(&self, y: Tensor<1, Int>) -> Tensor<2> {
+        self.embedding_table.weight.val().select(0, y)
+    }
+}
+
+/// `nn.Sequential(SiLU, Linear)` producing `n` modulation vectors from the conditioning.
+#[allow(non_snake_case)]
+#[derive(Module, Debug)]
+pub struct AdaLnModulation {
+    pub __1: Linear,
+}
+
+impl AdaLnModulation {
+    pub fn new(hidden: usize, n: usize, device: &Device) -> Self {
+        Self {
+            __1: Linear::new(hidden, n * hidden, true, Init::Zero, device),
+        }
+    }
+
+    /// The `n` chunks (shift, scale, gate, ...) of `Linear(SiLU(c))`, each `[N, hidden]`.
+    pub fn forward(&self, c: Tensor<2>, n: usize) -> Vec<Tensor<2>> {
+        self.__1.forward(silu(c)).chunk(n, 1)
+    }
+}
+
+/// LayerNorm over the channels of every pixel, eps 1e-6, no affine weights
+/// (`LayerNorm2d(affine=False)` of the reference).
+pub fn layer_norm_2d(x: Tensor<4>) -> Tensor<4> {
+    layer_norm_dim(x, 1)
+}
+
+/// LayerNorm without affine weights over one dimension, eps 1e-6.
+pub fn layer_norm_dim<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    let (var, mean) = x.clone().var_mean_bias(dim);
+    (x - mean) / (var + 1e-6).sqrt()
+}
+
+/// `x * (1 + scale) + shift`, with `[N, C]` modulation broadcast over the spatial dims.
+pub fn modulate_2d(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
+    let scale: Tensor<4> = scale.unsqueeze_dims(&[2, 3]);
+    let shift: Tensor<4> = shift.unsqueeze_dims(&[2, 3]);
+    x * (scale + 1.0) + shift
+}
+
+/// `[N, C]` -> `[N, C, 1, 1]`, for gating a feature map.
+pub fn per_channel(v: Tensor<2>) -> Tensor<4> {
+    v.unsqueeze_dims(&[2, 3])
+}
+
+/// `nn.PixelUnshuffle(r)`: channel c at pixel (r*h+i, r*w+j) goes to channel
+/// c*r*r + r*i + j at (h, w).
+pub fn pixel_unshuffle(x: Tensor<4>, r: usize) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h / r, r, w / r, r])
+        .permute([0, 1, 3, 5, 2, 4])
+        .reshape([n, c * r * r, h / r, w / r])
+}
+
+/// `nn.PixelShuffle(r)`, the inverse of [`pixel_unshuffle`].
+pub fn pixel_shuffle(x: Tensor<4>, r: usize) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let c_out = c / (r * r);
+    x.reshape([n, c_out, r, r, h, w])
+        .permute([0, 1, 4, 2, 5, 3])
+        .reshape([n, c_out, h * r, w * r])
+}
+
+/// Records intermediate activations under the reference module names, so that tests can
+/// compare each stage with the PyTorch hooks in the fixtures. Off, it costs nothing.
+#[derive(Default)]
+pub struct Trace {
+    pub acts: Option<std::collections::BTreeMap<String, burn::tensor::TensorData>>,
+}
+
+impl Trace {
+    pub fn off() -> Self {
+        Self { acts: None }
+    }
+
+    pub fn on() -> Self {
+        Self {
+            acts: Some(Default::default()),
+        }
+    }
+
+    pub fn record<const D: usize>(&mut self, name: impl Into<String>, x: &Tensor<D>) {
+        if let Some(acts) = &mut self.acts {
+            acts.insert(name.into(), x.to_data());
+        }
+    }
+}

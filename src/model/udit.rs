@@ -1,0 +1,768 @@
+//! U-DiT (Tian et al., NeurIPS 2024): a 3-stage U-Net of DiT blocks whose self-attention
+//! runs on four 2x-downsampled copies of the feature map (paper Sec. 3.2), with cosine
+//! attention, RoPE2D, a depthwise-conv FFN and structural re-parametrization (Sec. 3.3).
+//! Module and field names follow the reference `udit_models.py`, since its state-dict keys
+//! are the public checkpoint format.
+
+#![allow(non_snake_case)]
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, gelu_approximate};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use serde::{Deserialize, Serialize};
+
+use super::layers::{
+    AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, layer_norm_2d,
+    modulate_2d, per_channel, pixel_shuffle, pixel_unshuffle,
+};
+use super::{FfnForm, flag, validate_common};
+
+/// Constructor arguments of the reference `U_DiT`, with its defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UDiTConfig {
+    #[serde(default = "d_input_size")]
+    pub input_size: usize,
+    #[serde(default = "d_down_factor")]
+    pub down_factor: DownFactor,
+    #[serde(default = "d_in_channels")]
+    pub in_channels: usize,
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_depth")]
+    pub depth: [usize; 5],
+    #[serde(default = "d_heads")]
+    pub num_heads: usize,
+    #[serde(default = "d_mlp_ratio")]
+    pub mlp_ratio: f64,
+    #[serde(default = "d_dropout")]
+    pub class_dropout_prob: f64,
+    #[serde(default = "d_classes")]
+    pub num_classes: usize,
+    #[serde(default = "d_true", deserialize_with = "flag::de")]
+    pub learn_sigma: bool,
+    #[serde(default = "d_true", deserialize_with = "flag::de")]
+    pub rep: bool,
+    #[serde(default)]
+    pub ffn_type: FfnType,
+    #[serde(default)]
+    pub attn_type: Option<AttnType>,
+    #[serde(default)]
+    pub posemb_type: Option<PosEmbType>,
+    /// `"dwconvK"`: the KxK depthwise conv applied before the token split.
+    pub downsampler: String,
+    #[serde(default, deserialize_with = "flag::de")]
+    pub down_shortcut: bool,
+    /// How many leading output channels classifier-free guidance mixes. The reference
+    /// hard-codes 3 "for exact reproducibility"; `None` means 3 for 4-channel latents (the
+    /// paper's presets) and all `in_channels` otherwise. Not a reference argument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cfg_channels: Option<usize>,
+}
+
+fn d_input_size() -> usize {
+    32
+}
+fn d_down_factor() -> DownFactor {
+    DownFactor::All(2)
+}
+fn d_in_channels() -> usize {
+    4
+}
+fn d_hidden() -> usize {
+    1152
+}
+fn d_depth() -> [usize; 5] {
+    [2, 5, 8, 5, 2]
+}
+fn d_heads() -> usize {
+    16
+}
+fn d_mlp_ratio() -> f64 {
+    4.0
+}
+fn d_dropout() -> f64 {
+    0.1
+}
+fn d_classes() -> usize {
+    1000
+}
+fn d_true() -> bool {
+    true
+}
+
+/// Token-downsampling factor r (the attention splits the map into r*r groups), for all
+/// five stages or per stage, as the reference accepts either.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DownFactor {
+    All(usize),
+    PerStage([usize; 5]),
+}
+
+impl DownFactor {
+    pub fn stage(&self, i: usize) -> usize {
+        match self {
+            DownFactor::All(r) => *r,
+            DownFactor::PerStage(r) => r[i],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FfnType {
+    /// Depthwise-conv FFN (paper Sec. 3.3), re-parametrizable when `rep` is set.
+    #[default]
+    Rep,
+    /// The ViT MLP: 1x1 conv, tanh GELU, 1x1 conv.
+    Basic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttnType {
+    /// Cosine-similarity attention with a learned per-head temperature.
+    #[serde(rename = "v2")]
+    Cosine,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PosEmbType {
+    #[serde(rename = "rope2d")]
+    Rope2d,
+}
+
+impl UDiTConfig {
+    /// The paper's presets (Table 8): mlp_ratio 2 and every U-DiT feature on.
+    pub fn preset(name: &str) -> Option<Self> {
+        let (hidden, heads) = match name {
+            "U-DiT-S" => (96, 4),
+            "U-DiT-B" => (192, 8),
+            "U-DiT-L" => (384, 16),
+            _ => return None,
+        };
+        Some(Self {
+            hidden_size: hidden,
+            num_heads: heads,
+            mlp_ratio: 2.0,
+            attn_type: Some(AttnType::Cosine),
+            posemb_type: Some(PosEmbType::Rope2d),
+            downsampler: "dwconv5".into(),
+            down_shortcut: true,
+            ..Self::reference_defaults()
+        })
+    }
+
+    /// What the reference constructor builds when given only `downsampler`.
+    pub fn reference_defaults() -> Self {
+        serde_json::from_str(r#"{"downsampler": "dwconv5"}"#).expect("defaults parse")
+    }
+
+    pub fn out_channels(&self) -> usize {
+        if self.learn_sigma {
+            2 * self.in_channels
+        } else {
+            self.in_channels
+        }
+    }
+
+    /// Hidden width of the FFN at model width `dim` (`int(dim * mlp_ratio)`).
+    pub fn ffn_hidden(&self, dim: usize) -> usize {
+        (dim as f64 * self.mlp_ratio) as usize
+    }
+
+    /// Kernel side K of `"dwconvK"`.
+    pub fn downsampler_kernel(&self) -> anyhow::Result<usize> {
+        let k = self
+            .downsampler
+            .strip_prefix("dwconv")
+            .and_then(|k| k.parse::<usize>().ok())
+            .filter(|k| k % 2 == 1)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "downsampler must be \"dwconvK\" with K odd, got {:?}",
+                    self.downsampler
+                )
+            })?;
+        Ok(k)
+    }
+
+    /// Widths and sides of the five stages: (channels, side, conditioning width).
+    pub fn stages(&self) -> [(usize, usize, usize); 5] {
+        let (c, s) = (self.hidden_size, self.input_size);
+        [
+            (c, s, c),
+            (2 * c, s / 2, 2 * c),
+            (4 * c, s / 4, 4 * c),
+            (2 * c, s / 2, 2 * c),
+            (2 * c, s, 2 * c),
+        ]
+    }
+
+    /// Rejects configurations the network cannot be built for, with a reason.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_common(
+            self.hidden_size,
+            self.num_heads,
+            self.in_channels,
+            self.num_classes,
+        )?;
+        anyhow::ensure!(
+            self.input_size % 4 == 0 && self.input_size > 0,
+            "input_size must be a positive multiple of 4 (two 2x downsamplings), got {}",
+            self.input_size
+        );
+        self.downsampler_kernel()?;
+        anyhow::ensure!(self.mlp_ratio > 0.0, "mlp_ratio must be positive");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.class_dropout_prob),
+            "class_dropout_prob must be in [0, 1)"
+        );
+        for (i, (dim, side, _)) in self.stages().into_iter().enumerate() {
+            let r = self.down_factor.stage(i);
+            anyhow::ensure!(
+                r >= 1 && side % r == 0,
+                "stage {} side {side} is not divisible by down_factor {r}",
+                i + 1
+            );
+            anyhow::ensure!(
+                dim % self.num_heads == 0,
+                "stage {} width {dim} is not divisible by num_heads {}",
+                i + 1,
+                self.num_heads
+            );
+            if self.posemb_type.is_some() {
+                let hd = dim / self.num_heads;
+                anyhow::ensure!(
+                    hd % 4 == 0,
+                    "RoPE2D needs a head dim divisible by 4, stage {} has {hd}",
+                    i + 1
+                );
+                let n = (side / r) * (side / r);
+                anyhow::ensure!(n > 0, "stage {} has no tokens", i + 1);
+            }
+        }
+        if let Some(g) = self.cfg_channels {
+            anyhow::ensure!(
+                g >= 1 && g <= self.in_channels,
+                "cfg_channels must be in 1..={}, got {g}",
+                self.in_channels
+            );
+        }
+        Ok(())
+    }
+
+    /// Channels classifier-free guidance mixes (never variance channels).
+    pub fn guided_channels(&self) -> usize {
+        super::default_cfg_channels(self.cfg_channels, self.in_channels)
+    }
+
+    /// Rows of the label tables: one more than the classes when label dropout made a null
+    /// class to train with (reference `LabelEmbedder`).
+    pub fn label_rows(&self) -> usize {
+        self.num_classes + usize::from(self.class_dropout_prob > 0.0)
+    }
+}
+
+/// The attention of paper Sec. 3.2: depthwise conv, split into r*r spatially
+/// downsampled groups, multi-head attention inside each group, merge, 1x1 `to_out`.
+#[derive(Module, Debug)]
+pub struct DownSampleAttn {
+    pub to_qkv: Linear,
+    pub to_out: Conv2d,
+    /// Per-head log temperature of cosine attention, `[heads, 1, 1]`.
+    pub logit_scale: Option<burn::module::Param<Tensor<3>>>,
+    pub downsampler: DownSampler,
+    pub heads: usize,
+    pub down_factor: usize,
+    pub rope: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct DownSampler {
+    pub layer: Conv2d,
+    pub shortcut: bool,
+}
+
+/// Largest temperature of cosine attention, ln(100) as the reference writes it.
+const LOGIT_SCALE_MAX: f64 = 4.6052;
+
+impl DownSampleAttn {
+    fn new(dim: usize, r: usize, cfg: &UDiTConfig, device: &Device) -> Self {
+        let heads = cfg.num_heads;
+        let logit_scale = cfg.attn_type.map(|_| {
+            burn::module::Param::from_tensor(Tensor::full([heads, 1, 1], 10f32.ln(), device))
+        });
+        Self {
+            to_qkv: Linear::new(dim, 3 * dim, true, Init::Xavier, device),
+            to_out: Conv2d::new(dim, dim, 1, true, Init::Xavier, device),
+            logit_scale,
+            downsampler: DownSampler {
+                layer: Conv2d::depthwise(
+                    dim,
+                    cfg.downsampler_kernel().expect("validated"),
+                    Init::Xavier,
+                    device,
+                ),
+                shortcut: cfg.down_shortcut,
+            },
+            heads,
+            down_factor: r,
+            rope: cfg.posemb_type.is_some(),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, d, h, w] = x.dims();
+        let r = self.down_factor;
+        let (hr, wr, heads) = (h / r, w / r, self.heads);
+        let hd = d / heads;
+        let mut x2 = self.downsampler.layer.forward(x.clone());
+        if self.downsampler.shortcut {
+            x2 = x2 + x;
+        }
+        // 'b d (h dh) (w dw) -> (b dh dw) (h w) d': group p = r*dh + dw holds pixels (r*h+dh, r*w+dw).
+        let tokens = x2
+            .reshape([b, d, hr, r, wr, r])
+            .permute([0, 3, 5, 2, 4, 1])
+            .reshape([b * r * r, hr * wr, d]);
+        let n = hr * wr;
+        let qkv = self.to_qkv.forward(tokens);
+        let split = |t: Tensor<3>| t.reshape([b * r * r, n, heads, hd]).swap_dims(1, 2);
+        let mut qkv = qkv.chunk(3, 2).into_iter().map(split);
+        let (mut q, mut k, v) = (
+            qkv.next().unwrap(),
+            qkv.next().unwrap(),
+            qkv.next().unwrap(),
+        );
+        if self.rope {
+            let (cos, sin) = rope2d_tables(hd, n, &q.device());
+            q = apply_rope(q, cos.clone(), sin.clone());
+            k = apply_rope(k, cos, sin);
+        }
+        let scale = match &self.logit_scale {
+            Some(logit_scale) => {
+                // Cosine similarity times exp(min(logit_scale, ln 100)), folded into q.
+                let temp = logit_scale
+                    .val()
+                    .clamp_max(LOGIT_SCALE_MAX)
+                    .exp()
+                    .reshape([1, heads, 1, 1]);
+                q = l2_normalize(q) * temp;
+                k = l2_normalize(k);
+                1.0
+            }
+            None => (hd as f64).powf(-0.5),
+        };
+        let options = AttentionModuleOptions {
+            scale: Some(scale),
+            softcap: None,
+            is_causal: false,
+        };
+        let out = attention(q, k, v, None, None, options); // [b r r, heads, n, hd]
+        // 'b (dh dw) he (h w) d -> b (he d) (h dh) (w dw)'
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([b, r, r, hr, wr, d])
+            .permute([0, 5, 3, 1, 4, 2])
+            .reshape([b, d, h, w]);
+        self.to_out.forward(out)
+    }
+}
+
+/// `F.normalize(x, dim=-1)`: x / max(||x||, 1e-12).
+fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
+    let norm = x.clone().square().sum_dim(3).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+/// cos/sin of RoPE2D angles, `[1, 1, n, hd/2]`: complex pair m rotates by x*w_{m/2} for
+/// even m and y*w_{(m-1)/2} for odd m, with (x, y) = (n mod S, n div S), S = floor(sqrt(n)),
+/// w_j = 10000^(-4j/hd) (reference `precompute_freqs_cis_2d`).
+fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let side = (n as f64).sqrt() as usize;
+    let pairs = hd / 2;
+    let mut cos = Vec::with_capacity(n * pairs);
+    let mut sin = Vec::with_capacity(n * pairs);
+    for token in 0..n {
+        let (x, y) = ((token % side) as f32, (token / side) as f32);
+        for m in 0..pairs {
+            let j = m / 2;
+            let freq = 1.0 / 10000f32.powf((4 * j) as f32 / hd as f32);
+            let angle = if m % 2 == 0 { x * freq } else { y * freq };
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let table =
+        |v: Vec<f32>| Tensor::<1>::from_floats(v.as_slice(), device).reshape([1, 1, n, pairs]);
+    (table(cos), table(sin))
+}
+
+/// Rotates interleaved channel pairs (2m, 2m+1) of `[.., n, hd]` as complex numbers.
+fn apply_rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    let [b, h, n, hd] = x.dims();
+    let pairs = x.reshape([b, h, n, hd / 2, 2]);
+    let re = pairs.clone().narrow(4, 0, 1).reshape([b, h, n, hd / 2]);
+    let im = pairs.narrow(4, 1, 1).reshape([b, h, n, hd / 2]);
+    let out_re = re.clone() * cos.clone() - im.clone() * sin.clone();
+    let out_im = re * sin + im * cos;
+    Tensor::stack::<5>(vec![out_re, out_im], 4).reshape([b, h, n, hd])
+}
+
+/// The FFN of a block, in whichever form the weights are in.
+#[derive(Module, Debug)]
+pub enum FeedForward {
+    /// `ffn_type` "rep", `rep` 1, training form: low-rank 1x1 pairs and three parallel
+    /// depthwise branches plus identity (paper Sec. 3.3).
+    Rep(RepFeedForward),
+    /// One 1x1, one 5x5 depthwise, one 1x1: `rep` 0, and also the merged inference form of
+    /// `rep` 1 (the identity and the 3x3/1x1 branches are folded into the 5x5 kernel).
+    Single(SingleFeedForward),
+    /// `ffn_type` "basic": fc1, tanh GELU, fc2.
+    Basic(Mlp),
+}
+
+#[allow(non_snake_case)]
+#[derive(Module, Debug)]
+pub struct RepFeedForward {
+    pub project_in: Vec<Conv2d>,
+    pub dwconv: Vec<Conv2d>,
+    pub project_out: Vec<Conv2d>,
+}
+
+#[derive(Module, Debug)]
+pub struct SingleFeedForward {
+    pub project_in: Conv2d,
+    pub dwconv: Conv2d,
+    pub project_out: Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Conv2d,
+    pub fc2: Conv2d,
+}
+
+impl FeedForward {
+    fn new(dim: usize, cfg: &UDiTConfig, form: FfnForm, device: &Device) -> Self {
+        let hidden = cfg.ffn_hidden(dim);
+        let conv = |i, o, k| Conv2d::new(i, o, k, true, Init::Xavier, device);
+        match (cfg.ffn_type, cfg.rep && form == FfnForm::Train) {
+            (FfnType::Basic, _) => Self::Basic(Mlp {
+                fc1: conv(dim, hidden, 1),
+                fc2: conv(hidden, dim, 1),
+            }),
+            (FfnType::Rep, true) => Self::Rep(RepFeedForward {
+                project_in: vec![conv(dim, hidden / 2, 1), conv(hidden / 2, hidden, 1)],
+                dwconv: [5, 3, 1]
+                    .map(|k| Conv2d::depthwise(hidden, k, Init::Xavier, device))
+                    .into(),
+                project_out: vec![conv(hidden, hidden / 2, 1), conv(hidden / 2, dim, 1)],
+            }),
+            (FfnType::Rep, false) => Self::Single(SingleFeedForward {
+                project_in: conv(dim, hidden, 1),
+                dwconv: Conv2d::depthwise(hidden, 5, Init::Xavier, device),
+                project_out: conv(hidden, dim, 1),
+            }),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Self::Rep(f) => {
+                let u = gelu(f.project_in[1].forward(f.project_in[0].forward(x)));
+                let mixed = f
+                    .dwconv
+                    .iter()
+                    .fold(u.clone(), |acc, conv| acc + conv.forward(u.clone()));
+                f.project_out[1].forward(f.project_out[0].forward(mixed))
+            }
+            Self::Single(f) => f
+                .project_out
+                .forward(f.dwconv.forward(gelu(f.project_in.forward(x)))),
+            Self::Basic(f) => f.fc2.forward(gelu_approximate(f.fc1.forward(x))),
+        }
+    }
+
+    /// Structural re-parametrization: the training form folded into one 1x1, one 5x5
+    /// depthwise and one 1x1 conv computing the same function (reference `add_buffer`).
+    pub fn merged(self) -> Self {
+        let Self::Rep(f) = self else { return self };
+        let [in0, in1] = <[Conv2d; 2]>::try_from(f.project_in).expect("two convs");
+        let [out0, out1] = <[Conv2d; 2]>::try_from(f.project_out).expect("two convs");
+        let [k5, k3, k1] = <[Conv2d; 3]>::try_from(f.dwconv).expect("three convs");
+        let hidden = k5.weight.dims()[0];
+        let device = k5.weight.device();
+        // Identity skip as a 1x1 depthwise kernel of ones, zero bias.
+        let eye = Tensor::<4>::ones([hidden, 1, 1, 1], &device);
+        let pad = |w: Tensor<4>, p: usize| {
+            let [c, _, k, _] = w.dims();
+            Tensor::zeros([c, 1, k + 2 * p, k + 2 * p], &device)
+                .slice_assign([0..c, 0..1, p..p + k, p..p + k], w)
+        };
+        let weight = k5.weight.val() + pad(k3.weight.val(), 1) + pad(k1.weight.val() + eye, 2);
+        let bias = [&k5, &k3, &k1]
+            .iter()
+            .map(|c| bias_of(c))
+            .reduce(|a, b| a + b)
+            .expect("three");
+        Self::Single(SingleFeedForward {
+            project_in: compose_1x1(in0, in1),
+            dwconv: Conv2d::from_weights(weight, Some(bias), hidden),
+            project_out: compose_1x1(out0, out1),
+        })
+    }
+}
+
+fn bias_of(conv: &Conv2d) -> Tensor<1> {
+    conv.bias
+        .as_ref()
+        .map(|b| b.val())
+        .unwrap_or_else(|| Tensor::zeros([conv.weight.dims()[0]], &conv.weight.device()))
+}
+
+/// Two stacked 1x1 convs as one: W = W2 W1, b = W2 b1 + b2.
+fn compose_1x1(first: Conv2d, second: Conv2d) -> Conv2d {
+    let [o1, i1, _, _] = first.weight.dims();
+    let [o2, _, _, _] = second.weight.dims();
+    let w1 = first.weight.val().reshape([o1, i1]);
+    let w2 = second.weight.val().reshape([o2, o1]);
+    let b = w2
+        .clone()
+        .matmul(bias_of(&first).reshape([o1, 1]))
+        .reshape([o2])
+        + bias_of(&second);
+    Conv2d::from_weights(w2.matmul(w1).reshape([o2, i1, 1, 1]), Some(b), 1)
+}
+
+/// `U_DiTBlock`: two (attention, FFN) pairs, each with its own adaLN-Zero modulation.
+#[derive(Module, Debug)]
+pub struct UDiTBlock {
+    pub attn1: DownSampleAttn,
+    pub mlp1: FeedForward,
+    pub adaLN_modulation1: AdaLnModulation,
+    pub attn2: DownSampleAttn,
+    pub mlp2: FeedForward,
+    pub adaLN_modulation2: AdaLnModulation,
+}
+
+impl UDiTBlock {
+    fn new(dim: usize, r: usize, cfg: &UDiTConfig, form: FfnForm, device: &Device) -> Self {
+        Self {
+            attn1: DownSampleAttn::new(dim, r, cfg, device),
+            mlp1: FeedForward::new(dim, cfg, form, device),
+            adaLN_modulation1: AdaLnModulation::new(dim, 6, device),
+            attn2: DownSampleAttn::new(dim, r, cfg, device),
+            mlp2: FeedForward::new(dim, cfg, form, device),
+            adaLN_modulation2: AdaLnModulation::new(dim, 6, device),
+        }
+    }
+
+    pub fn forward(&self, mut x: Tensor<4>, c: Tensor<2>) -> Tensor<4> {
+        let pairs = [
+            (&self.attn1, &self.mlp1, &self.adaLN_modulation1),
+            (&self.attn2, &self.mlp2, &self.adaLN_modulation2),
+        ];
+        for (attn, mlp, ada) in pairs {
+            let [shift_a, scale_a, gate_a, shift_f, scale_f, gate_f] =
+                <[Tensor<2>; 6]>::try_from(ada.forward(c.clone(), 6)).expect("six chunks");
+            x = x.clone()
+                + per_channel(gate_a)
+                    * attn.forward(modulate_2d(layer_norm_2d(x), shift_a, scale_a));
+            x = x.clone()
+                + per_channel(gate_f)
+                    * mlp.forward(modulate_2d(layer_norm_2d(x), shift_f, scale_f));
+        }
+        x
+    }
+
+    fn merged(self) -> Self {
+        Self {
+            mlp1: self.mlp1.merged(),
+            mlp2: self.mlp2.merged(),
+            ..self
+        }
+    }
+}
+
+/// `x_embedder`: a 3x3 conv from the latent channels to the model width.
+#[derive(Module, Debug)]
+pub struct OverlapPatchEmbed {
+    pub proj: Conv2d,
+}
+
+/// `Downsample`/`Upsample`: a bias-free 3x3 conv then pixel-(un)shuffle by 2.
+#[allow(non_snake_case)]
+#[derive(Module, Debug)]
+pub struct Resample {
+    pub body__0: Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct FinalLayer {
+    pub adaLN_modulation: AdaLnModulation,
+    pub out_proj: Conv2d,
+}
+
+/// The U-DiT denoiser.
+#[derive(Module, Debug)]
+pub struct UDiT {
+    pub x_embedder: OverlapPatchEmbed,
+    pub t_embedder_1: TimestepEmbedder,
+    pub y_embedder_1: LabelEmbedder,
+    pub t_embedder_2: TimestepEmbedder,
+    pub y_embedder_2: LabelEmbedder,
+    pub t_embedder_3: TimestepEmbedder,
+    pub y_embedder_3: LabelEmbedder,
+    pub encoder_level_1: Vec<UDiTBlock>,
+    pub down1_2: Resample,
+    pub encoder_level_2: Vec<UDiTBlock>,
+    pub down2_3: Resample,
+    pub latent: Vec<UDiTBlock>,
+    pub up3_2: Resample,
+    pub reduce_chan_level2: Conv2d,
+    pub decoder_level_2: Vec<UDiTBlock>,
+    pub up2_1: Resample,
+    pub reduce_chan_level1: Conv2d,
+    pub decoder_level_1: Vec<UDiTBlock>,
+    pub output: Conv2d,
+    pub final_layer: FinalLayer,
+}
+
+impl UDiT {
+    /// A freshly initialised model (reference `initialize_weights`).
+    pub fn new(cfg: &UDiTConfig, form: FfnForm, device: &Device) -> Self {
+        let c = cfg.hidden_size;
+        let stages = cfg.stages();
+        let blocks = |i: usize| -> Vec<UDiTBlock> {
+            let (dim, _, _) = stages[i];
+            (0..cfg.depth[i])
+                .map(|_| UDiTBlock::new(dim, cfg.down_factor.stage(i), cfg, form, device))
+                .collect()
+        };
+        let conv = |i, o, k, bias| Conv2d::new(i, o, k, bias, Init::Xavier, device);
+        let rows = cfg.label_rows();
+        Self {
+            x_embedder: OverlapPatchEmbed {
+                proj: conv(cfg.in_channels, c, 3, true),
+            },
+            t_embedder_1: TimestepEmbedder::new(c, device),
+            y_embedder_1: LabelEmbedder::new(rows, c, device),
+            t_embedder_2: TimestepEmbedder::new(2 * c, device),
+            y_embedder_2: LabelEmbedder::new(rows, 2 * c, device),
+            t_embedder_3: TimestepEmbedder::new(4 * c, device),
+            y_embedder_3: LabelEmbedder::new(rows, 4 * c, device),
+            encoder_level_1: blocks(0),
+            down1_2: Resample {
+                body__0: conv(c, c / 2, 3, false),
+            },
+            encoder_level_2: blocks(1),
+            down2_3: Resample {
+                body__0: conv(2 * c, c, 3, false),
+            },
+            latent: blocks(2),
+            up3_2: Resample {
+                body__0: conv(4 * c, 8 * c, 3, false),
+            },
+            reduce_chan_level2: conv(4 * c, 2 * c, 1, true),
+            decoder_level_2: blocks(3),
+            up2_1: Resample {
+                body__0: conv(2 * c, 4 * c, 3, false),
+            },
+            reduce_chan_level1: conv(2 * c, 2 * c, 1, true),
+            decoder_level_1: blocks(4),
+            output: conv(2 * c, 2 * c, 3, true),
+            final_layer: FinalLayer {
+                adaLN_modulation: AdaLnModulation::new(2 * c, 2, device),
+                out_proj: Conv2d::new(2 * c, cfg.out_channels(), 3, true, Init::Zero, device),
+            },
+        }
+    }
+
+    /// The same model with every FFN in its merged inference form.
+    pub fn merged(self) -> Self {
+        let merge = |v: Vec<UDiTBlock>| v.into_iter().map(UDiTBlock::merged).collect();
+        Self {
+            encoder_level_1: merge(self.encoder_level_1),
+            encoder_level_2: merge(self.encoder_level_2),
+            latent: merge(self.latent),
+            decoder_level_2: merge(self.decoder_level_2),
+            decoder_level_1: merge(self.decoder_level_1),
+            ..self
+        }
+    }
+
+    /// Denoiser output `[N, out_channels, H, W]` for latents `x`, timesteps `t`, labels `y`
+    /// (labels already dropped to the null class where wanted).
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        y: Tensor<1, Int>,
+        trace: &mut Trace,
+    ) -> Tensor<4> {
+        let x = self.x_embedder.proj.forward(x);
+        trace.record("x_embedder", &x);
+        let cond = |k: usize, te: &TimestepEmbedder, ye: &LabelEmbedder, trace: &mut Trace| {
+            let (tk, yk) = (te.forward(t.clone()), ye.forward(y.clone()));
+            trace.record(format!("t_embedder_{k}"), &tk);
+            trace.record(format!("y_embedder_{k}"), &yk);
+            tk + yk
+        };
+        let c1 = cond(1, &self.t_embedder_1, &self.y_embedder_1, trace);
+        let c2 = cond(2, &self.t_embedder_2, &self.y_embedder_2, trace);
+        let c3 = cond(3, &self.t_embedder_3, &self.y_embedder_3, trace);
+
+        let run = |name: &str,
+                   blocks: &[UDiTBlock],
+                   mut h: Tensor<4>,
+                   c: &Tensor<2>,
+                   trace: &mut Trace| {
+            for (i, block) in blocks.iter().enumerate() {
+                h = block.forward(h, c.clone());
+                trace.record(format!("{name}.{i}"), &h);
+            }
+            h
+        };
+        let skip1 = run("encoder_level_1", &self.encoder_level_1, x, &c1, trace);
+        let h = pixel_unshuffle(self.down1_2.body__0.forward(skip1.clone()), 2);
+        trace.record("down1_2", &h);
+        let skip2 = run("encoder_level_2", &self.encoder_level_2, h, &c2, trace);
+        let h = pixel_unshuffle(self.down2_3.body__0.forward(skip2.clone()), 2);
+        trace.record("down2_3", &h);
+        let h = run("latent", &self.latent, h, &c3, trace);
+
+        let h = pixel_shuffle(self.up3_2.body__0.forward(h), 2);
+        trace.record("up3_2", &h);
+        let h = self
+            .reduce_chan_level2
+            .forward(Tensor::cat(vec![h, skip2], 1));
+        trace.record("reduce_chan_level2", &h);
+        let h = run("decoder_level_2", &self.decoder_level_2, h, &c2, trace);
+        let h = pixel_shuffle(self.up2_1.body__0.forward(h), 2);
+        trace.record("up2_1", &h);
+        let h = self
+            .reduce_chan_level1
+            .forward(Tensor::cat(vec![h, skip1], 1));
+        trace.record("reduce_chan_level1", &h);
+        // The last stage runs at width 2C with the stage-2 conditioning, as in the reference.
+        let h = run("decoder_level_1", &self.decoder_level_1, h, &c2, trace);
+        let h = self.output.forward(h);
+        trace.record("output", &h);
+
+        let [shift, scale] =
+            <[Tensor<2>; 2]>::try_from(self.final_layer.adaLN_modulation.forward(c2, 2))
+                .expect("two chunks");
+        let normed = layer_norm_2d(h);
+        trace.record("final_layer.norm_final", &normed);
+        let out = self
+            .final_layer
+            .out_proj
+            .forward(modulate_2d(normed, shift, scale));
+        trace.record("final_layer", &out);
+        out
+    }
+}

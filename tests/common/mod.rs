@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests: fixture lookup and tolerance checks.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use udit::checkpoint::{StateDict, read_weights};
+
+/// `../shared/fixtures` (golden outputs of the PyTorch reference), or `$UDIT_FIXTURES`.
+pub fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("UDIT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+    assert!(
+        dir.join("README.md").exists(),
+        "fixtures not found at {} (set UDIT_FIXTURES)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+/// Every tensor of a fixture safetensors file, as f32.
+pub fn io(name: &str) -> StateDict {
+    read_weights(&fixture(name), None).unwrap().tensors
+}
+
+pub fn float<const D: usize>(data: &TensorData, device: &Device) -> Tensor<D> {
+    Tensor::from_data(data.clone(), device)
+}
+
+pub fn ints(data: &TensorData, device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = data
+        .as_slice::<f32>()
+        .unwrap()
+        .iter()
+        .map(|&x| x as i64)
+        .collect();
+    Tensor::from_data(TensorData::new(v, [data.num_elements()]), device)
+}
+
+/// max |ours - ref| relative to max |ref|.
+pub fn rel_err(ours: &TensorData, reference: &TensorData) -> f32 {
+    assert_eq!(ours.shape(), reference.shape(), "shape mismatch");
+    let a = ours.as_slice::<f32>().unwrap();
+    let b = reference.as_slice::<f32>().unwrap();
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max).max(1e-30);
+    diff / scale
+}
+
+/// Asserts the reference tolerance of the fixtures: max |ours - ref| <= tol * max |ref|.
+pub fn assert_close(name: &str, ours: &TensorData, reference: &TensorData, tol: f32) {
+    let e = rel_err(ours, reference);
+    assert!(e <= tol, "{name}: relative max error {e:.3e} > {tol:.0e}");
+}
