@@ -34,22 +34,15 @@ pub fn read_weights(path: &Path, entry: Option<&str>) -> Result<Weights> {
     let mut head = [0u8; 4];
     {
         use std::io::Read;
-        let mut f =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let n = f
-            .read(&mut head)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let n = f.read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
         if n < 4 {
             bail!("{} is too short to be a weights file", path.display());
         }
     }
     // Zip (PyTorch >= 1.6), or a raw pickle stream (older PyTorch): both start with these.
     let is_pytorch = head == *b"PK\x03\x04" || head[0] == 0x80;
-    let result = if is_pytorch {
-        read_pytorch(path, entry)
-    } else {
-        read_safetensors(path, entry)
-    };
+    let result = if is_pytorch { read_pytorch(path, entry) } else { read_safetensors(path, entry) };
     result.with_context(|| format!("cannot load weights from {}", path.display()))
 }
 
@@ -58,8 +51,8 @@ fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
         bail!("--entry {e:?} applies to PyTorch checkpoints; this file is safetensors");
     }
     let bytes = std::fs::read(path)?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
     let config = meta
         .metadata()
         .as_ref()
@@ -67,8 +60,8 @@ fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
         .map(|json| ModelConfig::from_json(json))
         .transpose()
         .context("the model configuration stored in the file is invalid")?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
     let mut tensors = StateDict::new();
     for (name, view) in st.tensors() {
         tensors.insert(name.clone(), safetensors_to_f32(&name, &view)?);
@@ -77,37 +70,16 @@ fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
 }
 
 /// Converts any float (or integer) safetensors view to f32 data.
-pub fn safetensors_to_f32(
-    name: &str,
-    view: &safetensors::tensor::TensorView,
-) -> Result<TensorData> {
+pub fn safetensors_to_f32(name: &str, view: &safetensors::tensor::TensorView) -> Result<TensorData> {
     use safetensors::Dtype;
     let b = view.data();
     let values: Vec<f32> = match view.dtype() {
-        Dtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        Dtype::F64 => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect(),
-        Dtype::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::I64 => b
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect(),
-        Dtype::I32 => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect(),
+        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        Dtype::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
         other => bail!("tensor {name} has unsupported dtype {other:?}"),
     };
     Ok(TensorData::new(values, view.shape().to_vec()))
@@ -115,13 +87,9 @@ pub fn safetensors_to_f32(
 
 fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
     use burn::store::pytorch_reader::{DType, PytorchReader};
-    let reader = PytorchReader::new(path)
-        .map_err(|e| anyhow::anyhow!("not a readable PyTorch checkpoint ({e})"))?;
+    let reader = PytorchReader::new(path).map_err(|e| anyhow::anyhow!("not a readable PyTorch checkpoint ({e})"))?;
     let keys = reader.keys();
-    let tops: BTreeSet<&str> = keys
-        .iter()
-        .filter_map(|k| k.split_once('.').map(|(top, _)| top))
-        .collect();
+    let tops: BTreeSet<&str> = keys.iter().filter_map(|k| k.split_once('.').map(|(top, _)| top)).collect();
     let nested = ["ema", "model", "state_dict", "module"];
     let prefix = match entry {
         Some(e) if tops.contains(e) => Some(e.to_string()),
@@ -129,43 +97,23 @@ fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
             "the checkpoint has no entry {e:?} (entries: {})",
             tops.iter().copied().collect::<Vec<_>>().join(", ")
         ),
-        None => nested
-            .iter()
-            .find(|n| tops.contains(**n))
-            .map(|n| n.to_string()),
+        None => nested.iter().find(|n| tops.contains(**n)).map(|n| n.to_string()),
     };
     let mut tensors = StateDict::new();
     for (name, t) in reader.tensors() {
         let key = match &prefix {
-            Some(p) => match name
-                .strip_prefix(p.as_str())
-                .and_then(|k| k.strip_prefix('.'))
-            {
+            Some(p) => match name.strip_prefix(p.as_str()).and_then(|k| k.strip_prefix('.')) {
                 Some(k) => k,
                 None => continue, // `opt`, the other state dict, ...
             },
             None => name.as_str(),
         };
-        let b = t
-            .read()
-            .with_context(|| format!("cannot read tensor {name}"))?;
+        let b = t.read().with_context(|| format!("cannot read tensor {name}"))?;
         let values: Vec<f32> = match t.dtype() {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            DType::F64 => b
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            DType::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             _ => continue, // integer buffers (e.g. step counters) are not weights
         };
         tensors.insert(key.to_string(), TensorData::new(values, t.shape().to_vec()));
@@ -173,19 +121,13 @@ fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
     if tensors.is_empty() {
         bail!("no float tensors found in the checkpoint");
     }
-    Ok(Weights {
-        tensors,
-        config: None,
-    })
+    Ok(Weights { tensors, config: None })
 }
 
 /// The state-dict key of a burn module path: a field `a__0` is the segment `a.0`
 /// (an index into a PyTorch `nn.Sequential`), and enum variants add no segment.
 fn key_of(path: &[String]) -> String {
-    path.iter()
-        .map(|s| s.trim_start_matches("__").replace("__", "."))
-        .collect::<Vec<_>>()
-        .join(".")
+    path.iter().map(|s| s.trim_start_matches("__").replace("__", ".")).collect::<Vec<_>>().join(".")
 }
 
 /// Tracks the module path while burn walks a model.
@@ -255,22 +197,14 @@ impl ModuleMapper for Load<'_> {
 
 /// Key -> shape of every parameter of `module`.
 pub fn param_shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
-    let mut c = Collect {
-        path: PathStack::default(),
-        shapes: BTreeMap::new(),
-        data: None,
-    };
+    let mut c = Collect { path: PathStack::default(), shapes: BTreeMap::new(), data: None };
     module.visit(&mut c);
     c.shapes
 }
 
 /// Every parameter of `module` under its reference key.
 pub fn state_dict<M: Module>(module: &M) -> StateDict {
-    let mut c = Collect {
-        path: PathStack::default(),
-        shapes: BTreeMap::new(),
-        data: Some(StateDict::new()),
-    };
+    let mut c = Collect { path: PathStack::default(), shapes: BTreeMap::new(), data: Some(StateDict::new()) };
     module.visit(&mut c);
     c.data.unwrap_or_default()
 }
@@ -279,14 +213,8 @@ pub fn state_dict<M: Module>(module: &M) -> StateDict {
 /// are missing, unexpected or mis-shaped and leaves the module untouched.
 pub fn load_into<M: Module>(module: M, tensors: &StateDict, device: &Device) -> Result<M> {
     let expected = param_shapes(&module);
-    let missing: Vec<&String> = expected
-        .keys()
-        .filter(|k| !tensors.contains_key(*k))
-        .collect();
-    let unexpected: Vec<&String> = tensors
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .collect();
+    let missing: Vec<&String> = expected.keys().filter(|k| !tensors.contains_key(*k)).collect();
+    let unexpected: Vec<&String> = tensors.keys().filter(|k| !expected.contains_key(*k)).collect();
     let misshaped: Vec<String> = expected
         .iter()
         .filter_map(|(k, shape)| {
@@ -304,11 +232,7 @@ pub fn load_into<M: Module>(module: M, tensors: &StateDict, device: &Device) -> 
         s
     };
     if !missing.is_empty() {
-        problems.push(format!(
-            "{} missing keys: {}",
-            missing.len(),
-            list(missing.into_iter().cloned().collect())
-        ));
+        problems.push(format!("{} missing keys: {}", missing.len(), list(missing.into_iter().cloned().collect())));
     }
     if !unexpected.is_empty() {
         problems.push(format!(
@@ -318,29 +242,17 @@ pub fn load_into<M: Module>(module: M, tensors: &StateDict, device: &Device) -> 
         ));
     }
     if !misshaped.is_empty() {
-        problems.push(format!(
-            "{} mis-shaped tensors: {}",
-            misshaped.len(),
-            list(misshaped)
-        ));
+        problems.push(format!("{} mis-shaped tensors: {}", misshaped.len(), list(misshaped)));
     }
     if !problems.is_empty() {
         bail!("the weights do not fit this model: {}", problems.join("; "));
     }
-    Ok(module.map(&mut Load {
-        path: PathStack::default(),
-        tensors,
-        device: device.clone(),
-    }))
+    Ok(module.map(&mut Load { path: PathStack::default(), tensors, device: device.clone() }))
 }
 
 /// The FFN form a U-DiT state dict is in: branch keys (`project_in.0`) mean the training form.
 pub fn ffn_form_of(tensors: &StateDict) -> FfnForm {
-    if tensors.keys().any(|k| k.contains(".project_in.0.")) {
-        FfnForm::Train
-    } else {
-        FfnForm::Merged
-    }
+    if tensors.keys().any(|k| k.contains(".project_in.0.")) { FfnForm::Train } else { FfnForm::Merged }
 }
 
 /// Builds the model `cfg` describes and loads `weights` into it.
@@ -351,53 +263,32 @@ pub fn load_denoiser(cfg: &ModelConfig, weights: &Weights, device: &Device) -> R
 
 /// Writes `tensors` (and the configuration, when given) as safetensors, atomically: the
 /// file appears complete under its name or not at all.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &StateDict,
-    config: Option<&ModelConfig>,
-) -> Result<()> {
+pub fn write_safetensors(path: &Path, tensors: &StateDict, config: Option<&ModelConfig>) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(k, d)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                d.shape().to_vec(),
-                d.as_bytes(),
-            )
-            .map_err(|e| anyhow::anyhow!("tensor {k}: {e}"))?;
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, d.shape().to_vec(), d.as_bytes())
+                .map_err(|e| anyhow::anyhow!("tensor {k}: {e}"))?;
             Ok((k.clone(), view))
         })
         .collect::<Result<_>>()?;
     let metadata = config
         .map(|c| -> Result<_> {
-            Ok(std::collections::HashMap::from([(
-                CONFIG_METADATA_KEY.to_string(),
-                serde_json::to_string(c)?,
-            )]))
+            Ok(std::collections::HashMap::from([(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(c)?)]))
         })
         .transpose()?;
-    let bytes = safetensors::serialize(views, metadata)
-        .map_err(|e| anyhow::anyhow!("cannot serialize: {e}"))?;
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| anyhow::anyhow!("cannot serialize: {e}"))?;
     write_atomic(path, &bytes)
 }
 
 /// Writes to a temporary file beside `path`, syncs, then renames over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("output path has no file name")?
-        .to_string_lossy();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("output path has no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.partial"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

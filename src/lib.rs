@@ -1,6 +1,7 @@
 //! U-DiT in Rust: the U-shaped diffusion transformers of Tian et al. (NeurIPS 2024) and the
 //! DiT baseline, loadable from the reference PyTorch checkpoints.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cost;
 pub mod model;

@@ -1,1 +1,238 @@
-fn main() {}
+//! The `udit` command line: each subcommand parses its arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use clap::{Args, Parser, Subcommand};
+use udit::checkpoint::{self, read_weights};
+use udit::cost::Cost;
+use udit::model::{Denoiser, ModelConfig};
+
+#[derive(Parser)]
+#[command(name = "udit", version, about = "U-DiT: U-shaped diffusion transformers with downsampled tokens")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture summary, parameter count and MACs of one forward pass.
+    Info(InfoArgs),
+    /// One denoiser forward pass on tensors `x`, `t`, `y` from a safetensors file.
+    Forward(ForwardArgs),
+    /// Convert a PyTorch checkpoint (or safetensors) to safetensors with the reference names.
+    Convert(ConvertArgs),
+    /// Time the forward pass (or a training step) of a model with fresh weights.
+    Bench(BenchArgs),
+}
+
+/// Which model: a preset name or a JSON configuration file.
+#[derive(Args)]
+struct ModelChoice {
+    /// Preset: U-DiT-S, U-DiT-B, U-DiT-L, DiT-{S,B,L,XL}/{2,4,8}.
+    #[arg(long, conflicts_with = "config")]
+    model: Option<String>,
+    /// JSON object of reference constructor arguments plus "arch": "u-dit" or "dit".
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Latent side (overrides the configuration's input_size).
+    #[arg(long)]
+    latent_size: Option<usize>,
+}
+
+impl ModelChoice {
+    /// The configuration asked for, or the one stored in `weights`, or an error.
+    fn resolve(&self, stored: Option<&ModelConfig>) -> Result<ModelConfig> {
+        let cfg = match (&self.model, &self.config, stored) {
+            (Some(name), _, _) => ModelConfig::preset(name)?,
+            (None, Some(path), _) => ModelConfig::from_file(path)?,
+            (None, None, Some(cfg)) => cfg.clone(),
+            (None, None, None) => bail!("say which model: --model NAME or --config FILE.json"),
+        };
+        match self.latent_size {
+            Some(side) => cfg.with_input_size(side),
+            None => Ok(cfg),
+        }
+    }
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelChoice,
+    /// Print one JSON object with `params`, `params_merged`, `macs`.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelChoice,
+    /// Weights: .safetensors or PyTorch .pt (state dict or training checkpoint).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Which state dict of a training checkpoint (default: ema, else model).
+    #[arg(long)]
+    entry: Option<String>,
+    /// Safetensors with `x` [N,C,H,W], `t` [N] and `y` [N].
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write `out`.
+    #[arg(long)]
+    output: PathBuf,
+    /// Run the re-parametrized FFN in its training form instead of merging it.
+    #[arg(long)]
+    train_form: bool,
+    /// Classifier-free guidance scale: the batch is [conditional; null-class] halves.
+    #[arg(long)]
+    cfg_scale: Option<f64>,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Input weights (.pt or .safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Which state dict of a training checkpoint (default: ema, else model).
+    #[arg(long)]
+    entry: Option<String>,
+    /// Output .safetensors.
+    #[arg(long)]
+    output: PathBuf,
+    /// Merge the re-parametrized FFN branches (needs --model or --config).
+    #[arg(long)]
+    merge: bool,
+    #[command(flatten)]
+    model: ModelChoice,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelChoice,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Time forward + backward + AdamW step instead of the forward pass.
+    #[arg(long)]
+    train: bool,
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Print one JSON object with `best_ms`, `median_ms`, `gflops`.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => info(a),
+        Command::Forward(a) => forward(a),
+        Command::Convert(a) => convert(a),
+        Command::Bench(a) => bench(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let cfg = a.model.resolve(None)?;
+    let cost = Cost::of(&cfg);
+    if a.json {
+        println!("{}", serde_json::to_string(&cost)?);
+        return Ok(());
+    }
+    println!("{}", udit::model::describe(&cfg));
+    println!(
+        "parameters      {:>10.2}M (training form {:.2}M)",
+        cost.params_merged as f64 / 1e6,
+        cost.params as f64 / 1e6
+    );
+    let s = cfg.input_size();
+    println!("forward GMACs   {:>10.2} (batch 1, {s}x{s} latent)", cost.macs as f64 / 1e9);
+    Ok(())
+}
+
+fn forward(a: ForwardArgs) -> Result<()> {
+    let device = udit::default_device();
+    let weights = read_weights(&a.weights, a.entry.as_deref())?;
+    let cfg = a.model.resolve(weights.config.as_ref())?;
+    let mut model = checkpoint::load_denoiser(&cfg, &weights, &device)?;
+    if !a.train_form {
+        model = model.merged();
+    }
+    let inputs = read_weights(&a.inputs, None).context("reading --inputs")?.tensors;
+    let (x, t, y) = udit::model::inputs_from(&inputs, &cfg, &device)?;
+    let out = match a.cfg_scale {
+        Some(s) => {
+            let n = x.dims()[0];
+            if n % 2 != 0 {
+                bail!("--cfg-scale needs an even batch ([conditional; null-class] halves), got {n}");
+            }
+            if !cfg.has_null_class() {
+                bail!("this model has no null class (class_dropout_prob 0), so it cannot be guided");
+            }
+            model.forward_with_cfg(x, t, y, s, cfg.guided_channels())
+        }
+        None => model.forward(x, t, y),
+    };
+    let out = checkpoint::StateDict::from([("out".to_string(), out.into_data())]);
+    checkpoint::write_safetensors(&a.output, &out, None)?;
+    eprintln!("wrote out {:?} to {}", out["out"].shape().to_vec(), a.output.display());
+    Ok(())
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let weights = read_weights(&a.weights, a.entry.as_deref())?;
+    let stored = weights.config.clone();
+    let wants_model = a.merge || a.model.model.is_some() || a.model.config.is_some();
+    if !wants_model {
+        checkpoint::write_safetensors(&a.output, &weights.tensors, stored.as_ref())?;
+        eprintln!("wrote {} tensors to {}", weights.tensors.len(), a.output.display());
+        return Ok(());
+    }
+    let cfg =
+        a.model.resolve(stored.as_ref()).context("--merge needs the model: --model NAME or --config FILE.json")?;
+    let device = Device::flex();
+    let mut model: Denoiser = checkpoint::load_denoiser(&cfg, &weights, &device)?;
+    if a.merge {
+        model = model.merged();
+    }
+    let tensors = checkpoint::state_dict(&model);
+    checkpoint::write_safetensors(&a.output, &tensors, Some(&cfg))?;
+    eprintln!(
+        "wrote {} tensors{} to {}",
+        tensors.len(),
+        if a.merge { " (FFN merged)" } else { "" },
+        a.output.display()
+    );
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let cfg = a.model.resolve(None)?;
+    if a.batch == 0 || a.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    let r = udit::bench::run(&cfg, a.batch, a.train, a.warmup, a.iters, &udit::default_device());
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let what = if a.train { "train step" } else { "forward" };
+        println!(
+            "{what} batch {}: best {:.1} ms, median {:.1} ms over {} runs, {:.1} GFLOP/s",
+            a.batch, r.best_ms, r.median_ms, r.iters, r.gflops
+        );
+    }
+    Ok(())
+}

@@ -22,11 +22,7 @@ fn model(name: &str, weights: &Weights) -> Denoiser {
 fn check_udit(name: &str, weights: Weights) {
     let dev = Device::flex();
     let io = io(&format!("{name}.io.safetensors"));
-    let (x, t, y) = (
-        float::<4>(&io["x"], &dev),
-        float::<1>(&io["t"], &dev),
-        ints(&io["y"], &dev),
-    );
+    let (x, t, y) = (float::<4>(&io["x"], &dev), float::<1>(&io["t"], &dev), ints(&io["y"], &dev));
     let m = model(name, &weights);
     let out_train = m.forward(x.clone(), t.clone(), y.clone());
     assert_close("out_train", &out_train.into_data(), &io["out_train"], TOL);
@@ -50,11 +46,7 @@ fn check_udit(name: &str, weights: Weights) {
                 "y_embedder_3.embedding_table",
                 "final_layer.out_proj",
             ];
-            if same_as_parent.contains(&name) {
-                acts.get(parent)
-            } else {
-                None
-            }
+            if same_as_parent.contains(&name) { acts.get(parent) } else { None }
         });
         match ours {
             Some(ours) => {
@@ -71,36 +63,23 @@ fn check_udit(name: &str, weights: Weights) {
     }
     assert!(checked >= 20, "only {checked} activations compared");
 
-    let (cx, ct, cy) = (
-        float::<4>(&io["cfg_x"], &dev),
-        float::<1>(&io["cfg_t"], &dev),
-        ints(&io["cfg_y"], &dev),
-    );
+    let (cx, ct, cy) = (float::<4>(&io["cfg_x"], &dev), float::<1>(&io["cfg_t"], &dev), ints(&io["cfg_y"], &dev));
     let scale = io["cfg_scale"].as_slice::<f32>().unwrap()[0] as f64;
     let guided = config(name).guided_channels();
-    assert_eq!(
-        guided, 3,
-        "4-channel fixtures use the reference 3-channel guidance"
-    );
+    assert_eq!(guided, 3, "4-channel fixtures use the reference 3-channel guidance");
     let out_cfg = merged.forward_with_cfg(cx, ct, cy, scale, guided);
     assert_close("out_cfg", &out_cfg.into_data(), &io["out_cfg"], TOL);
 }
 
 #[test]
 fn udit_tiny_matches_reference_from_safetensors() {
-    check_udit(
-        "udit_tiny",
-        read_weights(&fixture("udit_tiny.weights.safetensors"), None).unwrap(),
-    );
+    check_udit("udit_tiny", read_weights(&fixture("udit_tiny.weights.safetensors"), None).unwrap());
 }
 
 #[test]
 fn udit_tiny_matches_reference_from_training_checkpoint_ema() {
     // `ema` is preferred over `model` by default; `opt` and the pickled `args` are ignored.
-    check_udit(
-        "udit_tiny",
-        read_weights(&fixture("udit_tiny.train-checkpoint.pt"), None).unwrap(),
-    );
+    check_udit("udit_tiny", read_weights(&fixture("udit_tiny.train-checkpoint.pt"), None).unwrap());
 }
 
 #[test]
@@ -109,54 +88,34 @@ fn training_checkpoint_model_entry_is_selectable_and_differs() {
     let raw = read_weights(&fixture("udit_tiny.train-checkpoint.pt"), Some("model")).unwrap();
     assert_eq!(ema.tensors.len(), raw.tensors.len());
     let key = "x_embedder.proj.weight";
-    assert_ne!(
-        ema.tensors[key].as_slice::<f32>().unwrap(),
-        raw.tensors[key].as_slice::<f32>().unwrap()
-    );
-    let err = read_weights(&fixture("udit_tiny.train-checkpoint.pt"), Some("nope"))
-        .err()
-        .unwrap();
+    assert_ne!(ema.tensors[key].as_slice::<f32>().unwrap(), raw.tensors[key].as_slice::<f32>().unwrap());
+    let err = read_weights(&fixture("udit_tiny.train-checkpoint.pt"), Some("nope")).err().unwrap();
     assert!(format!("{err:#}").contains("no entry \"nope\""), "{err:#}");
 }
 
 #[test]
 fn udit_tiny_plain_matches_reference_from_safetensors() {
-    check_udit(
-        "udit_tiny_plain",
-        read_weights(&fixture("udit_tiny_plain.weights.safetensors"), None).unwrap(),
-    );
+    check_udit("udit_tiny_plain", read_weights(&fixture("udit_tiny_plain.weights.safetensors"), None).unwrap());
 }
 
 #[test]
 fn udit_tiny_plain_matches_reference_from_bare_state_dict_pt() {
-    check_udit(
-        "udit_tiny_plain",
-        read_weights(&fixture("udit_tiny_plain.state-dict.pt"), None).unwrap(),
-    );
+    check_udit("udit_tiny_plain", read_weights(&fixture("udit_tiny_plain.state-dict.pt"), None).unwrap());
 }
 
 #[test]
 fn dit_tiny_matches_reference() {
     let dev = Device::flex();
     let io = io("dit_tiny.io.safetensors");
-    let m = model(
-        "dit_tiny",
-        &read_weights(&fixture("dit_tiny.weights.safetensors"), None).unwrap(),
-    );
-    let out = m.forward(
-        float(&io["x"], &dev),
-        float(&io["t"], &dev),
-        ints(&io["y"], &dev),
-    );
+    let m = model("dit_tiny", &read_weights(&fixture("dit_tiny.weights.safetensors"), None).unwrap());
+    let out = m.forward(float(&io["x"], &dev), float(&io["t"], &dev), ints(&io["y"], &dev));
     assert_close("dit out_eval", &out.into_data(), &io["out_eval"], TOL);
 }
 
 #[test]
 fn dit_fresh_pos_embed_is_the_reference_sincos_table() {
     let io = io("dit_tiny.io.safetensors");
-    let ModelConfig::DiT(cfg) = config("dit_tiny") else {
-        panic!("dit_tiny is a DiT")
-    };
+    let ModelConfig::DiT(cfg) = config("dit_tiny") else { panic!("dit_tiny is a DiT") };
     let ours = udit::model::dit::sincos_pos_embed_2d(cfg.hidden_size, cfg.grid());
     let ours = burn::tensor::TensorData::new(ours, [1, cfg.grid() * cfg.grid(), cfg.hidden_size]);
     assert_close("pos_embed", &ours, &io["weights.pos_embed"], 1e-6);
@@ -165,10 +124,8 @@ fn dit_fresh_pos_embed_is_the_reference_sincos_table() {
 #[test]
 fn fixture_parameter_counts_match_the_reference() {
     for name in ["udit_tiny", "udit_tiny_plain", "dit_tiny"] {
-        let meta: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap(),
-        )
-        .unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap()).unwrap();
         let expected = meta["params"].as_u64().unwrap();
         let cost = udit::cost::Cost::of(&config(name));
         let fresh = Denoiser::new(&config(name), udit::model::FfnForm::Train, &Device::flex());
@@ -178,13 +135,7 @@ fn fixture_parameter_counts_match_the_reference() {
             .map(|(_, s)| s)
             .map(|s| s.iter().product::<usize>())
             .sum();
-        assert_eq!(
-            cost.params, expected,
-            "{name}: analytic training-form count"
-        );
-        assert_eq!(
-            built as u64, expected,
-            "{name}: parameters of the built model"
-        );
+        assert_eq!(cost.params, expected, "{name}: analytic training-form count");
+        assert_eq!(built as u64, expected, "{name}: parameters of the built model");
     }
 }

@@ -11,9 +11,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{
-    AdaLnModulation, Init, LabelEmbedder, Linear, TimestepEmbedder, layer_norm_dim,
-};
+use super::layers::{AdaLnModulation, Init, LabelEmbedder, Linear, TimestepEmbedder, layer_norm_dim};
 use super::{flag, validate_common};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
@@ -94,21 +92,11 @@ impl DiTConfig {
             _ => return None,
         };
         let defaults: Self = serde_json::from_str("{}").expect("defaults parse");
-        Some(Self {
-            hidden_size,
-            depth,
-            num_heads,
-            patch_size,
-            ..defaults
-        })
+        Some(Self { hidden_size, depth, num_heads, patch_size, ..defaults })
     }
 
     pub fn out_channels(&self) -> usize {
-        if self.learn_sigma {
-            2 * self.in_channels
-        } else {
-            self.in_channels
-        }
+        if self.learn_sigma { 2 * self.in_channels } else { self.in_channels }
     }
 
     pub fn grid(&self) -> usize {
@@ -120,12 +108,7 @@ impl DiTConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        validate_common(
-            self.hidden_size,
-            self.num_heads,
-            self.in_channels,
-            self.num_classes,
-        )?;
+        validate_common(self.hidden_size, self.num_heads, self.in_channels, self.num_classes)?;
         anyhow::ensure!(
             self.patch_size > 0 && self.input_size % self.patch_size == 0 && self.input_size > 0,
             "input_size {} is not a positive multiple of patch_size {}",
@@ -136,10 +119,7 @@ impl DiTConfig {
             self.hidden_size % 4 == 0,
             "the 2-D sin-cos position embedding needs hidden_size divisible by 4"
         );
-        anyhow::ensure!(
-            (0.0..1.0).contains(&self.class_dropout_prob),
-            "class_dropout_prob must be in [0, 1)"
-        );
+        anyhow::ensure!((0.0..1.0).contains(&self.class_dropout_prob), "class_dropout_prob must be in [0, 1)");
         if let Some(g) = self.cfg_channels {
             anyhow::ensure!(
                 g >= 1 && g <= self.in_channels,
@@ -213,15 +193,8 @@ impl DiT {
         let pos = sincos_pos_embed_2d(d, cfg.grid());
         let blocks = (0..cfg.depth)
             .map(|_| DiTBlock {
-                attn: Attention {
-                    qkv: lin(d, 3 * d),
-                    proj: lin(d, d),
-                    heads: cfg.num_heads,
-                },
-                mlp: Mlp {
-                    fc1: lin(d, hidden),
-                    fc2: lin(hidden, d),
-                },
+                attn: Attention { qkv: lin(d, 3 * d), proj: lin(d, d), heads: cfg.num_heads },
+                mlp: Mlp { fc1: lin(d, hidden), fc2: lin(hidden, d) },
                 adaLN_modulation: AdaLnModulation::new(d, 6, device),
             })
             .collect();
@@ -231,13 +204,11 @@ impl DiT {
             },
             t_embedder: TimestepEmbedder::new(d, device),
             y_embedder: LabelEmbedder::new(cfg.label_rows(), d, device),
-            pos_embed: Param::from_tensor(
-                Tensor::<1>::from_floats(pos.as_slice(), device).reshape([
-                    1,
-                    cfg.grid() * cfg.grid(),
-                    d,
-                ]),
-            )
+            pos_embed: Param::from_tensor(Tensor::<1>::from_floats(pos.as_slice(), device).reshape([
+                1,
+                cfg.grid() * cfg.grid(),
+                d,
+            ]))
             .set_require_grad(false),
             blocks,
             final_layer: FinalLayer {
@@ -254,45 +225,28 @@ impl DiT {
         let p = self.patch_size;
         let conv = &self.x_embedder.proj;
         let options = ConvOptions::new([p, p], [0, 0], [1, 1], 1);
-        let patches = burn::tensor::module::conv2d(
-            x,
-            conv.weight.val(),
-            conv.bias.as_ref().map(|b| b.val()),
-            options,
-        );
+        let patches = burn::tensor::module::conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), options);
         let [_, d, gh, gw] = patches.dims();
         let mut x = patches.reshape([n, d, gh * gw]).swap_dims(1, 2) + self.pos_embed.val();
         let c = self.t_embedder.forward(t) + self.y_embedder.forward(y);
         for block in &self.blocks {
             let [shift_a, scale_a, gate_a, shift_f, scale_f, gate_f] =
-                <[Tensor<2>; 6]>::try_from(block.adaLN_modulation.forward(c.clone(), 6))
-                    .expect("six chunks");
-            let a = block
-                .attn
-                .forward(modulate(layer_norm_dim(x.clone(), 2), shift_a, scale_a));
+                <[Tensor<2>; 6]>::try_from(block.adaLN_modulation.forward(c.clone(), 6)).expect("six chunks");
+            let a = block.attn.forward(modulate(layer_norm_dim(x.clone(), 2), shift_a, scale_a));
             x = x + gate_a.unsqueeze_dim(1) * a;
-            let m = block
-                .mlp
-                .fc2
-                .forward(gelu_approximate(block.mlp.fc1.forward(modulate(
-                    layer_norm_dim(x.clone(), 2),
-                    shift_f,
-                    scale_f,
-                ))));
+            let m = block.mlp.fc2.forward(gelu_approximate(block.mlp.fc1.forward(modulate(
+                layer_norm_dim(x.clone(), 2),
+                shift_f,
+                scale_f,
+            ))));
             x = x + gate_f.unsqueeze_dim(1) * m;
         }
         let [shift, scale] =
-            <[Tensor<2>; 2]>::try_from(self.final_layer.adaLN_modulation.forward(c, 2))
-                .expect("two chunks");
-        let x = self
-            .final_layer
-            .linear
-            .forward(modulate(layer_norm_dim(x, 2), shift, scale));
+            <[Tensor<2>; 2]>::try_from(self.final_layer.adaLN_modulation.forward(c, 2)).expect("two chunks");
+        let x = self.final_layer.linear.forward(modulate(layer_norm_dim(x, 2), shift, scale));
         // unpatchify: (n, h, w, p, q, c) -> (n, c, h p, w q)
         let co = self.out_channels;
-        x.reshape([n, gh, gw, p, p, co])
-            .permute([0, 5, 1, 3, 2, 4])
-            .reshape([n, co, h, w])
+        x.reshape([n, gh, gw, p, p, co]).permute([0, 5, 1, 3, 2, 4]).reshape([n, co, h, w])
     }
 }
 
@@ -300,28 +254,11 @@ impl Attention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [n, t, d] = x.dims();
         let hd = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([n, t, 3, self.heads, hd])
-            .permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv
-            .chunk(3, 0)
-            .into_iter()
-            .map(|p| p.reshape([n, self.heads, t, hd]));
-        let (q, k, v) = (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-        );
-        let options = AttentionModuleOptions {
-            scale: Some((hd as f64).powf(-0.5)),
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, None, None, options)
-            .swap_dims(1, 2)
-            .reshape([n, t, d]);
+        let qkv = self.qkv.forward(x).reshape([n, t, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
+        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([n, self.heads, t, hd]));
+        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let options = AttentionModuleOptions { scale: Some((hd as f64).powf(-0.5)), softcap: None, is_causal: false };
+        let out = attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([n, t, d]);
         self.proj.forward(out)
     }
 }
@@ -330,9 +267,7 @@ impl Attention {
 /// first half encodes the column, second half the row of token n = row*grid + col.
 pub fn sincos_pos_embed_2d(dim: usize, grid: usize) -> Vec<f32> {
     let quarter = dim / 4;
-    let omega: Vec<f64> = (0..quarter)
-        .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
-        .collect();
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
     let mut out = Vec::with_capacity(grid * grid * dim);
     for row in 0..grid {
         for col in 0..grid {

@@ -77,14 +77,7 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// A dense `k x k` convolution.
-    pub fn new(
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        bias: bool,
-        init: Init,
-        device: &Device,
-    ) -> Self {
+    pub fn new(c_in: usize, c_out: usize, k: usize, bias: bool, init: Init, device: &Device) -> Self {
         Self::grouped(c_in, c_out, k, 1, bias, init, device)
     }
 
@@ -93,33 +86,15 @@ impl Conv2d {
         Self::grouped(c, c, k, c, true, init, device)
     }
 
-    fn grouped(
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        groups: usize,
-        bias: bool,
-        init: Init,
-        device: &Device,
-    ) -> Self {
+    fn grouped(c_in: usize, c_out: usize, k: usize, groups: usize, bias: bool, init: Init, device: &Device) -> Self {
         let per_group = c_in / groups;
         let shape = [c_out, per_group, k, k];
-        let weight = init_tensor(
-            shape,
-            per_group * k * k,
-            c_out / groups * k * k,
-            init,
-            device,
-        );
+        let weight = init_tensor(shape, per_group * k * k, c_out / groups * k * k, init, device);
         Self::from_weights(weight, bias.then(|| Tensor::zeros([c_out], device)), groups)
     }
 
     pub fn from_weights(weight: Tensor<4>, bias: Option<Tensor<1>>, groups: usize) -> Self {
-        Self {
-            weight: Param::from_tensor(weight),
-            bias: bias.map(Param::from_tensor),
-            groups,
-        }
+        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor), groups }
     }
 
     pub fn kernel_size(&self) -> usize {
@@ -129,12 +104,7 @@ impl Conv2d {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let pad = (self.kernel_size() - 1) / 2;
         let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], self.groups);
-        conv2d(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            options,
-        )
+        conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
     }
 }
 
@@ -142,9 +112,7 @@ impl Conv2d {
 pub fn timestep_embedding(t: Tensor<1>, dim: usize) -> Tensor<2> {
     let half = dim / 2;
     let device = t.device();
-    let freqs: Vec<f32> = (0..half)
-        .map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp())
-        .collect();
+    let freqs: Vec<f32> = (0..half).map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp()).collect();
     let freqs = Tensor::<1>::from_floats(freqs.as_slice(), &device).unsqueeze::<2>();
     let args = t.unsqueeze_dim::<2>(1) * freqs;
     Tensor::cat(vec![args.clone().cos(), args.sin()], 1)
@@ -163,13 +131,7 @@ impl TimestepEmbedder {
 
     pub fn new(hidden: usize, device: &Device) -> Self {
         Self {
-            mlp__0: Linear::new(
-                Self::FREQUENCY_SIZE,
-                hidden,
-                true,
-                Init::Normal(0.02),
-                device,
-            ),
+            mlp__0: Linear::new(Self::FREQUENCY_SIZE, hidden, true, Init::Normal(0.02), device),
             mlp__2: Linear::new(hidden, hidden, true, Init::Normal(0.02), device),
         }
     }
@@ -196,11 +158,7 @@ pub struct Embedding {
 impl LabelEmbedder {
     pub fn new(rows: usize, hidden: usize, device: &Device) -> Self {
         let weight = init_tensor([rows, hidden], rows, hidden, Init::Normal(0.02), device);
-        Self {
-            embedding_table: Embedding {
-                weight: Param::from_tensor(weight),
-            },
-        }
+        Self { embedding_table: Embedding { weight: Param::from_tensor(weight) } }
     }
 
     pub fn forward(&self, y: Tensor<1, Int>) -> Tensor<2> {
@@ -217,9 +175,7 @@ pub struct AdaLnModulation {
 
 impl AdaLnModulation {
     pub fn new(hidden: usize, n: usize, device: &Device) -> Self {
-        Self {
-            __1: Linear::new(hidden, n * hidden, true, Init::Zero, device),
-        }
+        Self { __1: Linear::new(hidden, n * hidden, true, Init::Zero, device) }
     }
 
     /// The `n` chunks (shift, scale, gate, ...) of `Linear(SiLU(c))`, each `[N, hidden]`.
@@ -256,18 +212,14 @@ pub fn per_channel(v: Tensor<2>) -> Tensor<4> {
 /// c*r*r + r*i + j at (h, w).
 pub fn pixel_unshuffle(x: Tensor<4>, r: usize) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
-    x.reshape([n, c, h / r, r, w / r, r])
-        .permute([0, 1, 3, 5, 2, 4])
-        .reshape([n, c * r * r, h / r, w / r])
+    x.reshape([n, c, h / r, r, w / r, r]).permute([0, 1, 3, 5, 2, 4]).reshape([n, c * r * r, h / r, w / r])
 }
 
 /// `nn.PixelShuffle(r)`, the inverse of [`pixel_unshuffle`].
 pub fn pixel_shuffle(x: Tensor<4>, r: usize) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     let c_out = c / (r * r);
-    x.reshape([n, c_out, r, r, h, w])
-        .permute([0, 1, 4, 2, 5, 3])
-        .reshape([n, c_out, h * r, w * r])
+    x.reshape([n, c_out, r, r, h, w]).permute([0, 1, 4, 2, 5, 3]).reshape([n, c_out, h * r, w * r])
 }
 
 /// Records intermediate activations under the reference module names, so that tests can
@@ -283,9 +235,7 @@ impl Trace {
     }
 
     pub fn on() -> Self {
-        Self {
-            acts: Some(Default::default()),
-        }
+        Self { acts: Some(Default::default()) }
     }
 
     pub fn record<const D: usize>(&mut self, name: impl Into<String>, x: &Tensor<D>) {

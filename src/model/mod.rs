@@ -26,8 +26,8 @@ pub enum ModelConfig {
 
 /// Names accepted by `--model`.
 pub const PRESETS: &[&str] = &[
-    "U-DiT-S", "U-DiT-B", "U-DiT-L", "DiT-S/2", "DiT-S/4", "DiT-S/8", "DiT-B/2", "DiT-B/4",
-    "DiT-B/8", "DiT-L/2", "DiT-L/4", "DiT-L/8", "DiT-XL/2", "DiT-XL/4", "DiT-XL/8",
+    "U-DiT-S", "U-DiT-B", "U-DiT-L", "DiT-S/2", "DiT-S/4", "DiT-S/8", "DiT-B/2", "DiT-B/4", "DiT-B/8", "DiT-L/2",
+    "DiT-L/4", "DiT-L/8", "DiT-XL/2", "DiT-XL/4", "DiT-XL/8",
 ];
 
 impl ModelConfig {
@@ -56,8 +56,7 @@ impl ModelConfig {
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -171,13 +170,7 @@ impl Denoiser {
         self.forward_traced(x, t, y, &mut Trace::off())
     }
 
-    pub fn forward_traced(
-        &self,
-        x: Tensor<4>,
-        t: Tensor<1>,
-        y: Tensor<1, Int>,
-        trace: &mut Trace,
-    ) -> Tensor<4> {
+    pub fn forward_traced(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, trace: &mut Trace) -> Tensor<4> {
         match self {
             Self::UDiT(m) => m.forward(x, t, y, trace),
             Self::DiT(m) => m.forward(x, t, y),
@@ -205,11 +198,7 @@ impl Denoiser {
         let uncond = eps.narrow(0, n / 2, n / 2);
         let guided_eps = uncond.clone() + (cond - uncond) * scale;
         let eps = Tensor::cat(vec![guided_eps.clone(), guided_eps], 0);
-        if guided == c {
-            eps
-        } else {
-            Tensor::cat(vec![eps, out.narrow(1, guided, c - guided)], 1)
-        }
+        if guided == c { eps } else { Tensor::cat(vec![eps, out.narrow(1, guided, c - guided)], 1) }
     }
 }
 
@@ -219,12 +208,7 @@ pub(crate) fn default_cfg_channels(explicit: Option<usize>, in_channels: usize) 
     explicit.unwrap_or(if in_channels == 4 { 3 } else { in_channels })
 }
 
-pub(crate) fn validate_common(
-    hidden: usize,
-    heads: usize,
-    in_channels: usize,
-    classes: usize,
-) -> Result<()> {
+pub(crate) fn validate_common(hidden: usize, heads: usize, in_channels: usize, classes: usize) -> Result<()> {
     if hidden == 0 || heads == 0 || hidden % heads != 0 {
         bail!("hidden_size {hidden} must be a positive multiple of num_heads {heads}");
     }
@@ -249,9 +233,92 @@ pub(crate) mod flag {
             Flag::Bool(b) => Ok(b),
             Flag::Int(0) => Ok(false),
             Flag::Int(1) => Ok(true),
-            Flag::Int(other) => Err(serde::de::Error::custom(format!(
-                "expected 0 or 1, got {other}"
-            ))),
+            Flag::Int(other) => Err(serde::de::Error::custom(format!("expected 0 or 1, got {other}"))),
         }
     }
+}
+
+/// One line per architectural choice, for `udit info`.
+pub fn describe(cfg: &ModelConfig) -> String {
+    match cfg {
+        ModelConfig::UDiT(c) => format!(
+            "U-DiT  hidden {} (stages {}/{}/{}/{}/{}), heads {}, depth {:?} (block = 2 attention+FFN pairs)\n\
+             latent {}x{}x{}, {} classes, learn_sigma {}, token downsampling {:?}\n\
+             attention {}, position {}, downsampler {}{}, FFN {} (mlp_ratio {})",
+            c.hidden_size,
+            c.hidden_size,
+            2 * c.hidden_size,
+            4 * c.hidden_size,
+            2 * c.hidden_size,
+            2 * c.hidden_size,
+            c.num_heads,
+            c.depth,
+            c.in_channels,
+            c.input_size,
+            c.input_size,
+            c.num_classes,
+            c.learn_sigma,
+            c.down_factor,
+            if c.attn_type.is_some() { "cosine (v2)" } else { "scaled dot product" },
+            if c.posemb_type.is_some() { "RoPE2D" } else { "none" },
+            c.downsampler,
+            if c.down_shortcut { " + shortcut" } else { "" },
+            match (c.ffn_type, c.rep) {
+                (udit::FfnType::Basic, _) => "basic MLP",
+                (udit::FfnType::Rep, true) => "depthwise-conv, re-parametrized",
+                (udit::FfnType::Rep, false) => "depthwise-conv",
+            },
+            c.mlp_ratio
+        ),
+        ModelConfig::DiT(c) => format!(
+            "DiT  hidden {}, depth {}, heads {}, patch {}, latent {}x{}x{}, {} classes, learn_sigma {}",
+            c.hidden_size,
+            c.depth,
+            c.num_heads,
+            c.patch_size,
+            c.in_channels,
+            c.input_size,
+            c.input_size,
+            c.num_classes,
+            c.learn_sigma
+        ),
+    }
+}
+
+/// The denoiser inputs `x`, `t`, `y` from a tensor file, checked against the model.
+pub fn inputs_from(
+    tensors: &crate::checkpoint::StateDict,
+    cfg: &ModelConfig,
+    device: &Device,
+) -> Result<(Tensor<4>, Tensor<1>, Tensor<1, Int>)> {
+    let get = |k: &str| tensors.get(k).with_context(|| format!("the inputs have no tensor `{k}`"));
+    let (x, t, y) = (get("x")?, get("t")?, get("y")?);
+    let dims = x.shape().to_vec();
+    let n = dims.first().copied().unwrap_or(0);
+    if dims.len() != 4 || dims[1] != cfg.in_channels() || dims[2] != dims[3] || dims[2] == 0 {
+        bail!("x must be [N, {}, S, S], got {dims:?}", cfg.in_channels());
+    }
+    if dims[2] != cfg.input_size() {
+        bail!("x is {}x{} but the model's input_size is {} (use --latent-size)", dims[2], dims[3], cfg.input_size());
+    }
+    if t.shape().to_vec() != [n] || y.shape().to_vec() != [n] {
+        bail!("t and y must have shape [{n}], got {:?} and {:?}", t.shape().to_vec(), y.shape().to_vec());
+    }
+    let rows = cfg.num_classes() + usize::from(cfg.has_null_class());
+    let labels = y
+        .as_slice::<f32>()
+        .map_err(|e| anyhow::anyhow!("y: {e:?}"))?
+        .iter()
+        .map(|&v| {
+            if v.fract() != 0.0 || v < 0.0 || v as usize >= rows {
+                bail!("label {v} is not a class index in 0..{rows}");
+            }
+            Ok(v as i64)
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    Ok((
+        Tensor::from_data(x.clone(), device),
+        Tensor::from_data(t.clone(), device),
+        Tensor::from_data(burn::tensor::TensorData::new(labels, [n]), device),
+    ))
 }

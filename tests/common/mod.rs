@@ -12,11 +12,7 @@ pub fn fixtures() -> PathBuf {
     let dir = std::env::var_os("UDIT_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(
-        dir.join("README.md").exists(),
-        "fixtures not found at {} (set UDIT_FIXTURES)",
-        dir.display()
-    );
+    assert!(dir.join("README.md").exists(), "fixtures not found at {} (set UDIT_FIXTURES)", dir.display());
     dir
 }
 
@@ -34,12 +30,7 @@ pub fn float<const D: usize>(data: &TensorData, device: &Device) -> Tensor<D> {
 }
 
 pub fn ints(data: &TensorData, device: &Device) -> Tensor<1, Int> {
-    let v: Vec<i64> = data
-        .as_slice::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as i64)
-        .collect();
+    let v: Vec<i64> = data.as_slice::<f32>().unwrap().iter().map(|&x| x as i64).collect();
     Tensor::from_data(TensorData::new(v, [data.num_elements()]), device)
 }
 
@@ -48,11 +39,7 @@ pub fn rel_err(ours: &TensorData, reference: &TensorData) -> f32 {
     assert_eq!(ours.shape(), reference.shape(), "shape mismatch");
     let a = ours.as_slice::<f32>().unwrap();
     let b = reference.as_slice::<f32>().unwrap();
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max).max(1e-30);
     diff / scale
 }
