@@ -9,8 +9,8 @@
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::{attention, conv2d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
@@ -281,22 +281,26 @@ impl DownSampleAttn {
         let [b, d, h, w] = x.dims();
         let r = self.down_factor;
         let (hr, wr, heads) = (h / r, w / r, self.heads);
-        let hd = d / heads;
+        let (n, hd) = (hr * wr, d / heads);
         let mut x2 = self.downsampler.layer.forward(x.clone());
         if self.downsampler.shortcut {
             x2 = x2 + x;
         }
-        // 'b d (h dh) (w dw) -> (b dh dw) (h w) d': group p = r*dh + dw holds pixels (r*h+dh, r*w+dw).
-        let tokens = x2.reshape([b, d, hr, r, wr, r]).permute([0, 3, 5, 2, 4, 1]).reshape([b * r * r, hr * wr, d]);
-        let n = hr * wr;
-        let qkv = self.to_qkv.forward(tokens);
-        let split = |t: Tensor<3>| t.reshape([b * r * r, n, heads, hd]).swap_dims(1, 2);
-        let mut qkv = qkv.chunk(3, 2).into_iter().map(split);
-        let (mut q, mut k, v) = (qkv.next().unwrap(), qkv.next().unwrap(), qkv.next().unwrap());
+        // `to_qkv` acts on each token alone, so it runs as a 1x1 conv on the whole map before
+        // the split (faster than per-group matmuls). With RoPE it also yields q and k with
+        // their channel pairs swapped, (a, b) -> (-b, a), so the rotation is two products.
+        let (weight, bias) = self.qkv_weights(hd);
+        let slots = weight.dims()[0] / hd;
+        let qkv = conv2d(x2, weight.reshape([slots * hd, d, 1, 1]), Some(bias), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+        // 'b (slot hd) (hr dh) (wr dw) -> (b dh dw) slot (hr wr) hd': group p = r*dh + dw
+        // holds pixels (r*hr+dh, r*wr+dw), the reference `DownSampler` rearrange.
+        let qkv = qkv.reshape([b, slots, hd, hr, r, wr, r]).permute([0, 4, 6, 1, 3, 5, 2]).reshape([b * r * r, slots, n, hd]);
+        let part = |i: usize| qkv.clone().narrow(1, i * heads, heads);
+        let (mut q, mut k, v) = (part(0), part(1), part(2));
         if self.rope {
             let (cos, sin) = rope2d_tables(hd, n, &q.device());
-            q = apply_rope(q, cos.clone(), sin.clone());
-            k = apply_rope(k, cos, sin);
+            q = q * cos.clone() + part(3) * sin.clone();
+            k = k * cos + part(4) * sin;
         }
         let scale = match &self.logit_scale {
             Some(logit_scale) => {
@@ -310,49 +314,62 @@ impl DownSampleAttn {
         };
         let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
         let out = attention(q, k, v, None, None, options); // [b r r, heads, n, hd]
-        // 'b (dh dw) he (h w) d -> b (he d) (h dh) (w dw)'
-        let out = out.swap_dims(1, 2).reshape([b, r, r, hr, wr, d]).permute([0, 5, 3, 1, 4, 2]).reshape([b, d, h, w]);
+        // 'b (dh dw) he (hr wr) d -> b (he d) (hr dh) (wr dw)'
+        let out = out.reshape([b, r, r, heads, hr, wr, hd]).permute([0, 3, 6, 4, 1, 5, 2]).reshape([b, d, h, w]);
         self.to_out.forward(out)
+    }
+
+    /// `to_qkv` rows as [q; k; v], plus [swap(q); swap(k)] when RoPE is on, where swap maps
+    /// channel pair (2m, 2m+1) of every head to (-(2m+1), 2m).
+    fn qkv_weights(&self, hd: usize) -> (Tensor<2>, Tensor<1>) {
+        let w = self.to_qkv.weight.val();
+        let b = self.to_qkv.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([w.dims()[0]], &w.device()));
+        if !self.rope {
+            return (w, b);
+        }
+        let [rows, d] = w.dims();
+        let qk = rows * 2 / 3;
+        let swap_w = |t: Tensor<2>| {
+            let pairs = t.reshape([qk / 2, 2, d]);
+            let (a, bb) = (pairs.clone().narrow(1, 0, 1), pairs.narrow(1, 1, 1));
+            Tensor::cat(vec![bb.neg(), a], 1).reshape([qk, d])
+        };
+        let swap_b = |t: Tensor<1>| {
+            let pairs = t.reshape([qk / 2, 2]);
+            let (a, bb) = (pairs.clone().narrow(1, 0, 1), pairs.narrow(1, 1, 1));
+            Tensor::cat(vec![bb.neg(), a], 1).reshape([qk])
+        };
+        let _ = hd;
+        let w_swapped = swap_w(w.clone().narrow(0, 0, qk));
+        let b_swapped = swap_b(b.clone().narrow(0, 0, qk));
+        (Tensor::cat(vec![w, w_swapped], 0), Tensor::cat(vec![b, b_swapped], 0))
     }
 }
 
 /// `F.normalize(x, dim=-1)`: x / max(||x||, 1e-12).
-fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
+pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
     let norm = x.clone().square().sum_dim(3).sqrt().clamp_min(1e-12);
     x / norm
 }
 
-/// cos/sin of RoPE2D angles, `[1, 1, n, hd/2]`: complex pair m rotates by x*w_{m/2} for
-/// even m and y*w_{(m-1)/2} for odd m, with (x, y) = (n mod S, n div S), S = floor(sqrt(n)),
-/// w_j = 10000^(-4j/hd) (reference `precompute_freqs_cis_2d`).
-fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+/// cos/sin of the RoPE2D angles per channel, `[1, 1, n, hd]`: channel pair m = (2m, 2m+1)
+/// rotates by x*w_{m/2} for even m and y*w_{(m-1)/2} for odd m, with (x, y) = (n mod S,
+/// n div S), S = floor(sqrt(n)), w_j = 10000^(-4j/hd) (reference `precompute_freqs_cis_2d`).
+pub fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
     let side = (n as f64).sqrt() as usize;
-    let pairs = hd / 2;
-    let mut cos = Vec::with_capacity(n * pairs);
-    let mut sin = Vec::with_capacity(n * pairs);
+    let mut cos = Vec::with_capacity(n * hd);
+    let mut sin = Vec::with_capacity(n * hd);
     for token in 0..n {
         let (x, y) = ((token % side) as f32, (token / side) as f32);
-        for m in 0..pairs {
-            let j = m / 2;
-            let freq = 1.0 / 10000f32.powf((4 * j) as f32 / hd as f32);
+        for m in 0..hd / 2 {
+            let freq = 1.0 / 10000f32.powf((4 * (m / 2)) as f32 / hd as f32);
             let angle = if m % 2 == 0 { x * freq } else { y * freq };
-            cos.push(angle.cos());
-            sin.push(angle.sin());
+            cos.extend([angle.cos(); 2]);
+            sin.extend([angle.sin(); 2]);
         }
     }
-    let table = |v: Vec<f32>| Tensor::<1>::from_floats(v.as_slice(), device).reshape([1, 1, n, pairs]);
+    let table = |v: Vec<f32>| Tensor::<1>::from_floats(v.as_slice(), device).reshape([1, 1, n, hd]);
     (table(cos), table(sin))
-}
-
-/// Rotates interleaved channel pairs (2m, 2m+1) of `[.., n, hd]` as complex numbers.
-fn apply_rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
-    let [b, h, n, hd] = x.dims();
-    let pairs = x.reshape([b, h, n, hd / 2, 2]);
-    let re = pairs.clone().narrow(4, 0, 1).reshape([b, h, n, hd / 2]);
-    let im = pairs.narrow(4, 1, 1).reshape([b, h, n, hd / 2]);
-    let out_re = re.clone() * cos.clone() - im.clone() * sin.clone();
-    let out_im = re * sin + im * cos;
-    Tensor::stack::<5>(vec![out_re, out_im], 4).reshape([b, h, n, hd])
 }
 
 /// The FFN of a block, in whichever form the weights are in.
