@@ -135,18 +135,41 @@ fn cli_convert_merge_then_forward_without_a_config() {
     let merged = dir.path().join("merged.safetensors");
     let cfg = fixture("udit_tiny.json");
     let pt = fixture("udit_tiny.train-checkpoint.pt");
-    let (ok, _, err) = udit(&["convert", "--weights", pt.to_str().unwrap(), "--output", merged.to_str().unwrap(), "--merge", "--config", cfg.to_str().unwrap()]);
+    let (ok, _, err) = udit(&[
+        "convert",
+        "--weights",
+        pt.to_str().unwrap(),
+        "--output",
+        merged.to_str().unwrap(),
+        "--merge",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let w = read_weights(&merged, None).unwrap();
     assert!(w.tensors.contains_key("encoder_level_1.0.mlp1.dwconv.weight"), "merged FFN keys");
     assert_eq!(w.config, Some(tiny_config()), "the configuration travels with the weights");
     let out = dir.path().join("out.safetensors");
     let io_path = fixture("udit_tiny.io.safetensors");
-    let (ok, _, err) = udit(&["forward", "--weights", merged.to_str().unwrap(), "--inputs", io_path.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let (ok, _, err) = udit(&[
+        "forward",
+        "--weights",
+        merged.to_str().unwrap(),
+        "--inputs",
+        io_path.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
-    assert_close("out_eval", &read_weights(&out, None).unwrap().tensors["out"], &io("udit_tiny.io.safetensors")["out_eval"], 1e-4);
+    assert_close(
+        "out_eval",
+        &read_weights(&out, None).unwrap().tensors["out"],
+        &io("udit_tiny.io.safetensors")["out_eval"],
+        1e-4,
+    );
 
-    let (ok, _, err) = udit(&["convert", "--weights", pt.to_str().unwrap(), "--output", merged.to_str().unwrap(), "--merge"]);
+    let (ok, _, err) =
+        udit(&["convert", "--weights", pt.to_str().unwrap(), "--output", merged.to_str().unwrap(), "--merge"]);
     assert!(!ok && err.contains("--merge needs the model"), "{err}");
 }
 
@@ -160,8 +183,28 @@ fn cli_errors_are_one_line_without_panics() {
     let cases: Vec<Vec<String>> = vec![
         vec!["info".into(), "--model".into(), "U-DiT-XXL".into()],
         vec!["info".into(), "--model".into(), "U-DiT-S".into(), "--latent-size".into(), "30".into()],
-        vec!["forward".into(), "--model".into(), "U-DiT-S".into(), "--weights".into(), junk.display().to_string(), "--inputs".into(), io_path.display().to_string(), "--output".into(), out.display().to_string()],
-        vec!["forward".into(), "--config".into(), fixture("udit_tiny.json").display().to_string(), "--weights".into(), fixture("udit_tiny_plain.weights.safetensors").display().to_string(), "--inputs".into(), io_path.display().to_string(), "--output".into(), out.display().to_string()],
+        vec![
+            "forward".into(),
+            "--model".into(),
+            "U-DiT-S".into(),
+            "--weights".into(),
+            junk.display().to_string(),
+            "--inputs".into(),
+            io_path.display().to_string(),
+            "--output".into(),
+            out.display().to_string(),
+        ],
+        vec![
+            "forward".into(),
+            "--config".into(),
+            fixture("udit_tiny.json").display().to_string(),
+            "--weights".into(),
+            fixture("udit_tiny_plain.weights.safetensors").display().to_string(),
+            "--inputs".into(),
+            io_path.display().to_string(),
+            "--output".into(),
+            out.display().to_string(),
+        ],
         vec!["bench".into(), "--model".into(), "U-DiT-S".into(), "--batch".into(), "0".into()],
     ];
     for args in cases {

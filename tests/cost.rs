@@ -12,7 +12,9 @@ fn cost(name: &str) -> Cost {
 #[test]
 fn udit_presets_match_paper_table_8() {
     // (merged params in M, GMACs) as published, at 32x32x4 latents.
-    for (name, params, gmacs) in [("U-DiT-S", "52.05", "6.04"), ("U-DiT-B", "204.43", "22.22"), ("U-DiT-L", "810.19", "85.00")] {
+    for (name, params, gmacs) in
+        [("U-DiT-S", "52.05", "6.04"), ("U-DiT-B", "204.43", "22.22"), ("U-DiT-L", "810.19", "85.00")]
+    {
         let c = cost(name);
         assert_eq!(format!("{:.2}", c.params_merged as f64 / 1e6), params, "{name} params");
         assert_eq!(format!("{:.2}", c.macs as f64 / 1e9), gmacs, "{name} GMACs");
@@ -39,7 +41,11 @@ fn analytic_params_equal_built_model_params_for_every_switch() {
         let cfg = ModelConfig::from_json(json).unwrap();
         let count = |form| -> u64 {
             let m = Denoiser::new(&cfg, form, &Device::flex());
-            param_shapes(&m).iter().filter(|(k, _)| *k != "pos_embed").map(|(_, s)| s.iter().product::<usize>() as u64).sum()
+            param_shapes(&m)
+                .iter()
+                .filter(|(k, _)| *k != "pos_embed")
+                .map(|(_, s)| s.iter().product::<usize>() as u64)
+                .sum()
         };
         let c = Cost::of(&cfg);
         assert_eq!(c.params, count(FfnForm::Train), "{json}");

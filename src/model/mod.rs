@@ -1,6 +1,7 @@
 //! The denoisers: U-DiT ([`udit`]) and the DiT baseline ([`dit`]), behind one [`Denoiser`]
 //! type that samplers and training call without knowing which network it is.
 
+pub mod cpu;
 pub mod dit;
 pub mod layers;
 pub mod udit;

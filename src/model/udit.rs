@@ -287,14 +287,33 @@ impl DownSampleAttn {
             x2 = x2 + x;
         }
         // `to_qkv` acts on each token alone, so it runs as a 1x1 conv on the whole map before
-        // the split (faster than per-group matmuls). With RoPE it also yields q and k with
-        // their channel pairs swapped, (a, b) -> (-b, a), so the rotation is two products.
+        // the split (faster than per-group matmuls).
+        if super::cpu::applies(&x2) {
+            let (weight, bias) = (self.to_qkv.weight.val(), self.to_qkv.bias.as_ref().map(|b| b.val()));
+            let qkv = conv2d(x2, weight.reshape([3 * d, d, 1, 1]), bias, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+            let temperature = self.logit_scale.as_ref().map(|s| {
+                s.val()
+                    .clamp_max(LOGIT_SCALE_MAX)
+                    .exp()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .expect("f32")
+            });
+            let kernel =
+                super::cpu::GroupedAttention { heads, r, rope: self.rope, temperature, scale: (hd as f32).powf(-0.5) };
+            return self.to_out.forward(kernel.forward(qkv));
+        }
+        // With RoPE the conv also yields q and k with their channel pairs swapped,
+        // (a, b) -> (-b, a), so that the rotation is two products.
         let (weight, bias) = self.qkv_weights(hd);
         let slots = weight.dims()[0] / hd;
-        let qkv = conv2d(x2, weight.reshape([slots * hd, d, 1, 1]), Some(bias), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+        let qkv =
+            conv2d(x2, weight.reshape([slots * hd, d, 1, 1]), Some(bias), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
         // 'b (slot hd) (hr dh) (wr dw) -> (b dh dw) slot (hr wr) hd': group p = r*dh + dw
         // holds pixels (r*hr+dh, r*wr+dw), the reference `DownSampler` rearrange.
-        let qkv = qkv.reshape([b, slots, hd, hr, r, wr, r]).permute([0, 4, 6, 1, 3, 5, 2]).reshape([b * r * r, slots, n, hd]);
+        let qkv =
+            qkv.reshape([b, slots, hd, hr, r, wr, r]).permute([0, 4, 6, 1, 3, 5, 2]).reshape([b * r * r, slots, n, hd]);
         let part = |i: usize| qkv.clone().narrow(1, i * heads, heads);
         let (mut q, mut k, v) = (part(0), part(1), part(2));
         if self.rope {
@@ -372,6 +391,11 @@ pub fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor
     (table(cos), table(sin))
 }
 
+/// Exact (erf) GELU, on the fused CPU kernel where it applies.
+fn gelu_erf(x: Tensor<4>) -> Tensor<4> {
+    if super::cpu::applies(&x) { super::cpu::gelu(x) } else { gelu(x) }
+}
+
 /// The FFN of a block, in whichever form the weights are in.
 #[derive(Module, Debug)]
 pub enum FeedForward {
@@ -428,11 +452,11 @@ impl FeedForward {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Self::Rep(f) => {
-                let u = gelu(f.project_in[1].forward(f.project_in[0].forward(x)));
+                let u = gelu_erf(f.project_in[1].forward(f.project_in[0].forward(x)));
                 let mixed = f.dwconv.iter().fold(u.clone(), |acc, conv| acc + conv.forward(u.clone()));
                 f.project_out[1].forward(f.project_out[0].forward(mixed))
             }
-            Self::Single(f) => f.project_out.forward(f.dwconv.forward(gelu(f.project_in.forward(x)))),
+            Self::Single(f) => f.project_out.forward(f.dwconv.forward(gelu_erf(f.project_in.forward(x)))),
             Self::Basic(f) => f.fc2.forward(gelu_approximate(f.fc1.forward(x))),
         }
     }

@@ -1,0 +1,265 @@
+//! Fused CPU kernels for inference on burn's `flex` backend.
+//!
+//! Burn's generic ops run U-DiT's downsampled attention as a chain of strided copies,
+//! a batched matmul with a 24-wide inner dimension and a scalar softmax, which together
+//! cost more than every linear layer of the model. Here one pass per (sample, head) reads
+//! q, k and v straight from the `to_qkv` feature map, does RoPE2D, cosine normalisation,
+//! softmax and the weighted sum, and writes the result back in NCHW. GELU gets a
+//! vectorisable erf. These kernels only run where autodiff is off and the tensors live on
+//! the CPU; training and GPUs use the burn ops, and tests compare the two.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rayon::prelude::*;
+
+/// Whether `x` can take the fused CPU path.
+pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
+    !cfg!(feature = "cuda") && !x.is_autodiff()
+}
+
+fn to_vec<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}
+
+/// The attention of paper Sec. 3.2 on a `[B, 3D, H, W]` map of q, k, v channels.
+pub struct GroupedAttention {
+    pub heads: usize,
+    /// Token-downsampling factor r: r*r groups of pixels (r*h+dh, r*w+dw).
+    pub r: usize,
+    /// RoPE2D on q and k.
+    pub rope: bool,
+    /// Per-head temperature of cosine attention; `None` means dot product times `scale`.
+    pub temperature: Option<Vec<f32>>,
+    pub scale: f32,
+}
+
+impl GroupedAttention {
+    /// `[B, 3D, H, W]` -> `[B, D, H, W]`, heads back on channels, groups back on pixels.
+    pub fn forward(&self, qkv: Tensor<4>) -> Tensor<4> {
+        let [b, d3, h, w] = qkv.dims();
+        let device = qkv.device();
+        let d = d3 / 3;
+        let hd = d / self.heads;
+        let input = to_vec(qkv);
+        let mut out = vec![0f32; b * d * h * w];
+        let angles = if self.rope { rope_angles(hd, (h / self.r) * (w / self.r)) } else { (vec![], vec![]) };
+        out.par_chunks_mut(hd * h * w).enumerate().for_each(|(task, slice)| {
+            let (bi, head) = (task / self.heads, task % self.heads);
+            let sample = &input[bi * d3 * h * w..(bi + 1) * d3 * h * w];
+            self.run(sample, slice, head, d, hd, h, w, &angles);
+        });
+        Tensor::from_data(TensorData::new(out, [b, d, h, w]), &device)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        sample: &[f32],
+        out: &mut [f32],
+        head: usize,
+        d: usize,
+        hd: usize,
+        h: usize,
+        w: usize,
+        angles: &(Vec<f32>, Vec<f32>),
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { self.run_avx2(sample, out, head, d, hd, h, w, angles) };
+        }
+        self.run_portable(sample, out, head, d, hd, h, w, angles)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_avx2(
+        &self,
+        sample: &[f32],
+        out: &mut [f32],
+        head: usize,
+        d: usize,
+        hd: usize,
+        h: usize,
+        w: usize,
+        angles: &(Vec<f32>, Vec<f32>),
+    ) {
+        self.run_portable(sample, out, head, d, hd, h, w, angles)
+    }
+
+    /// One (sample, head): every group of tokens attends within itself.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn run_portable(
+        &self,
+        sample: &[f32],
+        out: &mut [f32],
+        head: usize,
+        d: usize,
+        hd: usize,
+        h: usize,
+        w: usize,
+        angles: &(Vec<f32>, Vec<f32>),
+    ) {
+        let r = self.r;
+        let (hr, wr) = (h / r, w / r);
+        let n = hr * wr;
+        let plane = h * w;
+        let mut q = vec![0f32; n * hd];
+        let mut kt = vec![0f32; hd * n];
+        let mut vt = vec![0f32; hd * n];
+        let mut k_row = vec![0f32; hd];
+        let mut scores = vec![0f32; n];
+        let pixel = |t: usize, dh: usize, dw: usize| ((t / wr) * r + dh) * w + (t % wr) * r + dw;
+        for dh in 0..r {
+            for dw in 0..r {
+                // Gather q (token-major), k and v (channel-major) of this group and head.
+                for t in 0..n {
+                    let p = pixel(t, dh, dw);
+                    let qr = &mut q[t * hd..(t + 1) * hd];
+                    for c in 0..hd {
+                        qr[c] = sample[(head * hd + c) * plane + p];
+                        k_row[c] = sample[(d + head * hd + c) * plane + p];
+                        vt[c * n + t] = sample[(2 * d + head * hd + c) * plane + p];
+                    }
+                    if self.rope {
+                        rotate(qr, &angles.0[t * hd / 2..], &angles.1[t * hd / 2..]);
+                        rotate(&mut k_row, &angles.0[t * hd / 2..], &angles.1[t * hd / 2..]);
+                    }
+                    let (q_gain, k_gain) = match &self.temperature {
+                        Some(temp) => (temp[head] / norm(qr), 1.0 / norm(&k_row)),
+                        None => (self.scale, 1.0),
+                    };
+                    qr.iter_mut().for_each(|x| *x *= q_gain);
+                    for c in 0..hd {
+                        kt[c * n + t] = k_row[c] * k_gain;
+                    }
+                }
+                for i in 0..n {
+                    scores.iter_mut().for_each(|s| *s = 0.0);
+                    for (c, &qc) in q[i * hd..(i + 1) * hd].iter().enumerate() {
+                        for (s, &k) in scores.iter_mut().zip(&kt[c * n..(c + 1) * n]) {
+                            *s += qc * k;
+                        }
+                    }
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    scores.iter_mut().for_each(|s| *s = exp(*s - max));
+                    let inv = 1.0 / sum(&scores);
+                    let p = pixel(i, dh, dw);
+                    for c in 0..hd {
+                        out[c * plane + p] = dot(&scores, &vt[c * n..(c + 1) * n]) * inv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// cos and sin of the RoPE2D angle of every (token, channel pair), as `rope2d_tables`.
+fn rope_angles(hd: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let side = (n as f64).sqrt() as usize;
+    let mut cos = Vec::with_capacity(n * hd / 2);
+    let mut sin = Vec::with_capacity(n * hd / 2);
+    for t in 0..n {
+        let (x, y) = ((t % side) as f32, (t / side) as f32);
+        for m in 0..hd / 2 {
+            let freq = 1.0 / 10000f32.powf((4 * (m / 2)) as f32 / hd as f32);
+            let angle = if m % 2 == 0 { x * freq } else { y * freq };
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
+#[inline(always)]
+fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for m in 0..x.len() / 2 {
+        let (a, b) = (x[2 * m], x[2 * m + 1]);
+        x[2 * m] = a * cos[m] - b * sin[m];
+        x[2 * m + 1] = a * sin[m] + b * cos[m];
+    }
+}
+
+#[inline(always)]
+fn norm(x: &[f32]) -> f32 {
+    dot(x, x).sqrt().max(1e-12)
+}
+
+/// Sum with 8 independent accumulators, so that it vectorises.
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// e^x for x <= 88, branch-free (Cephes `expf`: relative error ~1e-7), so loops over it
+/// vectorise.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
+        + 0.5;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// GELU with the exact erf form, 0.5 x (1 + erf(x / sqrt 2)); erf by Abramowitz & Stegun
+/// 7.1.26 (absolute error <= 1.5e-7).
+pub fn gelu(x: Tensor<4>) -> Tensor<4> {
+    let dims = x.dims();
+    let device = x.device();
+    let mut v = to_vec(x);
+    v.par_chunks_mut(1 << 14).for_each(gelu_slice);
+    Tensor::from_data(TensorData::new(v, dims), &device)
+}
+
+fn gelu_slice(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { gelu_avx2(v) };
+    }
+    gelu_portable(v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(v: &mut [f32]) {
+    gelu_portable(v)
+}
+
+#[inline(always)]
+fn gelu_portable(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        let z = (*x * std::f32::consts::FRAC_1_SQRT_2).abs();
+        let t = 1.0 / (1.0 + 0.327_591_1 * z);
+        let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+        let erf_abs = 1.0 - poly * exp(-z * z);
+        let erf = if *x < 0.0 { -erf_abs } else { erf_abs };
+        *x = 0.5 * *x * (1.0 + erf);
+    }
+}
