@@ -17,10 +17,6 @@ pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
     !cfg!(feature = "cuda") && !x.is_autodiff()
 }
 
-fn to_vec<const D: usize>(x: Tensor<D>) -> Vec<f32> {
-    x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
-}
-
 /// The attention of paper Sec. 3.2 on a `[B, 3D, H, W]` map of q, k, v channels.
 pub struct GroupedAttention {
     pub heads: usize,
@@ -40,7 +36,8 @@ impl GroupedAttention {
         let device = qkv.device();
         let d = d3 / 3;
         let hd = d / self.heads;
-        let input = to_vec(qkv);
+        let data = qkv.into_data().convert::<f32>();
+        let input = data.as_slice::<f32>().expect("f32 data");
         let mut out = vec![0f32; b * d * h * w];
         let angles = if self.rope { rope_angles(hd, (h / self.r) * (w / self.r)) } else { (vec![], vec![]) };
         out.par_chunks_mut(hd * h * w).enumerate().for_each(|(task, slice)| {
@@ -64,10 +61,32 @@ impl GroupedAttention {
         angles: &(Vec<f32>, Vec<f32>),
     ) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { self.run_avx2(sample, out, head, d, hd, h, w, angles) };
+        {
+            // SAFETY: each branch runs only on a CPU with the features its function is built for.
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return unsafe { self.run_avx512(sample, out, head, d, hd, h, w, angles) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return unsafe { self.run_avx2(sample, out, head, d, hd, h, w, angles) };
+            }
         }
+        self.run_portable(sample, out, head, d, hd, h, w, angles)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_avx512(
+        &self,
+        sample: &[f32],
+        out: &mut [f32],
+        head: usize,
+        d: usize,
+        hd: usize,
+        h: usize,
+        w: usize,
+        angles: &(Vec<f32>, Vec<f32>),
+    ) {
         self.run_portable(sample, out, head, d, hd, h, w, angles)
     }
 
@@ -107,52 +126,101 @@ impl GroupedAttention {
         let n = hr * wr;
         let plane = h * w;
         let mut q = vec![0f32; n * hd];
-        let mut kt = vec![0f32; hd * n];
-        let mut vt = vec![0f32; hd * n];
-        let mut k_row = vec![0f32; hd];
-        let mut scores = vec![0f32; n];
+        let mut k = vec![0f32; n * hd];
+        let mut v = vec![0f32; n * hd];
+        let mut o = vec![0f32; n * hd];
+        let mut scores = vec![0f32; n * n];
         let pixel = |t: usize, dh: usize, dw: usize| ((t / wr) * r + dh) * w + (t % wr) * r + dw;
         for dh in 0..r {
             for dw in 0..r {
-                // Gather q (token-major), k and v (channel-major) of this group and head.
-                for t in 0..n {
-                    let p = pixel(t, dh, dw);
-                    let qr = &mut q[t * hd..(t + 1) * hd];
-                    for c in 0..hd {
-                        qr[c] = sample[(head * hd + c) * plane + p];
-                        k_row[c] = sample[(d + head * hd + c) * plane + p];
-                        vt[c * n + t] = sample[(2 * d + head * hd + c) * plane + p];
+                // Gather this group's q, k and v (token-major), one channel
+                // plane at a time so that reads stay within a plane.
+                for c in 0..hd {
+                    let plane_of = |slot: usize| &sample[(slot * d + head * hd + c) * plane..][..plane];
+                    let (qp, kp, vp) = (plane_of(0), plane_of(1), plane_of(2));
+                    for t in 0..n {
+                        let p = pixel(t, dh, dw);
+                        q[t * hd + c] = qp[p];
+                        k[t * hd + c] = kp[p];
+                        v[t * hd + c] = vp[p];
                     }
+                }
+                for t in 0..n {
+                    let (qr, kr) = (&mut q[t * hd..(t + 1) * hd], &mut k[t * hd..(t + 1) * hd]);
                     if self.rope {
-                        rotate(qr, &angles.0[t * hd / 2..], &angles.1[t * hd / 2..]);
-                        rotate(&mut k_row, &angles.0[t * hd / 2..], &angles.1[t * hd / 2..]);
+                        let (cos, sin) = (&angles.0[t * hd / 2..], &angles.1[t * hd / 2..]);
+                        rotate(qr, cos, sin);
+                        rotate(kr, cos, sin);
                     }
                     let (q_gain, k_gain) = match &self.temperature {
-                        Some(temp) => (temp[head] / norm(qr), 1.0 / norm(&k_row)),
+                        Some(temp) => (temp[head] / norm(qr), 1.0 / norm(kr)),
                         None => (self.scale, 1.0),
                     };
                     qr.iter_mut().for_each(|x| *x *= q_gain);
-                    for c in 0..hd {
-                        kt[c * n + t] = k_row[c] * k_gain;
-                    }
+                    kr.iter_mut().for_each(|x| *x *= k_gain);
                 }
-                for i in 0..n {
-                    scores.iter_mut().for_each(|s| *s = 0.0);
-                    for (c, &qc) in q[i * hd..(i + 1) * hd].iter().enumerate() {
-                        for (s, &k) in scores.iter_mut().zip(&kt[c * n..(c + 1) * n]) {
-                            *s += qc * k;
-                        }
-                    }
-                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    scores.iter_mut().for_each(|s| *s = exp(*s - max));
-                    let inv = 1.0 / sum(&scores);
-                    let p = pixel(i, dh, dw);
-                    for c in 0..hd {
-                        out[c * plane + p] = dot(&scores, &vt[c * n..(c + 1) * n]) * inv;
+                // scores = q k^T, softmax over keys, o = p v.
+                matmul(n, n, hd, &q, (hd, 1), &k, (1, hd), &mut scores);
+                for row in scores.chunks_exact_mut(n) {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    row.iter_mut().for_each(|s| *s = exp(*s - max));
+                    let inv = 1.0 / sum(row);
+                    row.iter_mut().for_each(|s| *s *= inv);
+                }
+                matmul(n, hd, n, &scores, (n, 1), &v, (hd, 1), &mut o);
+                // Scatter back to the group's pixels, one channel plane at a time.
+                for c in 0..hd {
+                    let op = &mut out[c * plane..(c + 1) * plane];
+                    for t in 0..n {
+                        op[pixel(t, dh, dw)] = o[t * hd + c];
                     }
                 }
             }
         }
+    }
+}
+
+/// dst[m x n] (row-major) = lhs[m x k] rhs[k x n], operands given with their
+/// (row, column) strides, single-threaded (the caller parallelises over heads).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+    dst: &mut [f32],
+) {
+    assert!(
+        dst.len() >= m * n
+            && lhs.len() > (m - 1) * lhs_s.0 + (k - 1) * lhs_s.1
+            && rhs.len() > (k - 1) * rhs_s.0 + (n - 1) * rhs_s.1
+    );
+    // SAFETY: the assert above keeps every index gemm touches inside the three slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
+            rhs.as_ptr(),
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -187,7 +255,8 @@ fn norm(x: &[f32]) -> f32 {
     dot(x, x).sqrt().max(1e-12)
 }
 
-/// Sum with 8 independent accumulators, so that it vectorises.
+/// Sum with independent accumulators, so that it vectorises (likewise [`dot`]). Inner
+/// loops use `mul_add`, which the AVX2/AVX-512 builds turn into FMA instructions.
 #[inline(always)]
 fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -203,12 +272,12 @@ fn sum(x: &[f32]) -> f32 {
 
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+        for l in 0..16 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -232,7 +301,7 @@ fn exp(x: f32) -> f32 {
 pub fn gelu(x: Tensor<4>) -> Tensor<4> {
     let dims = x.dims();
     let device = x.device();
-    let mut v = to_vec(x);
+    let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
     v.par_chunks_mut(1 << 14).for_each(gelu_slice);
     Tensor::from_data(TensorData::new(v, dims), &device)
 }
