@@ -17,3 +17,15 @@ pub fn default_device() -> burn::prelude::Device {
         burn::prelude::Device::flex()
     }
 }
+
+/// Makes glibc keep freed buffers for reuse: by default every tensor over 32 MiB (and,
+/// after the dynamic threshold adapts, smaller ones) is unmapped when dropped, and the next
+/// op pays page faults to map and zero it again. Costs nothing elsewhere.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}

@@ -129,6 +129,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    udit::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info(a),

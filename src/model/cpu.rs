@@ -43,74 +43,18 @@ impl GroupedAttention {
         out.par_chunks_mut(hd * h * w).enumerate().for_each(|(task, slice)| {
             let (bi, head) = (task / self.heads, task % self.heads);
             let sample = &input[bi * d3 * h * w..(bi + 1) * d3 * h * w];
-            self.run(sample, slice, head, d, hd, h, w, &angles);
+            vectorized(
+                #[inline(always)]
+                || self.run(sample, slice, head, d, hd, h, w, &angles),
+            );
         });
         Tensor::from_data(TensorData::new(out, [b, d, h, w]), &device)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        sample: &[f32],
-        out: &mut [f32],
-        head: usize,
-        d: usize,
-        hd: usize,
-        h: usize,
-        w: usize,
-        angles: &(Vec<f32>, Vec<f32>),
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: each branch runs only on a CPU with the features its function is built for.
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return unsafe { self.run_avx512(sample, out, head, d, hd, h, w, angles) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return unsafe { self.run_avx2(sample, out, head, d, hd, h, w, angles) };
-            }
-        }
-        self.run_portable(sample, out, head, d, hd, h, w, angles)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run_avx512(
-        &self,
-        sample: &[f32],
-        out: &mut [f32],
-        head: usize,
-        d: usize,
-        hd: usize,
-        h: usize,
-        w: usize,
-        angles: &(Vec<f32>, Vec<f32>),
-    ) {
-        self.run_portable(sample, out, head, d, hd, h, w, angles)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run_avx2(
-        &self,
-        sample: &[f32],
-        out: &mut [f32],
-        head: usize,
-        d: usize,
-        hd: usize,
-        h: usize,
-        w: usize,
-        angles: &(Vec<f32>, Vec<f32>),
-    ) {
-        self.run_portable(sample, out, head, d, hd, h, w, angles)
     }
 
     /// One (sample, head): every group of tokens attends within itself.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn run_portable(
+    fn run(
         &self,
         sample: &[f32],
         out: &mut [f32],
@@ -302,27 +246,17 @@ pub fn gelu(x: Tensor<4>) -> Tensor<4> {
     let dims = x.dims();
     let device = x.device();
     let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    v.par_chunks_mut(1 << 14).for_each(gelu_slice);
+    v.par_chunks_mut(1 << 14).for_each(|chunk| {
+        vectorized(
+            #[inline(always)]
+            || gelu_slice(chunk),
+        )
+    });
     Tensor::from_data(TensorData::new(v, dims), &device)
 }
 
-fn gelu_slice(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { gelu_avx2(v) };
-    }
-    gelu_portable(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_avx2(v: &mut [f32]) {
-    gelu_portable(v)
-}
-
 #[inline(always)]
-fn gelu_portable(v: &mut [f32]) {
+fn gelu_slice(v: &mut [f32]) {
     for x in v.iter_mut() {
         let z = (*x * std::f32::consts::FRAC_1_SQRT_2).abs();
         let t = 1.0 / (1.0 + 0.327_591_1 * z);
@@ -331,4 +265,99 @@ fn gelu_portable(v: &mut [f32]) {
         let erf = if *x < 0.0 { -erf_abs } else { erf_abs };
         *x = 0.5 * *x * (1.0 + erf);
     }
+}
+
+/// Depthwise KxK convolution, stride 1, zero padding (K-1)/2, one filter per channel:
+/// `weight` is `[C, 1, K, K]`.
+pub fn depthwise_conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let k = weight.dims()[3];
+    let device = x.device();
+    let input = x.into_data().convert::<f32>();
+    let input = input.as_slice::<f32>().expect("f32 data");
+    let weight = weight.into_data().convert::<f32>();
+    let weight = weight.as_slice::<f32>().expect("f32 data");
+    let bias = bias.map(|b| b.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data"));
+    let mut out = vec![0f32; b * c * h * w];
+    let pad = (k - 1) / 2;
+    let scratch = || (vec![0f32; (h + 2 * pad) * (w + 2 * pad) + k], vec![0f32; h * (w + 2 * pad)]);
+    out.par_chunks_mut(h * w).enumerate().for_each_init(scratch, |(padded, acc), (plane, o)| {
+        let ch = plane % c;
+        let taps = &weight[ch * k * k..(ch + 1) * k * k];
+        let src = &input[plane * h * w..(plane + 1) * h * w];
+        let b0 = bias.as_ref().map_or(0.0, |b| b[ch]);
+        vectorized(
+            #[inline(always)]
+            || depthwise_plane(src, taps, b0, h, w, k, padded, acc),
+        );
+        let wp = w + 2 * pad;
+        for y in 0..h {
+            o[y * w..(y + 1) * w].copy_from_slice(&acc[y * wp..y * wp + w]);
+        }
+    });
+    Tensor::from_data(TensorData::new(out, [b, c, h, w]), &device)
+}
+
+/// One channel plane. The input is copied into a zero-bordered buffer of row width
+/// w + 2 pad; then every tap is one long multiply-add over the flattened rows (the border
+/// columns of `acc` get junk that the caller never reads).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn depthwise_plane(
+    src: &[f32],
+    taps: &[f32],
+    bias: f32,
+    h: usize,
+    w: usize,
+    k: usize,
+    padded: &mut [f32],
+    acc: &mut [f32],
+) {
+    let pad = (k - 1) / 2;
+    let wp = w + 2 * pad;
+    padded.iter_mut().for_each(|v| *v = 0.0);
+    for y in 0..h {
+        padded[(y + pad) * wp + pad..(y + pad) * wp + pad + w].copy_from_slice(&src[y * w..(y + 1) * w]);
+    }
+    acc.iter_mut().for_each(|v| *v = bias);
+    let len = acc.len();
+    for ky in 0..k {
+        for kx in 0..k {
+            let t = taps[ky * k + kx];
+            let shifted = &padded[ky * wp + kx..ky * wp + kx + len];
+            for (a, &i) in acc.iter_mut().zip(shifted) {
+                *a = t.mul_add(i, *a);
+            }
+        }
+    }
+}
+
+/// Runs `f` compiled for the widest vector extension this CPU has (AVX-512, else
+/// AVX2+FMA, else the baseline). `f` and what it calls are `#[inline(always)]`, so they
+/// are compiled inside the feature-enabled wrapper.
+#[inline(always)]
+fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: each wrapper runs only on a CPU that has the features it is built for.
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return unsafe { with_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }

@@ -102,6 +102,9 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if self.groups > 1 && self.groups == x.dims()[1] && super::cpu::applies(&x) {
+            return super::cpu::depthwise_conv(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        }
         let pad = (self.kernel_size() - 1) / 2;
         let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], self.groups);
         conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
