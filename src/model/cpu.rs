@@ -39,84 +39,90 @@ impl GroupedAttention {
         let data = qkv.into_data().convert::<f32>();
         let input = data.as_slice::<f32>().expect("f32 data");
         let mut out = vec![0f32; b * d * h * w];
-        let angles = if self.rope { rope_angles(hd, (h / self.r) * (w / self.r)) } else { (vec![], vec![]) };
+        let n = (h / self.r) * (w / self.r);
+        // cos then sin of every (channel pair, token): `[2][hd/2][n]`.
+        let rope = if self.rope {
+            let angles = super::udit::rope2d_angles(hd, n);
+            let mut table = Vec::with_capacity(hd * n);
+            for f in [f32::cos, f32::sin] {
+                for m in 0..hd / 2 {
+                    table.extend((0..n).map(|t| f(angles[t * hd / 2 + m])));
+                }
+            }
+            table
+        } else {
+            vec![]
+        };
         out.par_chunks_mut(hd * h * w).enumerate().for_each(|(task, slice)| {
             let (bi, head) = (task / self.heads, task % self.heads);
             let sample = &input[bi * d3 * h * w..(bi + 1) * d3 * h * w];
             vectorized(
                 #[inline(always)]
-                || self.run(sample, slice, head, d, hd, h, w, &angles),
+                || self.run(sample, slice, head, d, hd, h, w, &rope),
             );
         });
         Tensor::from_data(TensorData::new(out, [b, d, h, w]), &device)
     }
 
-    /// One (sample, head): every group of tokens attends within itself.
+    /// One (sample, head): every group of tokens attends within itself. Buffers are
+    /// channel-major (`[hd][n]`), so gathers, RoPE and scaling run along contiguous tokens;
+    /// gemm takes whichever strides its operands have.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        sample: &[f32],
-        out: &mut [f32],
-        head: usize,
-        d: usize,
-        hd: usize,
-        h: usize,
-        w: usize,
-        angles: &(Vec<f32>, Vec<f32>),
-    ) {
+    fn run(&self, sample: &[f32], out: &mut [f32], head: usize, d: usize, hd: usize, h: usize, w: usize, rope: &[f32]) {
         let r = self.r;
         let (hr, wr) = (h / r, w / r);
         let n = hr * wr;
         let plane = h * w;
-        let mut q = vec![0f32; n * hd];
-        let mut k = vec![0f32; n * hd];
-        let mut v = vec![0f32; n * hd];
-        let mut o = vec![0f32; n * hd];
+        let [mut q, mut k, mut v, mut o] = [(); 4].map(|_| vec![0f32; hd * n]);
         let mut scores = vec![0f32; n * n];
-        let pixel = |t: usize, dh: usize, dw: usize| ((t / wr) * r + dh) * w + (t % wr) * r + dw;
+        let mut pixels = vec![0usize; n];
+        let mut gain = vec![0f32; n];
+        let mut inv_sums = vec![0f32; n];
         for dh in 0..r {
             for dw in 0..r {
-                // Gather this group's q, k and v (token-major), one channel
-                // plane at a time so that reads stay within a plane.
+                // Pixel of each token of this group: (r*th + dh, r*tw + dw).
+                for (t, p) in pixels.iter_mut().enumerate() {
+                    *p = ((t / wr) * r + dh) * w + (t % wr) * r + dw;
+                }
                 for c in 0..hd {
-                    let plane_of = |slot: usize| &sample[(slot * d + head * hd + c) * plane..][..plane];
-                    let (qp, kp, vp) = (plane_of(0), plane_of(1), plane_of(2));
-                    for t in 0..n {
-                        let p = pixel(t, dh, dw);
-                        q[t * hd + c] = qp[p];
-                        k[t * hd + c] = kp[p];
-                        v[t * hd + c] = vp[p];
+                    for (slot, buf) in [&mut q, &mut k, &mut v].into_iter().enumerate() {
+                        let src = &sample[(slot * d + head * hd + c) * plane..][..plane];
+                        for (x, &p) in buf[c * n..(c + 1) * n].iter_mut().zip(&pixels) {
+                            *x = src[p];
+                        }
                     }
                 }
-                for t in 0..n {
-                    let (qr, kr) = (&mut q[t * hd..(t + 1) * hd], &mut k[t * hd..(t + 1) * hd]);
-                    if self.rope {
-                        let (cos, sin) = (&angles.0[t * hd / 2..], &angles.1[t * hd / 2..]);
-                        rotate(qr, cos, sin);
-                        rotate(kr, cos, sin);
+                if self.rope {
+                    for m in 0..hd / 2 {
+                        let (cos, sin) = (&rope[m * n..(m + 1) * n], &rope[(hd / 2 + m) * n..(hd / 2 + m + 1) * n]);
+                        rotate_pair(&mut q, m, n, cos, sin);
+                        rotate_pair(&mut k, m, n, cos, sin);
                     }
-                    let (q_gain, k_gain) = match &self.temperature {
-                        Some(temp) => (temp[head] / norm(qr), 1.0 / norm(kr)),
-                        None => (self.scale, 1.0),
-                    };
-                    qr.iter_mut().for_each(|x| *x *= q_gain);
-                    kr.iter_mut().for_each(|x| *x *= k_gain);
                 }
-                // scores = q k^T, softmax over keys, o = p v.
-                matmul(n, n, hd, &q, (hd, 1), &k, (1, hd), &mut scores);
-                for row in scores.chunks_exact_mut(n) {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                match &self.temperature {
+                    Some(temp) => {
+                        inverse_norms(&q, n, &mut gain);
+                        gain.iter_mut().for_each(|g| *g *= temp[head]);
+                        scale_tokens(&mut q, &gain);
+                        inverse_norms(&k, n, &mut gain);
+                        scale_tokens(&mut k, &gain);
+                    }
+                    None => q.iter_mut().for_each(|x| *x *= self.scale),
+                }
+                // scores = q k^T; softmax over keys; o = p v, normalised per query.
+                matmul(n, n, hd, &q, (1, n), &k, (n, 1), &mut scores, (n, 1));
+                for (row, inv) in scores.chunks_exact_mut(n).zip(inv_sums.iter_mut()) {
+                    let max = max(row);
                     row.iter_mut().for_each(|s| *s = exp(*s - max));
-                    let inv = 1.0 / sum(row);
-                    row.iter_mut().for_each(|s| *s *= inv);
+                    *inv = 1.0 / sum(row);
                 }
-                matmul(n, hd, n, &scores, (n, 1), &v, (hd, 1), &mut o);
-                // Scatter back to the group's pixels, one channel plane at a time.
+                matmul(n, hd, n, &scores, (n, 1), &v, (1, n), &mut o, (1, n));
+                scale_tokens(&mut o, &inv_sums);
                 for c in 0..hd {
-                    let op = &mut out[c * plane..(c + 1) * plane];
-                    for t in 0..n {
-                        op[pixel(t, dh, dw)] = o[t * hd + c];
+                    let dst = &mut out[c * plane..(c + 1) * plane];
+                    for (&x, &p) in o[c * n..(c + 1) * n].iter().zip(&pixels) {
+                        dst[p] = x;
                     }
                 }
             }
@@ -124,8 +130,42 @@ impl GroupedAttention {
     }
 }
 
-/// dst[m x n] (row-major) = lhs[m x k] rhs[k x n], operands given with their
-/// (row, column) strides, single-threaded (the caller parallelises over heads).
+/// Rotates channel pair (2m, 2m+1) of channel-major `x` as complex numbers.
+#[inline(always)]
+fn rotate_pair(x: &mut [f32], m: usize, n: usize, cos: &[f32], sin: &[f32]) {
+    let (lo, hi) = x.split_at_mut((2 * m + 1) * n);
+    let (a, b) = (&mut lo[2 * m * n..], &mut hi[..n]);
+    for t in 0..n {
+        let (x0, x1) = (a[t], b[t]);
+        a[t] = x0 * cos[t] - x1 * sin[t];
+        b[t] = x0 * sin[t] + x1 * cos[t];
+    }
+}
+
+/// 1 / max(||x_t||, 1e-12) for every token of channel-major `x`.
+#[inline(always)]
+fn inverse_norms(x: &[f32], n: usize, out: &mut [f32]) {
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for row in x.chunks_exact(n) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = v.mul_add(v, *o);
+        }
+    }
+    out.iter_mut().for_each(|o| *o = 1.0 / o.sqrt().max(1e-12));
+}
+
+/// Multiplies token t of channel-major `x` by `gain[t]`.
+#[inline(always)]
+fn scale_tokens(x: &mut [f32], gain: &[f32]) {
+    for row in x.chunks_exact_mut(gain.len()) {
+        for (v, &g) in row.iter_mut().zip(gain) {
+            *v *= g;
+        }
+    }
+}
+
+/// dst[m x n] = lhs[m x k] rhs[k x n], every operand given with its (row, column)
+/// strides, single-threaded (the caller parallelises over heads).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     m: usize,
@@ -136,21 +176,19 @@ fn matmul(
     rhs: &[f32],
     rhs_s: (usize, usize),
     dst: &mut [f32],
+    dst_s: (usize, usize),
 ) {
-    assert!(
-        dst.len() >= m * n
-            && lhs.len() > (m - 1) * lhs_s.0 + (k - 1) * lhs_s.1
-            && rhs.len() > (k - 1) * rhs_s.0 + (n - 1) * rhs_s.1
-    );
-    // SAFETY: the assert above keeps every index gemm touches inside the three slices.
+    let last = |rows: usize, cols: usize, s: (usize, usize)| (rows - 1) * s.0 + (cols - 1) * s.1;
+    assert!(lhs.len() > last(m, k, lhs_s) && rhs.len() > last(k, n, rhs_s) && dst.len() > last(m, n, dst_s));
+    // SAFETY: the assert keeps every index gemm touches inside the three slices.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_s.1 as isize,
+            dst_s.0 as isize,
             false,
             lhs.as_ptr(),
             lhs_s.1 as isize,
@@ -168,39 +206,8 @@ fn matmul(
     }
 }
 
-/// cos and sin of the RoPE2D angle of every (token, channel pair), as `rope2d_tables`.
-fn rope_angles(hd: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-    let side = (n as f64).sqrt() as usize;
-    let mut cos = Vec::with_capacity(n * hd / 2);
-    let mut sin = Vec::with_capacity(n * hd / 2);
-    for t in 0..n {
-        let (x, y) = ((t % side) as f32, (t / side) as f32);
-        for m in 0..hd / 2 {
-            let freq = 1.0 / 10000f32.powf((4 * (m / 2)) as f32 / hd as f32);
-            let angle = if m % 2 == 0 { x * freq } else { y * freq };
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
-    }
-    (cos, sin)
-}
-
-#[inline(always)]
-fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    for m in 0..x.len() / 2 {
-        let (a, b) = (x[2 * m], x[2 * m + 1]);
-        x[2 * m] = a * cos[m] - b * sin[m];
-        x[2 * m + 1] = a * sin[m] + b * cos[m];
-    }
-}
-
-#[inline(always)]
-fn norm(x: &[f32]) -> f32 {
-    dot(x, x).sqrt().max(1e-12)
-}
-
-/// Sum with independent accumulators, so that it vectorises (likewise [`dot`]). Inner
-/// loops use `mul_add`, which the AVX2/AVX-512 builds turn into FMA instructions.
+/// Sum with independent accumulators, so that it vectorises (likewise [`max`]). Inner
+/// loops elsewhere use `mul_add`, which the AVX2/AVX-512 builds turn into FMA instructions.
 #[inline(always)]
 fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -215,16 +222,16 @@ fn sum(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
         for l in 0..16 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
         }
     }
-    acc.iter().sum::<f32>() + tail
+    acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
 /// e^x for x <= 88, branch-free (Cephes `expf`: relative error ~1e-7), so loops over it

@@ -371,24 +371,30 @@ pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
     x / norm
 }
 
-/// cos/sin of the RoPE2D angles per channel, `[1, 1, n, hd]`: channel pair m = (2m, 2m+1)
-/// rotates by x*w_{m/2} for even m and y*w_{(m-1)/2} for odd m, with (x, y) = (n mod S,
-/// n div S), S = floor(sqrt(n)), w_j = 10000^(-4j/hd) (reference `precompute_freqs_cis_2d`).
-pub fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+/// RoPE2D angle of every (token, channel pair), `[n][hd/2]`: pair m = (2m, 2m+1) rotates
+/// by x*w_{m/2} for even m and y*w_{(m-1)/2} for odd m, with (x, y) = (n mod S, n div S),
+/// S = floor(sqrt(n)), w_j = 10000^(-4j/hd) (reference `precompute_freqs_cis_2d`).
+pub fn rope2d_angles(hd: usize, n: usize) -> Vec<f32> {
     let side = (n as f64).sqrt() as usize;
-    let mut cos = Vec::with_capacity(n * hd);
-    let mut sin = Vec::with_capacity(n * hd);
+    let mut angles = Vec::with_capacity(n * hd / 2);
     for token in 0..n {
         let (x, y) = ((token % side) as f32, (token / side) as f32);
         for m in 0..hd / 2 {
             let freq = 1.0 / 10000f32.powf((4 * (m / 2)) as f32 / hd as f32);
-            let angle = if m % 2 == 0 { x * freq } else { y * freq };
-            cos.extend([angle.cos(); 2]);
-            sin.extend([angle.sin(); 2]);
+            angles.push(if m % 2 == 0 { x * freq } else { y * freq });
         }
     }
-    let table = |v: Vec<f32>| Tensor::<1>::from_floats(v.as_slice(), device).reshape([1, 1, n, hd]);
-    (table(cos), table(sin))
+    angles
+}
+
+/// cos/sin of the RoPE2D angles per channel, `[1, 1, n, hd]` (both channels of a pair).
+fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let angles = rope2d_angles(hd, n);
+    let table = |f: fn(f32) -> f32| {
+        let v: Vec<f32> = angles.iter().flat_map(|&a| [f(a); 2]).collect();
+        Tensor::<1>::from_floats(v.as_slice(), device).reshape([1, 1, n, hd])
+    };
+    (table(f32::cos), table(f32::sin))
 }
 
 /// Exact (erf) GELU, on the fused CPU kernel where it applies.
