@@ -139,3 +139,25 @@ fn fixture_parameter_counts_match_the_reference() {
         assert_eq!(built as u64, expected, "{name}: parameters of the built model");
     }
 }
+
+#[test]
+fn burn_ops_path_matches_reference_too() {
+    // On an autodiff device the fused CPU kernels step aside and the generic burn ops run
+    // (the training and GPU path); it must give the same numbers.
+    let dev = Device::flex().autodiff();
+    let io = io("udit_tiny.io.safetensors");
+    let weights = read_weights(&fixture("udit_tiny.weights.safetensors"), None).unwrap();
+    let m = load_denoiser(&config("udit_tiny"), &weights, &dev).unwrap();
+    let (x, t, y) = (float::<4>(&io["x"], &dev), float::<1>(&io["t"], &dev), ints(&io["y"], &dev));
+    assert!(!udit::model::cpu::applies(&x));
+    let out_train = m.forward(x.clone(), t.clone(), y.clone());
+    assert_close("out_train (burn ops)", &out_train.into_data(), &io["out_train"], TOL);
+    let out_eval = m.merged().forward(x, t, y);
+    assert_close("out_eval (burn ops)", &out_eval.into_data(), &io["out_eval"], TOL);
+
+    let plain = read_weights(&fixture("udit_tiny_plain.weights.safetensors"), None).unwrap();
+    let m = load_denoiser(&config("udit_tiny_plain"), &plain, &dev).unwrap();
+    let io = common::io("udit_tiny_plain.io.safetensors");
+    let out = m.forward(float(&io["x"], &dev), float(&io["t"], &dev), ints(&io["y"], &dev));
+    assert_close("plain out_eval (burn ops)", &out.into_data(), &io["out_eval"], TOL);
+}

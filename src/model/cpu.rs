@@ -339,6 +339,89 @@ fn depthwise_plane(
     }
 }
 
+/// `LayerNorm2d(x) * (1 + scale) + shift`: per pixel, normalise over channels (eps 1e-6,
+/// no affine), then modulate with `[B, C]` shift and scale, in two passes over `x`.
+pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let device = x.device();
+    let plane = h * w;
+    let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+    let shift = shift.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+    let scale = scale.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+    // One task per (sample, block of pixels): the channel loop reads whole plane rows.
+    let block = 256.min(plane);
+    let tasks: Vec<(usize, usize)> = (0..b).flat_map(|bi| (0..plane).step_by(block).map(move |p0| (bi, p0))).collect();
+    let ptr = SyncPtr(v.as_mut_ptr());
+    tasks.par_iter().for_each(|&(bi, p0)| {
+        let len = block.min(plane - p0);
+        // SAFETY: tasks cover disjoint (sample, pixel range) sets of `v`.
+        let sample = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(bi * c * plane), c * plane) };
+        vectorized(
+            #[inline(always)]
+            || norm_modulate_block(sample, plane, p0, len, &shift[bi * c..(bi + 1) * c], &scale[bi * c..(bi + 1) * c]),
+        );
+    });
+    Tensor::from_data(TensorData::new(v, [b, c, h, w]), &device)
+}
+
+#[inline(always)]
+fn norm_modulate_block(x: &mut [f32], plane: usize, p0: usize, len: usize, shift: &[f32], scale: &[f32]) {
+    let c = shift.len();
+    let mut mean = vec![0f32; len];
+    let mut sq = vec![0f32; len];
+    for ch in 0..c {
+        let row = &x[ch * plane + p0..ch * plane + p0 + len];
+        for ((m, s), &v) in mean.iter_mut().zip(sq.iter_mut()).zip(row) {
+            *m += v;
+            *s = v.mul_add(v, *s);
+        }
+    }
+    let inv_c = 1.0 / c as f32;
+    for (m, s) in mean.iter_mut().zip(sq.iter_mut()) {
+        *m *= inv_c;
+        // Biased variance, as LayerNorm; `s` becomes 1 / sqrt(var + eps).
+        *s = 1.0 / ((*s * inv_c - *m * *m).max(0.0) + 1e-6).sqrt();
+    }
+    for ch in 0..c {
+        let (g, bias) = (1.0 + scale[ch], shift[ch]);
+        let row = &mut x[ch * plane + p0..ch * plane + p0 + len];
+        for ((v, &m), &r) in row.iter_mut().zip(&mean).zip(&sq) {
+            *v = ((*v - m) * r).mul_add(g, bias);
+        }
+    }
+}
+
+/// `x + gate * y` with a `[B, C]` gate broadcast over pixels (the adaLN-Zero residual).
+pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
+    let [_, c, h, w] = x.dims();
+    let device = x.device();
+    let dims = x.dims();
+    let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+    let y = y.into_data().convert::<f32>();
+    let y = y.as_slice::<f32>().expect("f32 data");
+    let gate = gate.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+    let _ = c;
+    v.par_chunks_mut(h * w).zip(y.par_chunks(h * w)).zip(gate.par_iter()).for_each(|((xs, ys), &g)| {
+        vectorized(
+            #[inline(always)]
+            || xs.iter_mut().zip(ys).for_each(|(x, &y)| *x = g.mul_add(y, *x)),
+        )
+    });
+    Tensor::from_data(TensorData::new(v, dims), &device)
+}
+
+/// A raw pointer that rayon tasks may share; each task touches its own disjoint range.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for disjoint writes, see the call sites.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Runs `f` compiled for the widest vector extension this CPU has (AVX-512, else
 /// AVX2+FMA, else the baseline). `f` and what it calls are `#[inline(always)]`, so they
 /// are compiled inside the feature-enabled wrapper.

@@ -93,8 +93,9 @@ impl Conv2d {
         Self::from_weights(weight, bias.then(|| Tensor::zeros([c_out], device)), groups)
     }
 
+    /// A conv holding computed weights (e.g. merged branches), detached from any graph.
     pub fn from_weights(weight: Tensor<4>, bias: Option<Tensor<1>>, groups: usize) -> Self {
-        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor), groups }
+        Self { weight: Param::from_tensor(weight.detach()), bias: bias.map(|b| Param::from_tensor(b.detach())), groups }
     }
 
     pub fn kernel_size(&self) -> usize {
@@ -206,9 +207,20 @@ pub fn modulate_2d(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4
     x * (scale + 1.0) + shift
 }
 
-/// `[N, C]` -> `[N, C, 1, 1]`, for gating a feature map.
-pub fn per_channel(v: Tensor<2>) -> Tensor<4> {
-    v.unsqueeze_dims(&[2, 3])
+/// `modulate(LayerNorm2d(x), shift, scale)`, the adaLN pre-norm of every U-DiT pair.
+pub fn norm_modulate_2d(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
+    if super::cpu::applies(&x) {
+        return super::cpu::norm_modulate(x, shift, scale);
+    }
+    modulate_2d(layer_norm_2d(x), shift, scale)
+}
+
+/// `x + gate * y`, gate `[N, C]` broadcast over the spatial dims (adaLN-Zero residual).
+pub fn add_gated_2d(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
+    if super::cpu::applies(&x) {
+        return super::cpu::add_gated(x, gate, y);
+    }
+    x + gate.unsqueeze_dims::<4>(&[2, 3]) * y
 }
 
 /// `nn.PixelUnshuffle(r)`: channel c at pixel (r*h+i, r*w+j) goes to channel

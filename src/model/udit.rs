@@ -14,8 +14,8 @@ use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
-    AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, layer_norm_2d, modulate_2d,
-    per_channel, pixel_shuffle, pixel_unshuffle,
+    AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, add_gated_2d, layer_norm_2d,
+    modulate_2d, norm_modulate_2d, pixel_shuffle, pixel_unshuffle,
 };
 use super::{FfnForm, flag, validate_common};
 
@@ -535,8 +535,8 @@ impl UDiTBlock {
         for (attn, mlp, ada) in pairs {
             let [shift_a, scale_a, gate_a, shift_f, scale_f, gate_f] =
                 <[Tensor<2>; 6]>::try_from(ada.forward(c.clone(), 6)).expect("six chunks");
-            x = x.clone() + per_channel(gate_a) * attn.forward(modulate_2d(layer_norm_2d(x), shift_a, scale_a));
-            x = x.clone() + per_channel(gate_f) * mlp.forward(modulate_2d(layer_norm_2d(x), shift_f, scale_f));
+            x = add_gated_2d(x.clone(), gate_a, attn.forward(norm_modulate_2d(x, shift_a, scale_a)));
+            x = add_gated_2d(x.clone(), gate_f, mlp.forward(norm_modulate_2d(x, shift_f, scale_f)));
         }
         x
     }
