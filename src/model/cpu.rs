@@ -164,10 +164,10 @@ fn scale_tokens(x: &mut [f32], gain: &[f32]) {
     }
 }
 
-/// dst[m x n] = lhs[m x k] rhs[k x n], every operand given with its (row, column)
-/// strides, single-threaded (the caller parallelises over heads).
+/// dst[m x n] = lhs[m x k] rhs[k x n] (plus dst when `accumulate`), every operand given
+/// with its (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,
@@ -177,6 +177,8 @@ fn matmul(
     rhs_s: (usize, usize),
     dst: &mut [f32],
     dst_s: (usize, usize),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
 ) {
     let last = |rows: usize, cols: usize, s: (usize, usize)| (rows - 1) * s.0 + (cols - 1) * s.1;
     assert!(lhs.len() > last(m, k, lhs_s) && rhs.len() > last(k, n, rhs_s) && dst.len() > last(m, n, dst_s));
@@ -189,21 +191,37 @@ fn matmul(
             dst.as_mut_ptr(),
             dst_s.1 as isize,
             dst_s.0 as isize,
-            false,
+            accumulate,
             lhs.as_ptr(),
             lhs_s.1 as isize,
             lhs_s.0 as isize,
             rhs.as_ptr(),
             rhs_s.1 as isize,
             rhs_s.0 as isize,
-            0.0,
+            1.0,
             1.0,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
+}
+
+/// Single-threaded [`gemm_strided`] overwriting `dst`, for use inside parallel tasks.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+    dst: &mut [f32],
+    dst_s: (usize, usize),
+) {
+    gemm_strided(m, n, k, lhs, lhs_s, rhs, rhs_s, dst, dst_s, false, gemm::Parallelism::None)
 }
 
 /// Sum with independent accumulators, so that it vectorises (likewise [`max`]). Inner
@@ -247,31 +265,47 @@ fn exp(x: f32) -> f32 {
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// GELU with the exact erf form, 0.5 x (1 + erf(x / sqrt 2)); erf by Abramowitz & Stegun
-/// 7.1.26 (absolute error <= 1.5e-7).
-pub fn gelu(x: Tensor<4>) -> Tensor<4> {
+/// The two GELUs of the models: exact (erf) in the U-DiT FFN, tanh-approximated in the
+/// ViT MLP of DiT and of U-DiT's `basic` FFN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gelu {
+    Erf,
+    Tanh,
+}
+
+/// GELU on the CPU, vectorised (the generic ops evaluate erf and tanh one element at a time).
+pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
     let dims = x.dims();
     let device = x.device();
     let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
     v.par_chunks_mut(1 << 14).for_each(|chunk| {
         vectorized(
             #[inline(always)]
-            || gelu_slice(chunk),
+            || match kind {
+                Gelu::Erf => chunk.iter_mut().for_each(|x| *x = gelu_erf(*x)),
+                Gelu::Tanh => chunk.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
+            },
         )
     });
     Tensor::from_data(TensorData::new(v, dims), &device)
 }
 
+/// 0.5 x (1 + erf(x / sqrt 2)), erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7).
 #[inline(always)]
-fn gelu_slice(v: &mut [f32]) {
-    for x in v.iter_mut() {
-        let z = (*x * std::f32::consts::FRAC_1_SQRT_2).abs();
-        let t = 1.0 / (1.0 + 0.327_591_1 * z);
-        let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t + 0.254_829_6) * t;
-        let erf_abs = 1.0 - poly * exp(-z * z);
-        let erf = if *x < 0.0 { -erf_abs } else { erf_abs };
-        *x = 0.5 * *x * (1.0 + erf);
-    }
+fn gelu_erf(x: f32) -> f32 {
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+    let erf_abs = 1.0 - poly * exp(-z * z);
+    0.5 * x * (1.0 + if x < 0.0 { -erf_abs } else { erf_abs })
+}
+
+/// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with tanh u = 1 - 2 / (e^{2u} + 1).
+#[inline(always)]
+fn gelu_tanh(x: f32) -> f32 {
+    let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+    let tanh = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+    0.5 * x * (1.0 + tanh)
 }
 
 /// Depthwise KxK convolution, stride 1, zero padding (K-1)/2, one filter per channel:
@@ -337,6 +371,29 @@ fn depthwise_plane(
             }
         }
     }
+}
+
+/// `x W^T + b` over the last dimension, `W` in PyTorch layout `[out, in]`: one multi-threaded
+/// GEMM on the flattened rows (burn's batched matmul with a broadcast weight is slower).
+pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    let mut dims = x.dims();
+    let device = x.device();
+    let [n_out, n_in] = weight.dims();
+    let rows = x.shape().num_elements() / n_in;
+    let x = x.into_data().convert::<f32>();
+    let w = weight.into_data().convert::<f32>();
+    let mut out = match bias {
+        Some(b) => {
+            let b = b.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+            b.iter().copied().cycle().take(rows * n_out).collect()
+        }
+        None => vec![0f32; rows * n_out],
+    };
+    let (x, w) = (x.as_slice::<f32>().expect("f32 data"), w.as_slice::<f32>().expect("f32 data"));
+    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    gemm_strided(rows, n_out, n_in, x, (n_in, 1), w, (1, n_in), &mut out, (n_out, 1), true, threads);
+    dims[D - 1] = n_out;
+    Tensor::from_data(TensorData::new(out, dims), &device)
 }
 
 /// `LayerNorm2d(x) * (1 + scale) + shift`: per pixel, normalise over channels (eps 1e-6,

@@ -6,12 +6,12 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::gelu_approximate;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{AdaLnModulation, Init, LabelEmbedder, Linear, TimestepEmbedder, layer_norm_dim};
+use super::cpu::Gelu;
+use super::layers::{AdaLnModulation, Init, LabelEmbedder, Linear, TimestepEmbedder, gelu, layer_norm_dim};
 use super::{flag, validate_common};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
@@ -234,11 +234,8 @@ impl DiT {
                 <[Tensor<2>; 6]>::try_from(block.adaLN_modulation.forward(c.clone(), 6)).expect("six chunks");
             let a = block.attn.forward(modulate(layer_norm_dim(x.clone(), 2), shift_a, scale_a));
             x = x + gate_a.unsqueeze_dim(1) * a;
-            let m = block.mlp.fc2.forward(gelu_approximate(block.mlp.fc1.forward(modulate(
-                layer_norm_dim(x.clone(), 2),
-                shift_f,
-                scale_f,
-            ))));
+            let h = block.mlp.fc1.forward(modulate(layer_norm_dim(x.clone(), 2), shift_f, scale_f));
+            let m = block.mlp.fc2.forward(gelu(h, Gelu::Tanh));
             x = x + gate_f.unsqueeze_dim(1) * m;
         }
         let [shift, scale] =

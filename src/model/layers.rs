@@ -59,6 +59,9 @@ impl Linear {
 
     /// Applies the layer to the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if super::cpu::applies(&x) {
+            return super::cpu::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        }
         let y = x.matmul(self.weight.val().transpose().unsqueeze());
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
@@ -185,6 +188,16 @@ impl AdaLnModulation {
     /// The `n` chunks (shift, scale, gate, ...) of `Linear(SiLU(c))`, each `[N, hidden]`.
     pub fn forward(&self, c: Tensor<2>, n: usize) -> Vec<Tensor<2>> {
         self.__1.forward(silu(c)).chunk(n, 1)
+    }
+}
+
+/// GELU, on the vectorised CPU kernel where it applies.
+pub fn gelu<const D: usize>(x: Tensor<D>, kind: super::cpu::Gelu) -> Tensor<D> {
+    use super::cpu::{Gelu, applies};
+    match kind {
+        _ if applies(&x) => super::cpu::gelu(x, kind),
+        Gelu::Erf => burn::tensor::activation::gelu(x),
+        Gelu::Tanh => burn::tensor::activation::gelu_approximate(x),
     }
 }
 

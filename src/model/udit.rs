@@ -8,13 +8,13 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use serde::{Deserialize, Serialize};
 
+use super::cpu::Gelu;
 use super::layers::{
-    AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, add_gated_2d, layer_norm_2d,
+    AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, add_gated_2d, gelu, layer_norm_2d,
     modulate_2d, norm_modulate_2d, pixel_shuffle, pixel_unshuffle,
 };
 use super::{FfnForm, flag, validate_common};
@@ -397,11 +397,6 @@ fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>)
     (table(f32::cos), table(f32::sin))
 }
 
-/// Exact (erf) GELU, on the fused CPU kernel where it applies.
-fn gelu_erf(x: Tensor<4>) -> Tensor<4> {
-    if super::cpu::applies(&x) { super::cpu::gelu(x) } else { gelu(x) }
-}
-
 /// The FFN of a block, in whichever form the weights are in.
 #[derive(Module, Debug)]
 pub enum FeedForward {
@@ -458,12 +453,12 @@ impl FeedForward {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Self::Rep(f) => {
-                let u = gelu_erf(f.project_in[1].forward(f.project_in[0].forward(x)));
+                let u = gelu(f.project_in[1].forward(f.project_in[0].forward(x)), Gelu::Erf);
                 let mixed = f.dwconv.iter().fold(u.clone(), |acc, conv| acc + conv.forward(u.clone()));
                 f.project_out[1].forward(f.project_out[0].forward(mixed))
             }
-            Self::Single(f) => f.project_out.forward(f.dwconv.forward(gelu_erf(f.project_in.forward(x)))),
-            Self::Basic(f) => f.fc2.forward(gelu_approximate(f.fc1.forward(x))),
+            Self::Single(f) => f.project_out.forward(f.dwconv.forward(gelu(f.project_in.forward(x), Gelu::Erf))),
+            Self::Basic(f) => f.fc2.forward(gelu(f.fc1.forward(x), Gelu::Tanh)),
         }
     }
 
