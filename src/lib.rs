@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod cost;
+pub mod diffusion;
 pub mod model;
 
 /// The device tensors run on: burn's CPU `flex` backend, or CUDA with `--features cuda`.
