@@ -31,17 +31,19 @@ pub struct Weights {
 /// Reads `.safetensors` or a PyTorch checkpoint. In a checkpoint with several state dicts,
 /// `entry` picks one (`"ema"`, `"model"`, ...); by default `ema` is preferred, then `model`.
 pub fn read_weights(path: &Path, entry: Option<&str>) -> Result<Weights> {
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 9];
     {
         use std::io::Read;
         let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let n = f.read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
-        if n < 4 {
+        if n < head.len() {
             bail!("{} is too short to be a weights file", path.display());
         }
     }
-    // Zip (PyTorch >= 1.6), or a raw pickle stream (older PyTorch): both start with these.
-    let is_pytorch = head == *b"PK\x03\x04" || head[0] == 0x80;
+    // safetensors: a little-endian header length, then the JSON header. Otherwise a zip
+    // (PyTorch >= 1.6) or a raw pickle stream (older PyTorch).
+    let is_safetensors = head[8] == b'{';
+    let is_pytorch = !is_safetensors && (head[..4] == *b"PK\x03\x04" || head[0] == 0x80);
     let result = if is_pytorch { read_pytorch(path, entry) } else { read_safetensors(path, entry) };
     result.with_context(|| format!("cannot load weights from {}", path.display()))
 }

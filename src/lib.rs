@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cost;
 pub mod diffusion;
 pub mod model;
+pub mod vae;
 
 /// The device tensors run on: burn's CPU `flex` backend, or CUDA with `--features cuda`.
 pub fn default_device() -> burn::prelude::Device {
