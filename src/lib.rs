@@ -5,7 +5,9 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cost;
 pub mod diffusion;
+pub mod hub;
 pub mod model;
+pub mod sample;
 pub mod vae;
 
 /// The device tensors run on: burn's CPU `flex` backend, or CUDA with `--features cuda`.

@@ -27,6 +27,70 @@ enum Command {
     Convert(ConvertArgs),
     /// Time the forward pass (or a training step) of a model with fresh weights.
     Bench(BenchArgs),
+    /// Generate images from a checkpoint: PNGs and a labelled grid, or an ADM `.npz`.
+    Sample(SampleArgs),
+    /// Merge the finished batches of a sharded `sample --npz` run into the `.npz`.
+    MergeNpz(MergeArgs),
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[command(flatten)]
+    model: ModelChoice,
+    /// Weights: .safetensors, .pt, or hf://OWNER/REPO/FILE.
+    #[arg(long)]
+    ckpt: String,
+    /// Which state dict of a training checkpoint (default: ema, else model).
+    #[arg(long)]
+    entry: Option<String>,
+    /// Pixel codec: a diffusers AutoencoderKL directory or hf://OWNER/REPO, `none`
+    /// (pixel space) or `unshuffle2` (2x space-to-depth). Default for 4-channel models:
+    /// hf://stabilityai/sd-vae-ft-ema.
+    #[arg(long)]
+    vae: Option<String>,
+    /// Class labels, comma-separated (cycled over the samples), or `random`.
+    #[arg(long = "class", default_value = "random")]
+    classes: String,
+    /// Classifier-free guidance scale (1 = none). Default 1.5, the paper's, for models with
+    /// a null class.
+    #[arg(long)]
+    cfg_scale: Option<f64>,
+    /// ancestral (the reference, 250 steps), ddim, or dpm++ (DPM-Solver++(2M), 25 steps).
+    #[arg(long, default_value = "ancestral")]
+    sampler: String,
+    /// Denoiser calls (default: 250 for ancestral, 25 otherwise).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Samples per batch (does not change the samples, only speed and memory).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// How many samples.
+    #[arg(long, default_value_t = 16)]
+    num_samples: usize,
+    /// Output directory for PNGs and grid.png.
+    #[arg(long, default_value = "samples")]
+    out: PathBuf,
+    /// Write an ADM-format .npz instead of PNGs (resumable; see --shard).
+    #[arg(long)]
+    npz: Option<PathBuf>,
+    /// i/n: run only batches b with b mod n = i (then `udit merge-npz`, or the last shard merges).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    #[arg(long)]
+    npz: PathBuf,
+    #[arg(long)]
+    num_samples: usize,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
 }
 
 /// Which model: a preset name or a JSON configuration file.
@@ -136,6 +200,8 @@ fn main() -> ExitCode {
         Command::Forward(a) => forward(a),
         Command::Convert(a) => convert(a),
         Command::Bench(a) => bench(a),
+        Command::Sample(a) => sample(a),
+        Command::MergeNpz(a) => merge_npz(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -235,5 +301,81 @@ fn bench(a: BenchArgs) -> Result<()> {
             a.batch, r.best_ms, r.median_ms, r.iters, r.gflops
         );
     }
+    Ok(())
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    use udit::sample::{Classes, Codec, Generator, NpzRun, Settings};
+    let device = udit::default_device();
+    let ckpt = udit::hub::resolve(&a.ckpt, &[])?;
+    let weights = read_weights(&ckpt, a.entry.as_deref())?;
+    let cfg = a.model.resolve(weights.config.as_ref())?;
+    let vae_spec = match (&a.vae, cfg.in_channels()) {
+        (Some(v), _) => v.clone(),
+        (None, 4) => "hf://stabilityai/sd-vae-ft-ema".to_string(),
+        (None, c) => bail!("say how to turn {c}-channel model outputs into images: --vae DIR|none|unshuffle2"),
+    };
+    let mut sampler: udit::diffusion::samplers::Sampler = a.sampler.parse()?;
+    if let udit::diffusion::samplers::Sampler::Ddim { eta } = &mut sampler {
+        *eta = a.eta;
+    }
+    let classes = match a.classes.as_str() {
+        "random" => Classes::Random,
+        list => Classes::Listed(
+            list.split(',')
+                .map(|c| c.trim().parse().map_err(|_| anyhow::anyhow!("--class: {c:?} is not a class index")))
+                .collect::<Result<_>>()?,
+        ),
+    };
+    let (shard, shards) = a
+        .shard
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        .filter(|(i, n)| i < n)
+        .with_context(|| format!("--shard must be i/n with i < n, got {:?}", a.shard))?;
+    if a.batch == 0 || a.num_samples == 0 {
+        bail!("--batch and --num-samples must be at least 1");
+    }
+    let settings = Settings {
+        steps: a.steps.unwrap_or(sampler.default_steps()),
+        sampler,
+        cfg_scale: a.cfg_scale.unwrap_or(if cfg.has_null_class() { 1.5 } else { 1.0 }),
+        seed: a.seed,
+        classes,
+    };
+    let model = checkpoint::load_denoiser(&cfg, &weights, &device)?.merged();
+    let codec = Codec::open(&vae_spec, &device)?;
+    let g = Generator {
+        model: &model,
+        config: &cfg,
+        codec: &codec,
+        diffusion: udit::diffusion::GaussianDiffusion::linear(1000),
+        settings,
+        device,
+    };
+    g.validate()?;
+    match a.npz {
+        Some(npz) => {
+            let run = NpzRun { npz, num_samples: a.num_samples, batch: a.batch };
+            if udit::sample::run_npz(&g, &run, shard, shards)? {
+                eprintln!("wrote {} samples to {}", a.num_samples, run.npz.display());
+            } else {
+                eprintln!("shard {shard}/{shards} done; other batches are missing in {}", run.parts_dir().display());
+            }
+        }
+        None => {
+            udit::sample::run_pngs(&g, &a.out, a.num_samples, a.batch)?;
+            eprintln!("wrote {} PNGs and grid.png to {}", a.num_samples, a.out.display());
+        }
+    }
+    Ok(())
+}
+
+fn merge_npz(a: MergeArgs) -> Result<()> {
+    let run = udit::sample::NpzRun { npz: a.npz, num_samples: a.num_samples, batch: a.batch };
+    if !run.merge()? {
+        bail!("some batches are still missing in {}", run.parts_dir().display());
+    }
+    eprintln!("wrote {}", run.npz.display());
     Ok(())
 }
