@@ -63,3 +63,51 @@ pub fn run(cfg: &ModelConfig, batch: usize, train: bool, warmup: usize, iters: u
     let flops = 2.0 * Cost::of(cfg).macs as f64 * batch as f64 * if train { 3.0 } else { 1.0 };
     BenchResult { best_ms: best * 1e3, median_ms: median * 1e3, gflops: flops / best / 1e9, iters }
 }
+
+/// Time per generated image of a guided sampling run, measured bench-style: one guided
+/// denoiser call on `batch` samples (a `2 * batch` forward), and one SD-VAE decode of `batch`
+/// latents (the sd-vae-ft-ema architecture with fresh weights), each best of `iters`.
+#[derive(Debug, serde::Serialize)]
+pub struct SampleCost {
+    pub guided_step_ms: f64,
+    pub decode_ms: f64,
+    pub batch: usize,
+}
+
+impl SampleCost {
+    /// Seconds per image for `steps` denoiser calls.
+    pub fn seconds_per_image(&self, steps: usize) -> f64 {
+        (steps as f64 * self.guided_step_ms + self.decode_ms) / self.batch as f64 / 1e3
+    }
+}
+
+pub fn sample_cost(cfg: &ModelConfig, batch: usize, warmup: usize, iters: usize, device: &Device) -> SampleCost {
+    let s = cfg.input_size();
+    let model = Denoiser::new(cfg, FfnForm::Train, device).merged();
+    let best = |f: &mut dyn FnMut()| {
+        (0..warmup + iters)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .skip(warmup)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let x = Tensor::<4>::random([2 * batch, cfg.in_channels(), s, s], Distribution::Normal(0.0, 1.0), device);
+    let t = Tensor::<1>::full([2 * batch], 500.0, device);
+    let y = Tensor::<1, Int>::zeros([2 * batch], device);
+    let guided_step_ms = best(&mut || {
+        let _ = model.forward_with_cfg(x.clone(), t.clone(), y.clone(), 1.5, cfg.guided_channels()).into_data();
+    });
+    let vae_cfg: crate::vae::VaeConfig = serde_json::from_str(
+        r#"{"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4}"#,
+    )
+    .expect("SD VAE config");
+    let vae = crate::vae::AutoencoderKl::new(&vae_cfg, device);
+    let z = Tensor::<4>::random([batch, vae_cfg.latent_channels, s, s], Distribution::Normal(0.0, 1.0), device);
+    let decode_ms = best(&mut || {
+        let _ = vae.decode(z.clone()).into_data();
+    });
+    SampleCost { guided_step_ms, decode_ms, batch }
+}

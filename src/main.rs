@@ -190,6 +190,10 @@ struct BenchArgs {
     /// Print one JSON object with `best_ms`, `median_ms`, `gflops`.
     #[arg(long)]
     json: bool,
+    /// Instead: time per image of guided sampling (one guided step plus SD-VAE decode)
+    /// for these step counts, e.g. `--sample-steps 250,25`.
+    #[arg(long, value_delimiter = ',')]
+    sample_steps: Vec<usize>,
 }
 
 fn main() -> ExitCode {
@@ -290,6 +294,17 @@ fn bench(a: BenchArgs) -> Result<()> {
     let cfg = a.model.resolve(None)?;
     if a.batch == 0 || a.iters == 0 {
         bail!("--batch and --iters must be at least 1");
+    }
+    if !a.sample_steps.is_empty() {
+        let c = udit::bench::sample_cost(&cfg, a.batch, a.warmup, a.iters, &udit::default_device());
+        println!(
+            "guided step (batch {} x2): {:.1} ms, SD-VAE decode of {}: {:.1} ms",
+            a.batch, c.guided_step_ms, a.batch, c.decode_ms
+        );
+        for steps in a.sample_steps {
+            println!("{steps} steps: {:.2} s per image", c.seconds_per_image(steps));
+        }
+        return Ok(());
     }
     let r = udit::bench::run(&cfg, a.batch, a.train, a.warmup, a.iters, &udit::default_device());
     if a.json {
