@@ -37,11 +37,11 @@ pub struct VaeConfig {
     pub down_block_types: Vec<String>,
     #[serde(default)]
     pub up_block_types: Vec<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::model::defaults::yes")]
     pub use_quant_conv: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::model::defaults::yes")]
     pub use_post_quant_conv: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::model::defaults::yes")]
     pub mid_block_add_attention: bool,
 }
 
@@ -59,9 +59,6 @@ fn groups() -> usize {
 }
 fn scaling() -> f64 {
     0.18215
-}
-fn yes() -> bool {
-    true
 }
 
 impl VaeConfig {

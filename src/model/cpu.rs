@@ -111,13 +111,13 @@ impl GroupedAttention {
                     None => q.iter_mut().for_each(|x| *x *= self.scale),
                 }
                 // scores = q k^T; softmax over keys; o = p v, normalised per query.
-                matmul(n, n, hd, &q, (1, n), &k, (n, 1), &mut scores, (n, 1));
+                gemm_strided(n, n, hd, &q, (1, n), &k, (n, 1), &mut scores, (n, 1), false, gemm::Parallelism::None);
                 for (row, inv) in scores.chunks_exact_mut(n).zip(inv_sums.iter_mut()) {
                     let max = max(row);
                     row.iter_mut().for_each(|s| *s = exp(*s - max));
                     *inv = 1.0 / sum(row);
                 }
-                matmul(n, hd, n, &scores, (n, 1), &v, (1, n), &mut o, (1, n));
+                gemm_strided(n, hd, n, &scores, (n, 1), &v, (1, n), &mut o, (1, n), false, gemm::Parallelism::None);
                 scale_tokens(&mut o, &inv_sums);
                 for c in 0..hd {
                     let dst = &mut out[c * plane..(c + 1) * plane];
@@ -206,22 +206,6 @@ fn gemm_strided(
             parallelism,
         );
     }
-}
-
-/// Single-threaded [`gemm_strided`] overwriting `dst`, for use inside parallel tasks.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: &[f32],
-    lhs_s: (usize, usize),
-    rhs: &[f32],
-    rhs_s: (usize, usize),
-    dst: &mut [f32],
-    dst_s: (usize, usize),
-) {
-    gemm_strided(m, n, k, lhs, lhs_s, rhs, rhs_s, dst, dst_s, false, gemm::Parallelism::None)
 }
 
 /// Sum with independent accumulators, so that it vectorises (likewise [`max`]). Inner

@@ -18,60 +18,36 @@ use super::{flag, validate_common};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiTConfig {
-    #[serde(default = "d_input_size")]
+    #[serde(default = "super::defaults::input_size")]
     pub input_size: usize,
     #[serde(default = "d_patch")]
     pub patch_size: usize,
-    #[serde(default = "d_in_channels")]
+    #[serde(default = "super::defaults::in_channels")]
     pub in_channels: usize,
-    #[serde(default = "d_hidden")]
+    #[serde(default = "super::defaults::hidden_size")]
     pub hidden_size: usize,
     #[serde(default = "d_depth")]
     pub depth: usize,
-    #[serde(default = "d_heads")]
+    #[serde(default = "super::defaults::num_heads")]
     pub num_heads: usize,
-    #[serde(default = "d_mlp_ratio")]
+    #[serde(default = "super::defaults::mlp_ratio")]
     pub mlp_ratio: f64,
-    #[serde(default = "d_dropout")]
+    #[serde(default = "super::defaults::class_dropout_prob")]
     pub class_dropout_prob: f64,
-    #[serde(default = "d_classes")]
+    #[serde(default = "super::defaults::num_classes")]
     pub num_classes: usize,
-    #[serde(default = "d_true", deserialize_with = "flag::de")]
+    #[serde(default = "super::defaults::yes", deserialize_with = "flag::de")]
     pub learn_sigma: bool,
     /// Channels classifier-free guidance mixes; see `UDiTConfig::cfg_channels`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cfg_channels: Option<usize>,
 }
 
-fn d_input_size() -> usize {
-    32
-}
 fn d_patch() -> usize {
     2
 }
-fn d_in_channels() -> usize {
-    4
-}
-fn d_hidden() -> usize {
-    1152
-}
 fn d_depth() -> usize {
     28
-}
-fn d_heads() -> usize {
-    16
-}
-fn d_mlp_ratio() -> f64 {
-    4.0
-}
-fn d_dropout() -> f64 {
-    0.1
-}
-fn d_classes() -> usize {
-    1000
-}
-fn d_true() -> bool {
-    true
 }
 
 impl DiTConfig {
@@ -108,7 +84,14 @@ impl DiTConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        validate_common(self.hidden_size, self.num_heads, self.in_channels, self.num_classes)?;
+        validate_common(
+            self.hidden_size,
+            self.num_heads,
+            self.in_channels,
+            self.num_classes,
+            self.class_dropout_prob,
+            self.cfg_channels,
+        )?;
         anyhow::ensure!(
             self.patch_size > 0 && self.input_size % self.patch_size == 0 && self.input_size > 0,
             "input_size {} is not a positive multiple of patch_size {}",
@@ -119,14 +102,6 @@ impl DiTConfig {
             self.hidden_size % 4 == 0,
             "the 2-D sin-cos position embedding needs hidden_size divisible by 4"
         );
-        anyhow::ensure!((0.0..1.0).contains(&self.class_dropout_prob), "class_dropout_prob must be in [0, 1)");
-        if let Some(g) = self.cfg_channels {
-            anyhow::ensure!(
-                g >= 1 && g <= self.in_channels,
-                "cfg_channels must be in 1..={}, got {g}",
-                self.in_channels
-            );
-        }
         Ok(())
     }
 

@@ -209,14 +209,56 @@ pub(crate) fn default_cfg_channels(explicit: Option<usize>, in_channels: usize) 
     explicit.unwrap_or(if in_channels == 4 { 3 } else { in_channels })
 }
 
-pub(crate) fn validate_common(hidden: usize, heads: usize, in_channels: usize, classes: usize) -> Result<()> {
+/// Checks both families share: widths, heads, channels, classes, label dropout, guidance.
+pub(crate) fn validate_common(
+    hidden: usize,
+    heads: usize,
+    in_channels: usize,
+    classes: usize,
+    class_dropout_prob: f64,
+    cfg_channels: Option<usize>,
+) -> Result<()> {
     if hidden == 0 || heads == 0 || hidden % heads != 0 {
         bail!("hidden_size {hidden} must be a positive multiple of num_heads {heads}");
     }
     if in_channels == 0 || classes == 0 {
         bail!("in_channels and num_classes must be positive");
     }
+    if !(0.0..1.0).contains(&class_dropout_prob) {
+        bail!("class_dropout_prob must be in [0, 1)");
+    }
+    if let Some(g) = cfg_channels.filter(|&g| g == 0 || g > in_channels) {
+        bail!("cfg_channels must be in 1..={in_channels}, got {g}");
+    }
     Ok(())
+}
+
+/// Defaults shared by the reference constructors (serde `default = "..."` functions).
+pub mod defaults {
+    pub fn input_size() -> usize {
+        32
+    }
+    pub fn in_channels() -> usize {
+        4
+    }
+    pub fn hidden_size() -> usize {
+        1152
+    }
+    pub fn num_heads() -> usize {
+        16
+    }
+    pub fn mlp_ratio() -> f64 {
+        4.0
+    }
+    pub fn class_dropout_prob() -> f64 {
+        0.1
+    }
+    pub fn num_classes() -> usize {
+        1000
+    }
+    pub fn yes() -> bool {
+        true
+    }
 }
 
 /// The reference writes 0/1 for switches; JSON from other tools writes booleans.

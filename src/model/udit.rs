@@ -23,27 +23,27 @@ use super::{FfnForm, flag, validate_common};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UDiTConfig {
-    #[serde(default = "d_input_size")]
+    #[serde(default = "super::defaults::input_size")]
     pub input_size: usize,
     #[serde(default = "d_down_factor")]
     pub down_factor: DownFactor,
-    #[serde(default = "d_in_channels")]
+    #[serde(default = "super::defaults::in_channels")]
     pub in_channels: usize,
-    #[serde(default = "d_hidden")]
+    #[serde(default = "super::defaults::hidden_size")]
     pub hidden_size: usize,
     #[serde(default = "d_depth")]
     pub depth: [usize; 5],
-    #[serde(default = "d_heads")]
+    #[serde(default = "super::defaults::num_heads")]
     pub num_heads: usize,
-    #[serde(default = "d_mlp_ratio")]
+    #[serde(default = "super::defaults::mlp_ratio")]
     pub mlp_ratio: f64,
-    #[serde(default = "d_dropout")]
+    #[serde(default = "super::defaults::class_dropout_prob")]
     pub class_dropout_prob: f64,
-    #[serde(default = "d_classes")]
+    #[serde(default = "super::defaults::num_classes")]
     pub num_classes: usize,
-    #[serde(default = "d_true", deserialize_with = "flag::de")]
+    #[serde(default = "super::defaults::yes", deserialize_with = "flag::de")]
     pub learn_sigma: bool,
-    #[serde(default = "d_true", deserialize_with = "flag::de")]
+    #[serde(default = "super::defaults::yes", deserialize_with = "flag::de")]
     pub rep: bool,
     #[serde(default)]
     pub ffn_type: FfnType,
@@ -62,35 +62,11 @@ pub struct UDiTConfig {
     pub cfg_channels: Option<usize>,
 }
 
-fn d_input_size() -> usize {
-    32
-}
 fn d_down_factor() -> DownFactor {
     DownFactor::All(2)
 }
-fn d_in_channels() -> usize {
-    4
-}
-fn d_hidden() -> usize {
-    1152
-}
 fn d_depth() -> [usize; 5] {
     [2, 5, 8, 5, 2]
-}
-fn d_heads() -> usize {
-    16
-}
-fn d_mlp_ratio() -> f64 {
-    4.0
-}
-fn d_dropout() -> f64 {
-    0.1
-}
-fn d_classes() -> usize {
-    1000
-}
-fn d_true() -> bool {
-    true
 }
 
 /// Token-downsampling factor r (the attention splits the map into r*r groups), for all
@@ -188,7 +164,14 @@ impl UDiTConfig {
 
     /// Rejects configurations the network cannot be built for, with a reason.
     pub fn validate(&self) -> anyhow::Result<()> {
-        validate_common(self.hidden_size, self.num_heads, self.in_channels, self.num_classes)?;
+        validate_common(
+            self.hidden_size,
+            self.num_heads,
+            self.in_channels,
+            self.num_classes,
+            self.class_dropout_prob,
+            self.cfg_channels,
+        )?;
         anyhow::ensure!(
             self.input_size % 4 == 0 && self.input_size > 0,
             "input_size must be a positive multiple of 4 (two 2x downsamplings), got {}",
@@ -196,7 +179,6 @@ impl UDiTConfig {
         );
         self.downsampler_kernel()?;
         anyhow::ensure!(self.mlp_ratio > 0.0, "mlp_ratio must be positive");
-        anyhow::ensure!((0.0..1.0).contains(&self.class_dropout_prob), "class_dropout_prob must be in [0, 1)");
         for (i, (dim, side, _)) in self.stages().into_iter().enumerate() {
             let r = self.down_factor.stage(i);
             anyhow::ensure!(r >= 1 && side % r == 0, "stage {} side {side} is not divisible by down_factor {r}", i + 1);
@@ -212,13 +194,6 @@ impl UDiTConfig {
                 let n = (side / r) * (side / r);
                 anyhow::ensure!(n > 0, "stage {} has no tokens", i + 1);
             }
-        }
-        if let Some(g) = self.cfg_channels {
-            anyhow::ensure!(
-                g >= 1 && g <= self.in_channels,
-                "cfg_channels must be in 1..={}, got {g}",
-                self.in_channels
-            );
         }
         Ok(())
     }
