@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cost;
 pub mod diffusion;
+pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod sample;

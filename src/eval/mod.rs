@@ -1,0 +1,4 @@
+//! Evaluation: the paper's metrics (FID, sFID, IS, precision, recall) as the ADM evaluator
+//! computes them.
+
+pub mod metrics;
