@@ -82,6 +82,7 @@ pub fn safetensors_to_f32(name: &str, view: &safetensors::tensor::TensorView) ->
         Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
         Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        Dtype::U8 => b.iter().map(|&v| v as f32).collect(),
         other => bail!("tensor {name} has unsupported dtype {other:?}"),
     };
     Ok(TensorData::new(values, view.shape().to_vec()))
