@@ -31,6 +31,31 @@ enum Command {
     Sample(SampleArgs),
     /// Merge the finished batches of a sharded `sample --npz` run into the `.npz`.
     MergeNpz(MergeArgs),
+    /// FID, sFID, Inception Score, precision and recall of an ADM `.npz` against a reference.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Samples: ADM `.npz` with `arr_0` uint8 [N, H, W, C].
+    samples: PathBuf,
+    /// Reference batch: `arr_0` images and/or precomputed `mu`, `sigma`, `mu_s`, `sigma_s`
+    /// (e.g. ADM's VIRTUAL_imagenet256_labeled.npz).
+    reference: PathBuf,
+    /// pytorch-fid's FID Inception weights (default: $UDIT_INCEPTION, else
+    /// pt_inception-2015-12-05-6726825d.pth in the current directory).
+    #[arg(long)]
+    inception: Option<PathBuf>,
+    /// Images per Inception batch.
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Also save the samples' statistics (and pool features) to this `.npz`, for reuse as a
+    /// reference.
+    #[arg(long)]
+    save_stats: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -206,6 +231,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench(a),
         Command::Sample(a) => sample(a),
         Command::MergeNpz(a) => merge_npz(a),
+        Command::Eval(a) => eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -392,5 +418,54 @@ fn merge_npz(a: MergeArgs) -> Result<()> {
         bail!("some batches are still missing in {}", run.parts_dir().display());
     }
     eprintln!("wrote {}", run.npz.display());
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    use udit::eval::{Reference, activations, inception::InceptionV3, score};
+    let device = udit::default_device();
+    let weights = a
+        .inception
+        .or_else(|| std::env::var_os("UDIT_INCEPTION").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("pt_inception-2015-12-05-6726825d.pth"));
+    let net = InceptionV3::load(&weights, &device)?;
+    let samples = udit::sample::read_npz(&a.samples)?;
+    let features = |images: &udit::sample::Images, what: &str| {
+        let n = images.labels.len();
+        let bar = indicatif::ProgressBar::new(n as u64).with_message(format!("Inception features of {what}"));
+        let out = activations(&net, images, a.batch, &device, &mut |m| bar.inc(m as u64));
+        bar.finish_and_clear();
+        out
+    };
+    let reference = match Reference::read_stats(&a.reference)? {
+        Some(mut r) => {
+            // FID uses the stored statistics; precision/recall need the images' features.
+            if r.pool3.is_none()
+                && let Ok(images) = udit::sample::read_npz(&a.reference)
+            {
+                r.pool3 = Some(features(&images, "the reference")?.pool3);
+            }
+            r
+        }
+        None => Reference::from_activations(&features(&udit::sample::read_npz(&a.reference)?, "the reference")?)?,
+    };
+    let acts = features(&samples, "the samples")?;
+    if let Some(path) = &a.save_stats {
+        Reference::from_activations(&acts)?.write_stats(path)?;
+    }
+    let s = score(&acts, &reference)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        let opt = |v: Option<f64>| v.map_or("n/a (reference has no features)".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "FID {:.3}  sFID {:.3}  IS {:.3}  precision {}  recall {}",
+            s.fid,
+            s.sfid,
+            s.inception_score,
+            opt(s.precision),
+            opt(s.recall)
+        );
+    }
     Ok(())
 }
