@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod cost;
+pub mod data;
 pub mod diffusion;
 pub mod eval;
 pub mod hub;

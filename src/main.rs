@@ -31,8 +31,27 @@ enum Command {
     Sample(SampleArgs),
     /// Merge the finished batches of a sharded `sample --npz` run into the `.npz`.
     MergeNpz(MergeArgs),
-    /// FID, sFID, Inception Score, precision and recall of an ADM `.npz` against a reference.
+    /// FID, sFID, Inception Score, precision and recall of an ADM `.npz` against a reference;
+    /// with `--features`, the offline Fashion-MNIST meter.
     Eval(EvalArgs),
+    /// Train the offline meter's classifier (Fashion-MNIST).
+    TrainClassifier(TrainClassifierArgs),
+}
+
+#[derive(Args)]
+struct TrainClassifierArgs {
+    /// The dataset (only fashion-mnist).
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    /// Directory of the IDX files.
+    #[arg(long, default_value = udit::data::fashion_mnist::DEFAULT_DIR)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "classifier.safetensors")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -40,8 +59,15 @@ struct EvalArgs {
     /// Samples: ADM `.npz` with `arr_0` uint8 [N, H, W, C].
     samples: PathBuf,
     /// Reference batch: `arr_0` images and/or precomputed `mu`, `sigma`, `mu_s`, `sigma_s`
-    /// (e.g. ADM's VIRTUAL_imagenet256_labeled.npz).
-    reference: PathBuf,
+    /// (e.g. ADM's VIRTUAL_imagenet256_labeled.npz). Not used with --features.
+    reference: Option<PathBuf>,
+    /// Offline meter: FID in this `udit train-classifier` model's feature space against the
+    /// Fashion-MNIST test split, and the class accuracy of the samples' `arr_1` labels.
+    #[arg(long)]
+    features: Option<PathBuf>,
+    /// Fashion-MNIST directory, for --features.
+    #[arg(long, default_value = udit::data::fashion_mnist::DEFAULT_DIR)]
+    data: PathBuf,
     /// pytorch-fid's FID Inception weights (default: $UDIT_INCEPTION, else
     /// pt_inception-2015-12-05-6726825d.pth in the current directory).
     #[arg(long)]
@@ -232,6 +258,7 @@ fn main() -> ExitCode {
         Command::Sample(a) => sample(a),
         Command::MergeNpz(a) => merge_npz(a),
         Command::Eval(a) => eval(a),
+        Command::TrainClassifier(a) => train_classifier(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -424,6 +451,19 @@ fn merge_npz(a: MergeArgs) -> Result<()> {
 fn eval(a: EvalArgs) -> Result<()> {
     use udit::eval::{Reference, activations, inception::InceptionV3, score};
     let device = udit::default_device();
+    if let Some(path) = &a.features {
+        use udit::data::fashion_mnist::{FashionMnist, Split};
+        let model = udit::eval::classifier::Classifier::load(path, &device)?;
+        let test = FashionMnist::load(&a.data, Split::Test)?;
+        let s = udit::eval::classifier::meter(&model, &udit::sample::read_npz(&a.samples)?, &test, &device)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            println!("classifier FID {:.3}  class accuracy {:.4}", s.fid, s.class_accuracy);
+        }
+        return Ok(());
+    }
+    let reference_path = a.reference.clone().context("give a REFERENCE .npz (or --features for the offline meter)")?;
     let weights = a
         .inception
         .or_else(|| std::env::var_os("UDIT_INCEPTION").map(PathBuf::from))
@@ -437,17 +477,17 @@ fn eval(a: EvalArgs) -> Result<()> {
         bar.finish_and_clear();
         out
     };
-    let reference = match Reference::read_stats(&a.reference)? {
+    let reference = match Reference::read_stats(&reference_path)? {
         Some(mut r) => {
             // FID uses the stored statistics; precision/recall need the images' features.
             if r.pool3.is_none()
-                && let Ok(images) = udit::sample::read_npz(&a.reference)
+                && let Ok(images) = udit::sample::read_npz(&reference_path)
             {
                 r.pool3 = Some(features(&images, "the reference")?.pool3);
             }
             r
         }
-        None => Reference::from_activations(&features(&udit::sample::read_npz(&a.reference)?, "the reference")?)?,
+        None => Reference::from_activations(&features(&udit::sample::read_npz(&reference_path)?, "the reference")?)?,
     };
     let acts = features(&samples, "the samples")?;
     if let Some(path) = &a.save_stats {
@@ -467,5 +507,29 @@ fn eval(a: EvalArgs) -> Result<()> {
             opt(s.recall)
         );
     }
+    Ok(())
+}
+
+fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
+    use udit::data::fashion_mnist::{FashionMnist, Split};
+    if a.dataset != "fashion-mnist" {
+        bail!("unknown dataset {:?}: only fashion-mnist", a.dataset);
+    }
+    let device = udit::default_device();
+    let (train, test) = (FashionMnist::load(&a.data, Split::Train)?, FashionMnist::load(&a.data, Split::Test)?);
+    let bar = udit::sample::progress_bar(train.len().div_ceil(128), a.epochs);
+    let (model, acc) = udit::eval::classifier::train(
+        &train,
+        &test,
+        a.epochs,
+        None,
+        a.seed,
+        &device,
+        &mut |epoch, acc| bar.println(format!("epoch {epoch}: test accuracy {acc:.4}")),
+        &mut || bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    model.save(&a.out)?;
+    eprintln!("test accuracy {acc:.4}; wrote {}", a.out.display());
     Ok(())
 }

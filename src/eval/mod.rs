@@ -1,6 +1,7 @@
 //! Evaluation: the paper's metrics (FID, sFID, IS, precision, recall) as the ADM evaluator
 //! computes them, on ADM-format `.npz` batches.
 
+pub mod classifier;
 pub mod inception;
 pub mod metrics;
 
