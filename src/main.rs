@@ -525,7 +525,7 @@ fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
         None,
         a.seed,
         &device,
-        &mut |epoch, acc| bar.println(format!("epoch {epoch}: test accuracy {acc:.4}")),
+        &mut |epoch, acc| bar.suspend(|| eprintln!("epoch {epoch}: test accuracy {acc:.4}")),
         &mut || bar.inc(1),
     )?;
     bar.finish_and_clear();
