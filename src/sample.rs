@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use image::ImageEncoder;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -213,8 +214,6 @@ fn write_png(path: &Path, pixels: &[u8], w: usize, h: usize, channels: usize) ->
         .with_context(|| format!("cannot encode {}", path.display()))?;
     crate::checkpoint::write_atomic(path, &bytes)
 }
-
-use image::ImageEncoder;
 
 /// A grid of the samples, `cols` per row, each with its class index printed above it.
 pub fn write_grid(path: &Path, images: &Images, cols: usize) -> Result<()> {

@@ -90,6 +90,7 @@ impl Classifier {
 
 /// Trains the classifier with AdamW (lr 1e-3, batch 128) on `train`, using the first
 /// `limit` images if given; reports test accuracy after each epoch through `on_epoch`.
+/// `seed` fixes the initial weights and the batch order.
 pub fn train(
     train: &FashionMnist,
     test: &FashionMnist,
@@ -104,6 +105,7 @@ pub fn train(
         bail!("--epochs must be at least 1");
     }
     let ad = device.clone().autodiff();
+    device.seed(seed);
     let mut model = Classifier::new(&ad);
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let n = limit.unwrap_or(train.len()).min(train.len());

@@ -281,7 +281,7 @@ impl DownSampleAttn {
         }
         // With RoPE the conv also yields q and k with their channel pairs swapped,
         // (a, b) -> (-b, a), so that the rotation is two products.
-        let (weight, bias) = self.qkv_weights(hd);
+        let (weight, bias) = self.qkv_weights();
         let slots = weight.dims()[0] / hd;
         let qkv =
             conv2d(x2, weight.reshape([slots * hd, d, 1, 1]), Some(bias), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
@@ -315,7 +315,7 @@ impl DownSampleAttn {
 
     /// `to_qkv` rows as [q; k; v], plus [swap(q); swap(k)] when RoPE is on, where swap maps
     /// channel pair (2m, 2m+1) of every head to (-(2m+1), 2m).
-    fn qkv_weights(&self, hd: usize) -> (Tensor<2>, Tensor<1>) {
+    fn qkv_weights(&self) -> (Tensor<2>, Tensor<1>) {
         let w = self.to_qkv.weight.val();
         let b = self.to_qkv.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([w.dims()[0]], &w.device()));
         if !self.rope {
@@ -333,7 +333,6 @@ impl DownSampleAttn {
             let (a, bb) = (pairs.clone().narrow(1, 0, 1), pairs.narrow(1, 1, 1));
             Tensor::cat(vec![bb.neg(), a], 1).reshape([qk])
         };
-        let _ = hd;
         let w_swapped = swap_w(w.clone().narrow(0, 0, qk));
         let b_swapped = swap_b(b.clone().narrow(0, 0, qk));
         (Tensor::cat(vec![w, w_swapped], 0), Tensor::cat(vec![b, b_swapped], 0))
