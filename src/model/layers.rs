@@ -106,13 +106,18 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        if self.groups > 1 && self.groups == x.dims()[1] && super::cpu::applies(&x) {
-            return super::cpu::depthwise_conv(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
-        }
-        let pad = (self.kernel_size() - 1) / 2;
-        let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], self.groups);
-        conv2d(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), options)
+        conv2d_same(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), self.groups)
     }
+}
+
+/// Stride-1 convolution with (k-1)/2 zero padding; depthwise ones take the CPU kernel where
+/// it applies.
+pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, groups: usize) -> Tensor<4> {
+    if groups > 1 && groups == x.dims()[1] && super::cpu::applies(&x) {
+        return super::cpu::depthwise_conv(x, weight, bias);
+    }
+    let pad = (weight.dims()[3] - 1) / 2;
+    conv2d(x, weight, bias, ConvOptions::new([1, 1], [pad, pad], [1, 1], groups))
 }
 
 /// The 256-frequency sinusoid of GLIDE/ADM, cosines first (reference `timestep_embedding`).

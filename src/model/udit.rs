@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cpu::Gelu;
 use super::layers::{
-    AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, add_gated_2d, gelu, layer_norm_2d,
-    modulate_2d, norm_modulate_2d, pixel_shuffle, pixel_unshuffle,
+    AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, add_gated_2d, conv2d_same, gelu,
+    layer_norm_2d, modulate_2d, norm_modulate_2d, pixel_shuffle, pixel_unshuffle,
 };
 use super::{FfnForm, flag, validate_common};
 
@@ -426,12 +426,18 @@ impl FeedForward {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
+            // In training the branches are folded on the fly: the same function of the same
+            // parameters (so the same gradients) at the cost of one 1x1-5x5-1x1 chain.
+            Self::Rep(f) if x.is_autodiff() => single_forward(x, f.merged_weights()),
             Self::Rep(f) => {
                 let u = gelu(f.project_in[1].forward(f.project_in[0].forward(x)), Gelu::Erf);
                 let mixed = f.dwconv.iter().fold(u.clone(), |acc, conv| acc + conv.forward(u.clone()));
                 f.project_out[1].forward(f.project_out[0].forward(mixed))
             }
-            Self::Single(f) => f.project_out.forward(f.dwconv.forward(gelu(f.project_in.forward(x), Gelu::Erf))),
+            Self::Single(f) => {
+                let wb = |c: &Conv2d| (c.weight.val(), bias_of(c));
+                single_forward(x, [wb(&f.project_in), wb(&f.dwconv), wb(&f.project_out)])
+            }
             Self::Basic(f) => f.fc2.forward(gelu(f.fc1.forward(x), Gelu::Tanh)),
         }
     }
@@ -440,25 +446,44 @@ impl FeedForward {
     /// depthwise and one 1x1 conv computing the same function (reference `add_buffer`).
     pub fn merged(self) -> Self {
         let Self::Rep(f) = self else { return self };
-        let [in0, in1] = <[Conv2d; 2]>::try_from(f.project_in).expect("two convs");
-        let [out0, out1] = <[Conv2d; 2]>::try_from(f.project_out).expect("two convs");
-        let [k5, k3, k1] = <[Conv2d; 3]>::try_from(f.dwconv).expect("three convs");
+        let [(wi, bi), (wd, bd), (wo, bo)] = f.merged_weights();
+        let hidden = wd.dims()[0];
+        Self::Single(SingleFeedForward {
+            project_in: Conv2d::from_weights(wi, Some(bi), 1),
+            dwconv: Conv2d::from_weights(wd, Some(bd), hidden),
+            project_out: Conv2d::from_weights(wo, Some(bo), 1),
+        })
+    }
+}
+
+impl RepFeedForward {
+    /// (weight, bias) of the merged 1x1, 5x5 depthwise and 1x1 convs, as tensor expressions
+    /// of the branch parameters: the 1x1 pairs composed, and K5 + pad(K3) + pad(K1 + 1).
+    fn merged_weights(&self) -> [(Tensor<4>, Tensor<1>); 3] {
+        let [k5, k3, k1] = [&self.dwconv[0], &self.dwconv[1], &self.dwconv[2]];
         let hidden = k5.weight.dims()[0];
         let device = k5.weight.device();
-        // Identity skip as a 1x1 depthwise kernel of ones, zero bias.
-        let eye = Tensor::<4>::ones([hidden, 1, 1, 1], &device);
         let pad = |w: Tensor<4>, p: usize| {
             let [c, _, k, _] = w.dims();
             Tensor::zeros([c, 1, k + 2 * p, k + 2 * p], &device).slice_assign([0..c, 0..1, p..p + k, p..p + k], w)
         };
-        let weight = k5.weight.val() + pad(k3.weight.val(), 1) + pad(k1.weight.val() + eye, 2);
-        let bias = [&k5, &k3, &k1].iter().map(|c| bias_of(c)).reduce(|a, b| a + b).expect("three");
-        Self::Single(SingleFeedForward {
-            project_in: compose_1x1(in0, in1),
-            dwconv: Conv2d::from_weights(weight, Some(bias), hidden),
-            project_out: compose_1x1(out0, out1),
-        })
+        // The identity skip is a 1x1 depthwise kernel of ones.
+        let eye = Tensor::<4>::ones([hidden, 1, 1, 1], &device);
+        let dw = k5.weight.val() + pad(k3.weight.val(), 1) + pad(k1.weight.val() + eye, 2);
+        let dw_bias = bias_of(k5) + bias_of(k3) + bias_of(k1);
+        [
+            compose_1x1(&self.project_in[0], &self.project_in[1]),
+            (dw, dw_bias),
+            compose_1x1(&self.project_out[0], &self.project_out[1]),
+        ]
     }
+}
+
+/// 1x1 conv, exact GELU, 5x5 depthwise conv, 1x1 conv, from (weight, bias) pairs.
+fn single_forward(x: Tensor<4>, [(wi, bi), (wd, bd), (wo, bo)]: [(Tensor<4>, Tensor<1>); 3]) -> Tensor<4> {
+    let hidden = wd.dims()[0];
+    let u = gelu(conv2d_same(x, wi, Some(bi), 1), Gelu::Erf);
+    conv2d_same(conv2d_same(u, wd, Some(bd), hidden), wo, Some(bo), 1)
 }
 
 fn bias_of(conv: &Conv2d) -> Tensor<1> {
@@ -466,13 +491,13 @@ fn bias_of(conv: &Conv2d) -> Tensor<1> {
 }
 
 /// Two stacked 1x1 convs as one: W = W2 W1, b = W2 b1 + b2.
-fn compose_1x1(first: Conv2d, second: Conv2d) -> Conv2d {
+fn compose_1x1(first: &Conv2d, second: &Conv2d) -> (Tensor<4>, Tensor<1>) {
     let [o1, i1, _, _] = first.weight.dims();
     let [o2, _, _, _] = second.weight.dims();
     let w1 = first.weight.val().reshape([o1, i1]);
     let w2 = second.weight.val().reshape([o2, o1]);
-    let b = w2.clone().matmul(bias_of(&first).reshape([o1, 1])).reshape([o2]) + bias_of(&second);
-    Conv2d::from_weights(w2.matmul(w1).reshape([o2, i1, 1, 1]), Some(b), 1)
+    let b = w2.clone().matmul(bias_of(first).reshape([o1, 1])).reshape([o2]) + bias_of(second);
+    (w2.matmul(w1).reshape([o2, i1, 1, 1]), b)
 }
 
 /// `U_DiTBlock`: two (attention, FFN) pairs, each with its own adaLN-Zero modulation.
