@@ -29,39 +29,40 @@ pub fn run(cfg: &ModelConfig, batch: usize, train: bool, warmup: usize, iters: u
         let y = Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, cfg.num_classes() as f64), device);
         (x, t, y)
     };
-    let mut times = Vec::with_capacity(iters);
-    if train {
+    let mut times = if train {
         let device = device.clone().autodiff();
         let mut model = Denoiser::new(cfg, FfnForm::Train, &device);
         let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
-        for i in 0..warmup + iters {
+        timings(warmup, iters, &mut || {
             let (x, t, y) = inputs(&device);
             let start = Instant::now();
             let out = model.forward(x.clone(), t, y);
             let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-4, model, grads);
+            model = optim.step(1e-4, model.clone(), grads);
             let _ = loss.into_data(); // wait for the step to finish
-            if i >= warmup {
-                times.push(start.elapsed().as_secs_f64());
-            }
-        }
+            start.elapsed().as_secs_f64()
+        })
     } else {
         let model = Denoiser::new(cfg, FfnForm::Train, device).merged();
-        for i in 0..warmup + iters {
+        timings(warmup, iters, &mut || {
             let (x, t, y) = inputs(device);
             let start = Instant::now();
             let _ = model.forward(x, t, y).into_data();
-            if i >= warmup {
-                times.push(start.elapsed().as_secs_f64());
-            }
-        }
-    }
+            start.elapsed().as_secs_f64()
+        })
+    };
     times.sort_by(f64::total_cmp);
     let best = times[0];
     let median = times[times.len() / 2];
     let flops = 2.0 * Cost::of(cfg).macs as f64 * batch as f64 * if train { 3.0 } else { 1.0 };
     BenchResult { best_ms: best * 1e3, median_ms: median * 1e3, gflops: flops / best / 1e9, iters }
+}
+
+/// Runs `measure` `warmup + iters` times and keeps the last `iters` results (seconds or ms,
+/// whatever `measure` returns).
+fn timings(warmup: usize, iters: usize, measure: &mut dyn FnMut() -> f64) -> Vec<f64> {
+    (0..warmup + iters).map(|_| measure()).skip(warmup).collect()
 }
 
 /// Time per generated image of a guided sampling run, measured bench-style: one guided
@@ -85,14 +86,12 @@ pub fn sample_cost(cfg: &ModelConfig, batch: usize, warmup: usize, iters: usize,
     let s = cfg.input_size();
     let model = Denoiser::new(cfg, FfnForm::Train, device).merged();
     let best = |f: &mut dyn FnMut()| {
-        (0..warmup + iters)
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                start.elapsed().as_secs_f64() * 1e3
-            })
-            .skip(warmup)
-            .fold(f64::INFINITY, f64::min)
+        let mut call = || {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        };
+        timings(warmup, iters, &mut call).into_iter().fold(f64::INFINITY, f64::min)
     };
     let x = Tensor::<4>::random([2 * batch, cfg.in_channels(), s, s], Distribution::Normal(0.0, 1.0), device);
     let t = Tensor::<1>::full([2 * batch], 500.0, device);

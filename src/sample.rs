@@ -120,6 +120,20 @@ pub struct Images {
     pub channels: usize,
 }
 
+impl Images {
+    /// Adds `other`'s samples (of the same size) after these.
+    pub fn append(&mut self, other: Images) {
+        self.pixels.extend(other.pixels);
+        self.labels.extend(other.labels);
+    }
+
+    /// Keeps the first `n` samples.
+    pub fn truncate(&mut self, n: usize) {
+        self.pixels.truncate(n * self.side * self.side * self.channels);
+        self.labels.truncate(n);
+    }
+}
+
 /// Draws samples `first..first + count` with one batched run.
 pub struct Generator<'a> {
     pub model: &'a Denoiser,
@@ -320,8 +334,7 @@ impl NpzRun {
                     if (a.side, a.channels) != (part.side, part.channels) {
                         bail!("{} holds images of another size", self.part(b).display());
                     }
-                    a.pixels.extend(part.pixels);
-                    a.labels.extend(part.labels);
+                    a.append(part);
                 }
             }
         }
@@ -377,29 +390,34 @@ pub fn progress_bar(images: usize, steps: usize) -> indicatif::ProgressBar {
     bar
 }
 
-/// Writes `count` samples as PNGs plus `grid.png` into `out`, in batches of `batch`.
+/// Most samples `grid.png` shows.
+pub const GRID_MAX: usize = 100;
+
+/// Writes `count` samples as PNGs plus `grid.png` (the first [`GRID_MAX`]) into `out`, in
+/// batches of `batch`.
 pub fn run_pngs(g: &Generator, out: &Path, count: usize, batch: usize) -> Result<()> {
     ensure_writable_dir(out)?;
     let bar = progress_bar(count, g.settings.steps);
     let start = std::time::Instant::now();
-    let mut all: Option<Images> = None;
+    let mut grid: Option<Images> = None;
     for first in (0..count).step_by(batch) {
         let n = batch.min(count - first);
         let images = g.generate(first, n, &mut || bar.inc(n as u64))?;
         write_pngs(out, first, &images)?;
         let done = first + n;
         bar.set_message(format!("{done}/{count} images, {:.2} img/s", done as f64 / start.elapsed().as_secs_f64()));
-        match &mut all {
-            None => all = Some(images),
-            Some(a) => {
-                a.pixels.extend(images.pixels);
-                a.labels.extend(images.labels);
-            }
+        // The grid shows the first GRID_MAX samples; the rest only go to their PNGs.
+        match &mut grid {
+            None => grid = Some(images),
+            Some(g) if g.labels.len() < GRID_MAX => g.append(images),
+            Some(_) => {}
         }
     }
     bar.finish();
-    let all = all.context("no samples requested")?;
-    write_grid(&out.join("grid.png"), &all, (count as f64).sqrt().ceil() as usize)
+    let mut grid = grid.context("no samples requested")?;
+    grid.truncate(GRID_MAX);
+    let shown = grid.labels.len();
+    write_grid(&out.join("grid.png"), &grid, (shown as f64).sqrt().ceil() as usize)
 }
 
 /// Runs this shard's missing batches of `run`, then merges if the run is complete.

@@ -72,9 +72,7 @@ fn samples_do_not_depend_on_batch_size_or_split() {
         let g = generator(&s, sampler, steps, 1.5, Classes::Random);
         let whole = g.generate(0, 4, &mut || {}).unwrap();
         let mut split = g.generate(0, 1, &mut || {}).unwrap();
-        let rest = g.generate(1, 3, &mut || {}).unwrap();
-        split.pixels.extend(rest.pixels);
-        split.labels.extend(rest.labels);
+        split.append(g.generate(1, 3, &mut || {}).unwrap());
         assert_eq!(whole.labels, split.labels);
         // The same noise and labels; only float summation order may differ between batch
         // shapes, which can move a pixel by a level.
@@ -132,4 +130,21 @@ fn bad_settings_are_refused_before_work() {
         err(generator(&three, Sampler::Ancestral, 10, 1.5, Classes::Random))
             .contains("4 latent channels but the model takes 3")
     );
+}
+
+#[test]
+fn codecs_encode_what_they_decode() {
+    let dev = Device::flex();
+    let x = Tensor::<4>::random([2, 1, 8, 8], burn::tensor::Distribution::Uniform(-1.0, 1.0), &dev);
+    for codec in [Codec::None, Codec::Unshuffle2] {
+        let z = codec.encode(x.clone(), |_| unreachable!("pixel codecs draw no noise"));
+        assert_eq!(codec.decode(z).into_data(), x.to_data());
+    }
+    assert_eq!(Codec::Unshuffle2.encode(x.clone(), |m| m.clone()).dims(), [2, 4, 4, 4]);
+    // The VAE: with zero noise the latent is the posterior mean, scaled by 0.18215.
+    let vae = setup().codec;
+    let io = io("vae_tiny.io.safetensors");
+    let z = vae.encode(float(&io["image"], &dev), |m| m.zeros_like());
+    let expected = float::<4>(&io["posterior_mean"], &dev) * 0.18215;
+    assert_close("scaled posterior mean", &z.into_data(), &expected.into_data(), 1e-4);
 }

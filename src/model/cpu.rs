@@ -434,14 +434,13 @@ fn norm_modulate_block(x: &mut [f32], plane: usize, p0: usize, len: usize, shift
 
 /// `x + gate * y` with a `[B, C]` gate broadcast over pixels (the adaLN-Zero residual).
 pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
-    let [_, c, h, w] = x.dims();
-    let device = x.device();
     let dims = x.dims();
+    let [_, _, h, w] = dims;
+    let device = x.device();
     let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
     let y = y.into_data().convert::<f32>();
     let y = y.as_slice::<f32>().expect("f32 data");
     let gate = gate.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    let _ = c;
     v.par_chunks_mut(h * w).zip(y.par_chunks(h * w)).zip(gate.par_iter()).for_each(|((xs, ys), &g)| {
         vectorized(
             #[inline(always)]
