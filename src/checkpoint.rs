@@ -20,12 +20,21 @@ pub type StateDict = BTreeMap<String, TensorData>;
 
 /// Metadata key under which saved safetensors carry the model configuration (JSON).
 pub const CONFIG_METADATA_KEY: &str = "udit_config";
+/// Metadata key of the pixel codec a model was trained with (`unshuffle2`, `none`, a VAE).
+pub const CODEC_METADATA_KEY: &str = "udit_codec";
+
+/// The entries a training checkpoint holds beside each other, in order of preference.
+const ENTRIES: [&str; 4] = ["ema", "model", "state_dict", "module"];
 
 /// A weights file read into memory.
 pub struct Weights {
     pub tensors: StateDict,
     /// Model configuration stored beside the weights, when the file has one.
     pub config: Option<ModelConfig>,
+    /// Pixel codec stored beside the weights, when the file has one.
+    pub codec: Option<String>,
+    /// All string metadata of a safetensors file.
+    pub metadata: std::collections::HashMap<String, String>,
 }
 
 /// Reads `.safetensors` or a PyTorch checkpoint. In a checkpoint with several state dicts,
@@ -49,26 +58,49 @@ pub fn read_weights(path: &Path, entry: Option<&str>) -> Result<Weights> {
 }
 
 fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
-    if let Some(e) = entry {
-        bail!("--entry {e:?} applies to PyTorch checkpoints; this file is safetensors");
-    }
     let bytes = std::fs::read(path)?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
-    let config = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CONFIG_METADATA_KEY))
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let config = metadata
+        .get(CONFIG_METADATA_KEY)
         .map(|json| ModelConfig::from_json(json))
         .transpose()
         .context("the model configuration stored in the file is invalid")?;
     let st =
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+    let names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    let prefix = entry_prefix(&names, entry)?;
     let mut tensors = StateDict::new();
     for (name, view) in st.tensors() {
-        tensors.insert(name.clone(), safetensors_to_f32(&name, &view)?);
+        if let Some(key) = strip_entry(&name, prefix.as_deref()) {
+            tensors.insert(key.to_string(), safetensors_to_f32(&name, &view)?);
+        }
     }
-    Ok(Weights { tensors, config })
+    let codec = metadata.get(CODEC_METADATA_KEY).cloned();
+    Ok(Weights { tensors, config, codec, metadata })
+}
+
+/// Which entry of a checkpoint to read: `entry` when given (it must exist), else the first
+/// of [`ENTRIES`] present, else none (a bare state dict).
+fn entry_prefix(names: &[String], entry: Option<&str>) -> Result<Option<String>> {
+    let tops: BTreeSet<&str> = names.iter().filter_map(|k| k.split_once('.').map(|(top, _)| top)).collect();
+    Ok(match entry {
+        Some(e) if tops.contains(e) => Some(e.to_string()),
+        Some(e) => bail!(
+            "the checkpoint has no entry {e:?} (entries: {})",
+            tops.iter().copied().collect::<Vec<_>>().join(", ")
+        ),
+        None => ENTRIES.iter().find(|n| tops.contains(**n)).map(|n| n.to_string()),
+    })
+}
+
+/// The state-dict key of `name` within entry `prefix` (None: `name` belongs to another entry).
+fn strip_entry<'a>(name: &'a str, prefix: Option<&str>) -> Option<&'a str> {
+    match prefix {
+        Some(p) => name.strip_prefix(p).and_then(|k| k.strip_prefix('.')),
+        None => Some(name),
+    }
 }
 
 /// Converts any float (or integer) safetensors view to f32 data.
@@ -91,25 +123,11 @@ pub fn safetensors_to_f32(name: &str, view: &safetensors::tensor::TensorView) ->
 fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
     use burn::store::pytorch_reader::{DType, PytorchReader};
     let reader = PytorchReader::new(path).map_err(|e| anyhow::anyhow!("not a readable PyTorch checkpoint ({e})"))?;
-    let keys = reader.keys();
-    let tops: BTreeSet<&str> = keys.iter().filter_map(|k| k.split_once('.').map(|(top, _)| top)).collect();
-    let nested = ["ema", "model", "state_dict", "module"];
-    let prefix = match entry {
-        Some(e) if tops.contains(e) => Some(e.to_string()),
-        Some(e) => bail!(
-            "the checkpoint has no entry {e:?} (entries: {})",
-            tops.iter().copied().collect::<Vec<_>>().join(", ")
-        ),
-        None => nested.iter().find(|n| tops.contains(**n)).map(|n| n.to_string()),
-    };
+    let prefix = entry_prefix(&reader.keys(), entry)?;
     let mut tensors = StateDict::new();
     for (name, t) in reader.tensors() {
-        let key = match &prefix {
-            Some(p) => match name.strip_prefix(p.as_str()).and_then(|k| k.strip_prefix('.')) {
-                Some(k) => k,
-                None => continue, // `opt`, the other state dict, ...
-            },
-            None => name.as_str(),
+        let Some(key) = strip_entry(name, prefix.as_deref()) else {
+            continue; // `opt`, the other state dict, ...
         };
         let b = t.read().with_context(|| format!("cannot read tensor {name}"))?;
         let values: Vec<f32> = match t.dtype() {
@@ -124,26 +142,26 @@ fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
     if tensors.is_empty() {
         bail!("no float tensors found in the checkpoint");
     }
-    Ok(Weights { tensors, config: None })
+    Ok(Weights { tensors, config: None, codec: None, metadata: Default::default() })
 }
 
 /// The state-dict key of a burn module path: a field `a__0` is the segment `a.0`
 /// (an index into a PyTorch `nn.Sequential`), and enum variants add no segment.
-fn key_of(path: &[String]) -> String {
+pub(crate) fn key_of(path: &[String]) -> String {
     path.iter().map(|s| s.trim_start_matches("__").replace("__", ".")).collect::<Vec<_>>().join(".")
 }
 
 /// Tracks the module path while burn walks a model.
 #[derive(Default)]
-struct PathStack(Vec<String>);
+pub(crate) struct PathStack(pub(crate) Vec<String>);
 
 impl PathStack {
-    fn enter(&mut self, name: &str, container: &str) {
+    pub(crate) fn enter(&mut self, name: &str, container: &str) {
         if !container.starts_with("Enum:") {
             self.0.push(name.to_string());
         }
     }
-    fn exit(&mut self, container: &str) {
+    pub(crate) fn exit(&mut self, container: &str) {
         if !container.starts_with("Enum:") {
             self.0.pop();
         }
@@ -264,9 +282,16 @@ pub fn load_denoiser(cfg: &ModelConfig, weights: &Weights, device: &Device) -> R
     load_into(model, &weights.tensors, device)
 }
 
-/// Writes `tensors` (and the configuration, when given) as safetensors, atomically: the
-/// file appears complete under its name or not at all.
-pub fn write_safetensors(path: &Path, tensors: &StateDict, config: Option<&ModelConfig>) -> Result<()> {
+/// Safetensors metadata that lets `udit sample` use a weights file without further flags.
+pub fn model_metadata(config: &ModelConfig, codec: Option<&str>) -> Result<Vec<(String, String)>> {
+    let mut meta = vec![(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(config)?)];
+    meta.extend(codec.map(|c| (CODEC_METADATA_KEY.to_string(), c.to_string())));
+    Ok(meta)
+}
+
+/// Writes `tensors` with string `metadata` as safetensors, atomically: the file appears
+/// complete under its name or not at all.
+pub fn write_safetensors(path: &Path, tensors: &StateDict, metadata: Vec<(String, String)>) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(k, d)| {
@@ -275,11 +300,7 @@ pub fn write_safetensors(path: &Path, tensors: &StateDict, config: Option<&Model
             Ok((k.clone(), view))
         })
         .collect::<Result<_>>()?;
-    let metadata = config
-        .map(|c| -> Result<_> {
-            Ok(std::collections::HashMap::from([(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(c)?)]))
-        })
-        .transpose()?;
+    let metadata = (!metadata.is_empty()).then(|| metadata.into_iter().collect());
     let bytes = safetensors::serialize(views, metadata).map_err(|e| anyhow::anyhow!("cannot serialize: {e}"))?;
     write_atomic(path, &bytes)
 }

@@ -10,7 +10,11 @@ pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod sample;
+pub mod train;
 pub mod vae;
+
+/// The U-DiT trained on Fashion-MNIST that ships with the project (`assets/README.md`).
+pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion-mnist-udit.safetensors");
 
 /// The device tensors run on: burn's CPU `flex` backend, or CUDA with `--features cuda`.
 pub fn default_device() -> burn::prelude::Device {

@@ -36,6 +36,105 @@ enum Command {
     Eval(EvalArgs),
     /// Train the offline meter's classifier (Fashion-MNIST).
     TrainClassifier(TrainClassifierArgs),
+    /// Train a U-DiT (or DiT) with the reference recipe; resumable.
+    Train(TrainArgs),
+    /// Encode an ImageNet-layout folder to latents once (ADM center crop, SD VAE).
+    ExtractFeatures(ExtractArgs),
+    /// Draw the loss curve of a training log (`log.jsonl`) as a PNG.
+    PlotLoss(PlotArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Run directory: checkpoints/, samples/, log.jsonl, recipe.json, model.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its newest checkpoint (its recipe; --steps may extend it).
+    #[arg(long)]
+    resume: bool,
+    /// A recipe JSON (as written to OUT/recipe.json); flags below override its fields.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelChoice,
+    /// fashion-mnist, image-folder (ImageNet layout) or latents.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Directory of the dataset (default for fashion-mnist: Debian's).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Crop size of image-folder data.
+    #[arg(long, default_value_t = 256)]
+    image_size: usize,
+    /// Pixels <-> model space: a VAE (directory or hf://), `unshuffle2` or `none`. Default:
+    /// hf://stabilityai/sd-vae-ft-ema for 4-channel models, else none.
+    #[arg(long)]
+    codec: Option<String>,
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Samples per optimizer step over all devices and accumulation rounds.
+    #[arg(long)]
+    global_batch: Option<usize>,
+    /// Split each step into this many forward/backward rounds (same result, less memory).
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// Clip the gradients' global L2 norm to this.
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    ema_decay: Option<f64>,
+    /// No random horizontal flips.
+    #[arg(long)]
+    no_hflip: bool,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    log_every: Option<u64>,
+    #[arg(long)]
+    ckpt_every: Option<u64>,
+    /// Keep only the newest N checkpoints (0 = all).
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// Write an EMA sample grid every N steps (0 = only at the end).
+    #[arg(long)]
+    sample_every: Option<u64>,
+}
+
+#[derive(Args)]
+struct ExtractArgs {
+    /// ImageNet-layout folder (`CLASS/IMAGE` files).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    image_size: usize,
+    /// The VAE (directory or hf://OWNER/REPO).
+    #[arg(long, default_value = "hf://stabilityai/sd-vae-ft-ema")]
+    vae: String,
+    /// Output directory for latents.npy and labels.npy.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Seed of the VAE posterior samples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// A `udit train` log.jsonl.
+    log: PathBuf,
+    #[arg(long, default_value = "loss.png")]
+    out: PathBuf,
+    /// A TrueType font for the labels.
+    #[arg(long, default_value = udit::train::plot::DEFAULT_FONT)]
+    font: PathBuf,
 }
 
 #[derive(Args)]
@@ -88,9 +187,10 @@ struct EvalArgs {
 struct SampleArgs {
     #[command(flatten)]
     model: ModelChoice,
-    /// Weights: .safetensors, .pt, or hf://OWNER/REPO/FILE.
+    /// Weights: .safetensors, .pt, or hf://OWNER/REPO/FILE. Default: the bundled
+    /// Fashion-MNIST U-DiT (assets/).
     #[arg(long)]
-    ckpt: String,
+    ckpt: Option<String>,
     /// Which state dict of a training checkpoint (default: ema, else model).
     #[arg(long)]
     entry: Option<String>,
@@ -259,6 +359,9 @@ fn main() -> ExitCode {
         Command::MergeNpz(a) => merge_npz(a),
         Command::Eval(a) => eval(a),
         Command::TrainClassifier(a) => train_classifier(a),
+        Command::Train(a) => train(a),
+        Command::ExtractFeatures(a) => extract_features(a),
+        Command::PlotLoss(a) => udit::train::plot::plot_loss(&a.log, &a.out, &a.font),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -311,7 +414,7 @@ fn forward(a: ForwardArgs) -> Result<()> {
         None => model.forward(x, t, y),
     };
     let out = checkpoint::StateDict::from([("out".to_string(), out.into_data())]);
-    checkpoint::write_safetensors(&a.output, &out, None)?;
+    checkpoint::write_safetensors(&a.output, &out, vec![])?;
     eprintln!("wrote out {:?} to {}", out["out"].shape().to_vec(), a.output.display());
     Ok(())
 }
@@ -321,7 +424,11 @@ fn convert(a: ConvertArgs) -> Result<()> {
     let stored = weights.config.clone();
     let wants_model = a.merge || a.model.model.is_some() || a.model.config.is_some();
     if !wants_model {
-        checkpoint::write_safetensors(&a.output, &weights.tensors, stored.as_ref())?;
+        let meta = match &stored {
+            Some(cfg) => checkpoint::model_metadata(cfg, weights.codec.as_deref())?,
+            None => vec![],
+        };
+        checkpoint::write_safetensors(&a.output, &weights.tensors, meta)?;
         eprintln!("wrote {} tensors to {}", weights.tensors.len(), a.output.display());
         return Ok(());
     }
@@ -333,7 +440,7 @@ fn convert(a: ConvertArgs) -> Result<()> {
         model = model.merged();
     }
     let tensors = checkpoint::state_dict(&model);
-    checkpoint::write_safetensors(&a.output, &tensors, Some(&cfg))?;
+    checkpoint::write_safetensors(&a.output, &tensors, checkpoint::model_metadata(&cfg, weights.codec.as_deref())?)?;
     eprintln!(
         "wrote {} tensors{} to {}",
         tensors.len(),
@@ -375,10 +482,13 @@ fn bench(a: BenchArgs) -> Result<()> {
 fn sample(a: SampleArgs) -> Result<()> {
     use udit::sample::{Classes, Codec, Generator, NpzRun, Settings};
     let device = udit::default_device();
-    let ckpt = udit::hub::resolve(&a.ckpt, &[])?;
+    let ckpt = match &a.ckpt {
+        Some(c) => udit::hub::resolve(c, &[])?,
+        None => PathBuf::from(udit::BUNDLED_MODEL),
+    };
     let weights = read_weights(&ckpt, a.entry.as_deref())?;
     let cfg = a.model.resolve(weights.config.as_ref())?;
-    let vae_spec = match (&a.vae, cfg.in_channels()) {
+    let vae_spec = match (a.vae.as_ref().or(weights.codec.as_ref()), cfg.in_channels()) {
         (Some(v), _) => v.clone(),
         (None, 4) => "hf://stabilityai/sd-vae-ft-ema".to_string(),
         (None, c) => bail!("say how to turn {c}-channel model outputs into images: --vae DIR|none|unshuffle2"),
@@ -532,4 +642,132 @@ fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
     model.save(&a.out)?;
     eprintln!("test accuracy {acc:.4}; wrote {}", a.out.display());
     Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    use udit::train::{RunDir, TrainConfig, TrainState};
+    let device = udit::default_device().autodiff();
+    let run = RunDir(a.out.clone());
+    let mut state = if a.resume {
+        let recipe_flags = a.recipe.is_some()
+            || a.model.model.is_some()
+            || a.model.config.is_some()
+            || a.dataset.is_some()
+            || a.codec.is_some()
+            || a.global_batch.is_some()
+            || a.lr.is_some()
+            || a.seed.is_some();
+        if recipe_flags {
+            bail!("--resume continues the stored recipe; only --steps and the logging flags may change");
+        }
+        let last = run.list()?.pop().with_context(|| format!("no checkpoints in {} to resume", run.checkpoints().display()))?;
+        eprintln!("resuming from {}", last.display());
+        TrainState::load(&last, &device)?
+    } else {
+        if !run.list()?.is_empty() {
+            bail!("{} already holds checkpoints: pass --resume, or choose another --out", a.out.display());
+        }
+        let mut cfg = match &a.recipe {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                serde_json::from_str::<TrainConfig>(&text).with_context(|| format!("{} is not a valid recipe", path.display()))?
+            }
+            None => {
+                let model = a.model.resolve(None)?;
+                let dataset = a.dataset.as_deref().context("say what to train on: --dataset fashion-mnist|image-folder|latents")?;
+                let data = data_spec(dataset, a.data_dir.clone(), a.image_size)?;
+                let codec = match (&a.codec, model.in_channels()) {
+                    (Some(c), _) => c.clone(),
+                    (None, 4) => "hf://stabilityai/sd-vae-ft-ema".to_string(),
+                    (None, _) => "none".to_string(),
+                };
+                TrainConfig::recipe(model, data, codec)
+            }
+        };
+        if a.recipe.is_some() {
+            if a.model.model.is_some() || a.model.config.is_some() {
+                cfg.model = a.model.resolve(None)?;
+            }
+            if let Some(d) = &a.dataset {
+                cfg.data = data_spec(d, a.data_dir.clone(), a.image_size)?;
+            }
+            if let Some(c) = &a.codec {
+                cfg.codec = c.clone();
+            }
+        }
+        set(&mut cfg.global_batch, a.global_batch);
+        set(&mut cfg.lr, a.lr);
+        set(&mut cfg.warmup_steps, a.warmup_steps);
+        set(&mut cfg.adamw.weight_decay, a.weight_decay);
+        set(&mut cfg.ema_decay, a.ema_decay);
+        set(&mut cfg.seed, a.seed);
+        cfg.grad_clip = a.grad_clip.or(cfg.grad_clip);
+        cfg.hflip &= !a.no_hflip;
+        TrainState::new(cfg, &device)?
+    };
+    let cfg = &mut state.config;
+    set(&mut cfg.steps, a.steps);
+    set(&mut cfg.grad_accum, a.grad_accum);
+    set(&mut cfg.log_every, a.log_every);
+    set(&mut cfg.ckpt_every, a.ckpt_every);
+    set(&mut cfg.keep_last, a.keep_last);
+    set(&mut cfg.sample_every, a.sample_every);
+    cfg.validate()?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    checkpoint::write_atomic(&a.out.join("recipe.json"), serde_json::to_string_pretty(&state.config)?.as_bytes())?;
+    let (first, total) = (state.optim.step, state.config.steps);
+    eprintln!("{}", udit::model::describe(&state.config.model));
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{wide_bar} {pos}/{len} steps [{elapsed_precise} < {eta_precise}, {per_sec}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(first);
+    bar.reset_eta();
+    let trainer = udit::train::train(state, &run, &device, &mut |_, stats| {
+        bar.inc(1);
+        bar.set_message(format!("loss {:.4}", stats.loss));
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "trained to step {}; EMA model in {}, log in {}",
+        trainer.state.optim.step,
+        run.export().display(),
+        run.log().display()
+    );
+    Ok(())
+}
+
+fn data_spec(dataset: &str, dir: Option<PathBuf>, image_size: usize) -> Result<udit::train::DataSpec> {
+    use udit::train::DataSpec;
+    let need = |d: Option<PathBuf>| d.with_context(|| format!("--dataset {dataset} needs --data-dir"));
+    Ok(match dataset {
+        "fashion-mnist" => {
+            DataSpec::FashionMnist { dir: dir.unwrap_or_else(|| udit::data::fashion_mnist::DEFAULT_DIR.into()) }
+        }
+        "image-folder" => DataSpec::ImageFolder { dir: need(dir)?, image_size },
+        "latents" => DataSpec::Latents { dir: need(dir)? },
+        other => bail!("unknown dataset {other:?}: fashion-mnist, image-folder or latents"),
+    })
+}
+
+fn extract_features(a: ExtractArgs) -> Result<()> {
+    let device = udit::default_device();
+    let bar = indicatif::ProgressBar::new(0);
+    let n = udit::train::extract_features(&a.data_dir, a.image_size, &a.vae, &a.out, a.batch, a.seed, &device, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    eprintln!("wrote {n} latents to {}", a.out.display());
+    Ok(())
+}
+
+/// Overrides `dst` with a flag's value when the flag was given.
+fn set<T>(dst: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *dst = v;
+    }
 }

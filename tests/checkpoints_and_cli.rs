@@ -27,7 +27,7 @@ fn mis_shaped_missing_and_unexpected_keys_are_named() {
     w.remove("latent.0.attn1.to_qkv.weight");
     w.insert("extra.weight".into(), burn::tensor::TensorData::new(vec![0f32; 2], [2]));
     let p = dir.path().join("bad.safetensors");
-    write_safetensors(&p, &w, None).unwrap();
+    write_safetensors(&p, &w, vec![]).unwrap();
     let e = load_err(&p);
     assert!(e.contains("output.bias (checkpoint [3], model [64])"), "{e}");
     assert!(e.contains("missing keys: latent.0.attn1.to_qkv.weight"), "{e}");
@@ -121,7 +121,7 @@ fn cli_forward_reproduces_the_fixture_outputs() {
     // Guided forward: the inputs file needs x, t, y; write the cfg_* tensors under those names.
     let cfg_inputs = dir.path().join("cfg_in.safetensors");
     let renamed = [("x", "cfg_x"), ("t", "cfg_t"), ("y", "cfg_y")].map(|(a, b)| (a.to_string(), io[b].clone()));
-    write_safetensors(&cfg_inputs, &renamed.into_iter().collect(), None).unwrap();
+    write_safetensors(&cfg_inputs, &renamed.into_iter().collect(), vec![]).unwrap();
     let mut args = base.to_vec();
     args.extend(["--inputs", cfg_inputs.to_str().unwrap(), "--output", out.to_str().unwrap(), "--cfg-scale", "1.5"]);
     let (ok, _, err) = udit(&args);

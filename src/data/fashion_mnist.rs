@@ -121,3 +121,27 @@ fn read_idx(dir: &Path, name: &str, magic: u32) -> Result<(Vec<usize>, Vec<u8>)>
     }
     Ok((dims, bytes[header..].to_vec()))
 }
+
+impl super::Dataset for FashionMnist {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn num_classes(&self) -> usize {
+        CLASSES.len()
+    }
+    fn shape(&self) -> [usize; 3] {
+        [1, SIDE, SIDE]
+    }
+    fn space(&self) -> super::Space {
+        super::Space::Pixels
+    }
+    fn read(&self, index: usize, flip: bool, out: &mut [f32]) -> Result<usize> {
+        for (o, &p) in out.iter_mut().zip(&self.padded(&[index])) {
+            *o = p as f32 / 127.5 - 1.0;
+        }
+        if flip {
+            super::flip_rows(out, SIDE);
+        }
+        Ok(self.labels[index] as usize)
+    }
+}

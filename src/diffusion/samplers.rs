@@ -189,17 +189,27 @@ impl NoiseStreams {
         let per = self.shape.iter().product::<usize>();
         let mut values = Vec::with_capacity(self.rngs.len() * per);
         for rng in &mut self.rngs {
-            let uniform = |rng: &mut ChaCha8Rng| ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            for _ in 0..per.div_ceil(2) {
-                let (u1, u2) = (uniform(rng), uniform(rng));
-                let r = (-2.0 * u1.ln()).sqrt();
-                let a = 2.0 * std::f64::consts::PI * u2;
-                values.push((r * a.cos()) as f32);
-                values.push((r * a.sin()) as f32);
-            }
-            values.truncate(values.len() - (per % 2));
+            push_normals(rng, per, &mut values);
         }
         let [c, h, w] = self.shape;
         Tensor::from_data(TensorData::new(values, [self.rngs.len(), c, h, w]), device)
     }
+}
+
+/// Appends `count` standard normal draws from `rng` to `out` (Box-Muller on 53-bit uniforms).
+pub fn push_normals(rng: &mut ChaCha8Rng, count: usize, out: &mut Vec<f32>) {
+    let end = out.len() + count;
+    for _ in 0..count.div_ceil(2) {
+        let (u1, u2) = (unit_uniform(rng), unit_uniform(rng));
+        let r = (-2.0 * u1.ln()).sqrt();
+        let a = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * a.cos()) as f32);
+        out.push((r * a.sin()) as f32);
+    }
+    out.truncate(end);
+}
+
+/// A uniform draw in (0, 1) from the top 53 bits.
+pub fn unit_uniform(rng: &mut ChaCha8Rng) -> f64 {
+    ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }

@@ -71,7 +71,7 @@ impl Classifier {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::checkpoint::write_safetensors(path, &crate::checkpoint::state_dict(self), None)
+        crate::checkpoint::write_safetensors(path, &crate::checkpoint::state_dict(self), vec![])
     }
 
     /// Features and predicted classes of uint8 32x32 grayscale images, in batches.

@@ -1,0 +1,208 @@
+//! The training recipe: AdamW against a hand-computed update, the EMA, label dropout,
+//! gradient accumulation, and resume equivalence (bit for bit on CPU), on tiny models.
+
+mod common;
+
+use burn::module::{Module, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use udit::data::latents::LatentWriter;
+use udit::model::ModelConfig;
+use udit::train::optim::{AdamW, OptimState};
+use udit::train::{DataSpec, RunDir, TrainConfig, TrainState, Trainer, draws, train};
+
+#[derive(Module, Debug)]
+struct Weights {
+    w: Param<Tensor<1>>,
+}
+
+/// Loss sum(w * x) has gradient x; two AdamW steps and the EMA, computed by hand in f64.
+#[test]
+fn adamw_and_ema_match_a_hand_computed_update() {
+    let dev = Device::flex().autodiff();
+    let w0 = [0.5f64, -1.0, 2.0];
+    let xs = [[1.0f64, -2.0, 0.25], [-0.5, 3.0, 0.0]];
+    let mut model = Weights { w: Param::from_tensor(Tensor::from_data(TensorData::from(w0.map(|v| v as f32)), &dev)) };
+    let mut state = OptimState::new(&model);
+    let hyper = AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    let (lr, decay) = (0.1, 0.9);
+    for x in xs {
+        let input = Tensor::<1>::from_data(TensorData::from(x.map(|v| v as f32)), &dev);
+        let loss = (model.w.val() * input).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = state.step(model, grads, &hyper, lr, None, decay).0;
+    }
+    // By hand: decoupled decay, moments, bias corrections, eps outside the sqrt (PyTorch).
+    let (mut w, mut m, mut v, mut ema) = (w0, [0.0; 3], [0.0; 3], w0);
+    for (t, x) in xs.iter().enumerate() {
+        let t = t as i32 + 1;
+        for i in 0..3 {
+            w[i] *= 1.0 - lr * hyper.weight_decay;
+            m[i] = 0.9 * m[i] + 0.1 * x[i];
+            v[i] = 0.999 * v[i] + 0.001 * x[i] * x[i];
+            let denom = (v[i] / (1.0 - 0.999f64.powi(t))).sqrt() + 1e-8;
+            w[i] -= lr / (1.0 - 0.9f64.powi(t)) * m[i] / denom;
+            ema[i] = decay * ema[i] + (1.0 - decay) * w[i];
+        }
+    }
+    let got = model.w.val().into_data().try_to_vec::<f32>().unwrap();
+    let got_ema = state.params["w"].ema.to_data().try_to_vec::<f32>().unwrap();
+    for i in 0..3 {
+        assert!((got[i] as f64 - w[i]).abs() < 1e-6, "w[{i}] {} vs {}", got[i], w[i]);
+        assert!((got_ema[i] as f64 - ema[i]).abs() < 1e-6, "ema[{i}] {} vs {}", got_ema[i], ema[i]);
+    }
+    assert_eq!(state.step, 2);
+    assert!(got.iter().zip(w0).all(|(g, w)| (*g as f64 - w).abs() > 0.01), "every weight moved");
+}
+
+#[test]
+fn clipping_scales_the_gradient_to_the_max_norm() {
+    let dev = Device::flex().autodiff();
+    let model = Weights { w: Param::from_tensor(Tensor::from_data(TensorData::from([0.0f32, 0.0]), &dev)) };
+    let mut state = OptimState::new(&model);
+    let input = Tensor::<1>::from_data(TensorData::from([3.0f32, 4.0]), &dev);
+    let grads = GradientsParams::from_grads((model.w.val() * input).sum().backward(), &model);
+    let (_, norm) = state.step(model, grads, &AdamW::default(), 1e-3, Some(1.0), 0.5);
+    assert!((norm.unwrap() - 5.0).abs() < 1e-6);
+    // The first moment holds (1 - beta1) * clipped gradient = 0.1 * (0.6, 0.8).
+    let m = state.params["w"].exp_avg.to_data().try_to_vec::<f32>().unwrap();
+    assert!((m[0] - 0.06).abs() < 1e-6 && (m[1] - 0.08).abs() < 1e-6, "{m:?}");
+}
+
+fn tiny_model(dropout: f64) -> ModelConfig {
+    ModelConfig::from_json(&format!(
+        r#"{{"arch":"u-dit","input_size":8,"in_channels":4,"hidden_size":8,"num_heads":1,"depth":[1,1,1,1,1],"mlp_ratio":2,"downsampler":"dwconv3","num_classes":3,"class_dropout_prob":{dropout}}}"#
+    ))
+    .unwrap()
+}
+
+/// Writes `n` random 4x8x8 latents with labels 0..3 in the project's packed format.
+fn latents(dir: &std::path::Path, n: usize) {
+    let mut w = LatentWriter::create(dir, n, [4, 8, 8]).unwrap();
+    let values: Vec<f32> = (0..n * 256).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
+    let labels: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
+    w.push(&values, &labels).unwrap();
+    w.finish().unwrap();
+}
+
+fn tiny_recipe(data: &std::path::Path, steps: u64) -> TrainConfig {
+    let mut cfg = TrainConfig::recipe(tiny_model(0.1), DataSpec::Latents { dir: data.to_path_buf() }, "unshuffle2".into());
+    cfg.steps = steps;
+    cfg.global_batch = 4;
+    cfg.lr = 1e-3;
+    cfg.ema_decay = 0.9;
+    cfg.log_every = 1;
+    cfg.ckpt_every = 2;
+    cfg.keep_last = 2;
+    cfg
+}
+
+#[test]
+fn label_dropout_hits_the_requested_fraction_deterministically() {
+    let cfg = TrainConfig::recipe(tiny_model(0.1), DataSpec::Latents { dir: ".".into() }, "none".into());
+    let d = draws(&cfg, 5, 0, 20000, 1, 0);
+    let frac = d.drop_label.iter().filter(|&&b| b).count() as f64 / 20000.0;
+    // Binomial(20000, 0.1): sd 0.0021.
+    assert!((frac - 0.1).abs() < 0.009, "dropped fraction {frac}");
+    assert!(d.t.iter().all(|&t| t < 1000) && d.t.iter().any(|&t| t < 100) && d.t.iter().any(|&t| t > 900));
+    // The same sample draws the same, whatever batch slice it is read in.
+    let part = draws(&cfg, 5, 100, 10, 1, 0);
+    assert_eq!(part.drop_label, d.drop_label[100..110]);
+    assert_eq!(part.t, d.t[100..110]);
+    let none = TrainConfig::recipe(tiny_model(0.0), DataSpec::Latents { dir: ".".into() }, "none".into());
+    assert!(draws(&none, 5, 0, 1000, 1, 0).drop_label.iter().all(|&b| !b));
+}
+
+#[test]
+fn gradient_accumulation_equals_one_big_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    latents(tmp.path(), 8);
+    let dev = Device::flex().autodiff();
+    let grads_of = |accum: usize| {
+        let mut cfg = tiny_recipe(tmp.path(), 1);
+        cfg.global_batch = 8;
+        cfg.grad_accum = accum;
+        let trainer = Trainer::new(TrainState::new(cfg, &dev).unwrap(), &dev).unwrap();
+        let batch = trainer.loader().unwrap().next_batch().unwrap();
+        let (mut grads, stats) = trainer.gradients(&batch, 0, 8).unwrap();
+        let id = match &trainer.state.model {
+            // The zero-initialised output layer is the one with a gradient at step 0.
+            udit::model::Denoiser::UDiT(m) => m.final_layer.out_proj.weight.id,
+            _ => unreachable!(),
+        };
+        (grads.remove::<4>(id).unwrap().into_data().try_to_vec::<f32>().unwrap(), stats.loss)
+    };
+    let (one, loss1) = grads_of(1);
+    let (four, loss4) = grads_of(4);
+    assert!((loss1 - loss4).abs() < 1e-5 * loss1.abs(), "{loss1} vs {loss4}");
+    let scale = one.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    let diff = one.iter().zip(&four).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-5 * scale, "accumulated gradient differs by {diff} (scale {scale})");
+}
+
+fn params(state: &TrainState) -> Vec<(String, Vec<f32>)> {
+    let mut out: Vec<(String, Vec<f32>)> = udit::checkpoint::state_dict(&state.model)
+        .into_iter()
+        .map(|(k, v)| (k, v.try_to_vec::<f32>().unwrap()))
+        .collect();
+    for (k, p) in &state.optim.params {
+        for (what, t) in [("ema", &p.ema), ("m", &p.exp_avg), ("v", &p.exp_avg_sq)] {
+            out.push((format!("{what}.{k}"), t.to_data().try_to_vec::<f32>().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn resume_continues_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    latents(&tmp.path().join("data"), 6);
+    let dev = Device::flex().autodiff();
+    let recipe = tiny_recipe(&tmp.path().join("data"), 4);
+    // Straight through: 4 steps.
+    let straight = RunDir(tmp.path().join("straight"));
+    let a = train(TrainState::new(recipe.clone(), &dev).unwrap(), &straight, &dev, &mut |_, _| {}).unwrap();
+    // 2 steps, then a fresh process state from the step-2 checkpoint, then 2 more.
+    let split = RunDir(tmp.path().join("split"));
+    let mut half = recipe.clone();
+    half.steps = 2;
+    train(TrainState::new(half, &dev).unwrap(), &split, &dev, &mut |_, _| {}).unwrap();
+    let mut resumed = TrainState::load(&split.checkpoint(2), &dev).unwrap();
+    assert_eq!(resumed.optim.step, 2);
+    resumed.config.steps = 4;
+    let b = train(resumed, &split, &dev, &mut |_, _| {}).unwrap();
+    assert_eq!(a.state.optim.step, 4);
+    let (pa, pb) = (params(&a.state), params(&b.state));
+    assert_eq!(pa.len(), pb.len());
+    for ((ka, va), (kb, vb)) in pa.iter().zip(&pb) {
+        assert_eq!(ka, kb);
+        assert!(va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{ka} differs after resume");
+    }
+    // The logs agree line by line on the losses; keep-last 2 left steps 2 and 4.
+    let losses = |run: &RunDir| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(run.log())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<udit::train::LogLine>(l).unwrap())
+            .map(|l| (l.step, l.loss))
+            .collect()
+    };
+    assert_eq!(losses(&straight), losses(&split));
+    assert_eq!(losses(&straight).len(), 4);
+    let kept: Vec<String> = straight.list().unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into()).collect();
+    assert_eq!(kept, ["step_0000002.safetensors", "step_0000004.safetensors"]);
+    // The export and the grid exist; the export loads as a merged-FFN model with its codec.
+    assert!(straight.samples(4).exists());
+    let w = udit::checkpoint::read_weights(&straight.export(), None).unwrap();
+    assert_eq!(w.codec.as_deref(), Some("unshuffle2"));
+    assert_eq!(udit::checkpoint::ffn_form_of(&w.tensors), udit::model::FfnForm::Merged);
+    // A checkpoint's default entry is the EMA, in the training form.
+    let ck = udit::checkpoint::read_weights(&straight.checkpoint(4), None).unwrap();
+    let ema_key = "x_embedder.proj.weight";
+    assert_eq!(
+        ck.tensors[ema_key].try_to_vec::<f32>().unwrap(),
+        a.state.optim.params[ema_key].ema.to_data().try_to_vec::<f32>().unwrap()
+    );
+}
