@@ -28,6 +28,25 @@ pub fn default_device() -> burn::prelude::Device {
     }
 }
 
+/// The first `n` devices, for data-parallel training: CUDA GPUs 0..n with `--features cuda`;
+/// the CPU backend has one device.
+pub fn devices(n: usize) -> anyhow::Result<Vec<burn::prelude::Device>> {
+    if n == 0 {
+        anyhow::bail!("--devices must be at least 1");
+    }
+    #[cfg(feature = "cuda")]
+    {
+        Ok((0..n).map(burn::prelude::Device::cuda).collect())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        if n > 1 {
+            anyhow::bail!("--devices {n}: data-parallel training needs a build with --features cuda");
+        }
+        Ok(vec![default_device()])
+    }
+}
+
 /// Makes glibc keep freed buffers for reuse: by default every tensor over 32 MiB (and,
 /// after the dynamic threshold adapts, smaller ones) is unmapped when dropped, and the next
 /// op pays page faults to map and zero it again. Costs nothing elsewhere.

@@ -104,6 +104,10 @@ struct TrainArgs {
     /// Write an EMA sample grid every N steps (0 = only at the end).
     #[arg(long)]
     sample_every: Option<u64>,
+    /// GPUs to train on, data-parallel (needs --features cuda); the global batch is split
+    /// evenly over them.
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
 }
 
 #[derive(Args)]
@@ -646,7 +650,8 @@ fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
 
 fn train(a: TrainArgs) -> Result<()> {
     use udit::train::{RunDir, TrainConfig, TrainState};
-    let device = udit::default_device().autodiff();
+    let devices: Vec<Device> = udit::devices(a.devices)?.into_iter().map(|d| d.autodiff()).collect();
+    let device = devices[0].clone();
     let run = RunDir(a.out.clone());
     let mut state = if a.resume {
         let recipe_flags = a.recipe.is_some()
@@ -726,7 +731,7 @@ fn train(a: TrainArgs) -> Result<()> {
     );
     bar.set_position(first);
     bar.reset_eta();
-    let trainer = udit::train::train(state, &run, &device, &mut |_, stats| {
+    let trainer = udit::train::train(state, &run, &devices, &mut |_, stats| {
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", stats.loss));
     })?;

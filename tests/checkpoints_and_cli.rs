@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use burn::prelude::*;
 use common::*;
@@ -96,10 +95,6 @@ fn merged_form_computes_the_training_form_function_for_every_switch() {
     }
 }
 
-fn udit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_udit")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 #[test]
 fn cli_forward_reproduces_the_fixture_outputs() {

@@ -2,15 +2,10 @@
 
 mod common;
 
-use std::process::Command;
 
 use common::*;
 use udit::sample::{Images, write_npz};
 
-fn udit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_udit")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 fn images(n: usize, side: usize, channels: usize, seed: u64) -> Images {
     let mut state = seed;

@@ -163,6 +163,18 @@ impl TrainState {
         Ok(Self { config, model, optim })
     }
 
+    /// A copy on another (autodiff) device, for data-parallel training.
+    pub fn replica(&self, device: &Device) -> Self {
+        let inner = device.clone().inner();
+        let mut optim = self.optim.clone();
+        for p in optim.params.values_mut() {
+            for t in [&mut p.exp_avg, &mut p.exp_avg_sq, &mut p.ema] {
+                *t = t.clone().to_device(&inner);
+            }
+        }
+        Self { config: self.config.clone(), model: self.model.clone().fork(device), optim }
+    }
+
     /// The EMA weights as a model of the training form.
     pub fn ema_model(&self, device: &Device) -> Result<Denoiser> {
         checkpoint::load_into(Denoiser::new(&self.config.model, FfnForm::Train, device), &self.ema_dict(), device)
@@ -289,8 +301,13 @@ pub struct Trainer {
 impl Trainer {
     /// Opens the data and codec of `state.config` and checks they fit the model.
     pub fn new(state: TrainState, device: &Device) -> Result<Self> {
+        let data = state.config.data.open()?;
+        Self::with_data(state, data, device)
+    }
+
+    /// As [`Trainer::new`], with the dataset already open.
+    pub fn with_data(state: TrainState, data: Arc<dyn Dataset>, device: &Device) -> Result<Self> {
         let cfg = &state.config;
-        let data = cfg.data.open()?;
         let codec = Codec::open(&cfg.codec, &device.clone().inner())?;
         let (c, s) = (cfg.model.in_channels(), cfg.model.input_size());
         let want = match data.space() {
@@ -314,9 +331,11 @@ impl Trainer {
         data::Loader::new(self.data.clone(), c.seed, self.state.optim.step, c.global_batch, c.hflip)
     }
 
-    /// One optimizer step on `batch`, the batch of step `self.state.optim.step`.
-    pub fn step(&mut self, batch: &HostBatch) -> Result<StepStats> {
-        let grads_and_stats = self.gradients(batch, 0, batch.shape[0])?;
+    /// One optimizer step on samples `first..first + count` of `batch`, the batch of step
+    /// `self.state.optim.step` (a data-parallel replica takes its share of the global batch;
+    /// burn averages the gradients across replicas during backward).
+    pub fn step(&mut self, batch: &HostBatch, first: usize, count: usize) -> Result<StepStats> {
+        let grads_and_stats = self.gradients(batch, first, count)?;
         let cfg = &self.state.config;
         let lr = cfg.lr_at(self.state.optim.step + 1);
         let (grads, mut stats) = grads_and_stats;
@@ -502,55 +521,136 @@ pub struct LogLine {
     pub elapsed_s: f64,
 }
 
-/// Trains until `state.config.steps`, writing checkpoints, the log, sample grids and at the
-/// end the exported EMA model into `run`. `on_step(step, stats)` drives a progress display.
-pub fn train(state: TrainState, run: &RunDir, device: &Device, on_step: &mut dyn FnMut(u64, &StepStats)) -> Result<Trainer> {
-    let mut trainer = Trainer::new(state, device)?;
+/// Marks every parameter for gradient all-reduce across the devices of a
+/// [`DistributedContext`] (burn's data-parallel training; NCCL under CUDA).
+fn mark_distributed(model: Denoiser) -> Denoiser {
+    struct Mark;
+    impl burn::module::ModuleMapper for Mark {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            let id = param.id;
+            param.map(|t| t.set_distributed(id))
+        }
+    }
+    model.map(&mut Mark)
+}
+
+/// A data-parallel replica running in its own thread: it takes its share of every global
+/// batch and returns its step's statistics.
+struct Peer {
+    batches: std::sync::mpsc::Sender<Arc<HostBatch>>,
+    stats: std::sync::mpsc::Receiver<Result<StepStats>>,
+}
+
+/// Trains until `state.config.steps` on `devices` (autodiff devices; several = data-parallel
+/// replicas, each taking an equal share of every global batch, with gradients averaged by
+/// burn's collective all-reduce), writing checkpoints, the log, sample grids and at the end
+/// the exported EMA model into `run`. `on_step(step, stats)` drives a progress display.
+pub fn train(
+    state: TrainState,
+    run: &RunDir,
+    devices: &[Device],
+    on_step: &mut dyn FnMut(u64, &StepStats),
+) -> Result<Trainer> {
+    let ranks = devices.len();
+    let cfg = state.config.clone();
+    if ranks == 0 || cfg.global_batch % (ranks * cfg.grad_accum) != 0 {
+        bail!(
+            "the global batch ({}) must split evenly over {ranks} devices x {} accumulation rounds",
+            cfg.global_batch,
+            cfg.grad_accum
+        );
+    }
+    let share = cfg.global_batch / ranks;
+    let data = cfg.data.open()?;
+    let _context = (ranks > 1).then(|| {
+        let config = burn::tensor::distributed::DistributedConfig {
+            all_reduce_op: burn::tensor::distributed::ReduceOperation::Mean,
+        };
+        burn::tensor::distributed::DistributedContext::init(devices.to_vec(), config)
+    });
+    let replicas: Vec<TrainState> = devices[1..].iter().map(|d| state.replica(d)).collect();
+    let mut trainer = Trainer::with_data(state, data.clone(), &devices[0])?;
+    if ranks > 1 {
+        trainer.state.model = mark_distributed(trainer.state.model);
+    }
     std::fs::create_dir_all(run.checkpoints()).with_context(|| format!("cannot create {}", run.0.display()))?;
     std::fs::create_dir_all(run.0.join("samples"))?;
     run.truncate_log(trainer.state.optim.step)?;
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.log())?;
     let mut loader = trainer.loader()?;
-    let cfg = trainer.state.config.clone();
-    let start = Instant::now();
-    let (mut window, mut window_start, mut sums) = (0u64, Instant::now(), StepStats::default());
-    while trainer.state.optim.step < cfg.steps {
-        let batch = loader.next_batch()?;
-        let stats = trainer.step(&batch)?;
-        if !stats.loss.is_finite() {
-            bail!("the loss is {} at step {}: training diverged", stats.loss, trainer.state.optim.step);
+    std::thread::scope(|scope| -> Result<Trainer> {
+        let mut peers = Vec::new();
+        for (r, replica) in replicas.into_iter().enumerate() {
+            let (batch_tx, batch_rx) = std::sync::mpsc::channel::<Arc<HostBatch>>();
+            let (stats_tx, stats_rx) = std::sync::mpsc::channel();
+            let (device, data) = (devices[r + 1].clone(), data.clone());
+            scope.spawn(move || {
+                let mut t = match Trainer::with_data(replica, data, &device) {
+                    Ok(t) => t,
+                    Err(e) => return stats_tx.send(Err(e)).unwrap_or(()),
+                };
+                t.state.model = mark_distributed(t.state.model);
+                while let Ok(batch) = batch_rx.recv() {
+                    if stats_tx.send(t.step(&batch, (r + 1) * share, share)).is_err() {
+                        return;
+                    }
+                }
+            });
+            peers.push(Peer { batches: batch_tx, stats: stats_rx });
         }
-        let step = trainer.state.optim.step;
-        on_step(step, &stats);
-        (sums.loss, sums.mse, sums.vb) = (sums.loss + stats.loss, sums.mse + stats.mse, sums.vb + stats.vb);
-        window += 1;
-        if step % cfg.log_every == 0 || step == cfg.steps {
-            let secs = window_start.elapsed().as_secs_f64();
-            let n = window as f64;
-            let line = LogLine {
-                step,
-                loss: sums.loss / n,
-                mse: sums.mse / n,
-                vb: sums.vb / n,
-                lr: cfg.lr_at(step),
-                steps_per_s: n / secs,
-                samples_per_s: n * cfg.global_batch as f64 / secs,
-                elapsed_s: start.elapsed().as_secs_f64(),
-            };
-            writeln!(log, "{}", serde_json::to_string(&line)?)?;
-            log.flush()?;
-            (window, window_start, sums) = (0, Instant::now(), StepStats::default());
+        let start = Instant::now();
+        let (mut window, mut window_start, mut sums) = (0u64, Instant::now(), StepStats::default());
+        while trainer.state.optim.step < cfg.steps {
+            let batch = Arc::new(loader.next_batch()?);
+            for p in &peers {
+                p.batches.send(batch.clone()).map_err(|_| anyhow::anyhow!("a training replica stopped"))?;
+            }
+            let mut stats = trainer.step(&batch, 0, share)?;
+            for p in &peers {
+                let s = p.stats.recv().map_err(|_| anyhow::anyhow!("a training replica stopped"))??;
+                (stats.mse, stats.vb) = (stats.mse + s.mse, stats.vb + s.vb);
+            }
+            (stats.mse, stats.vb) = (stats.mse / ranks as f64, stats.vb / ranks as f64);
+            stats.loss = stats.mse + stats.vb;
+            if !stats.loss.is_finite() {
+                bail!("the loss is {} at step {}: training diverged", stats.loss, trainer.state.optim.step);
+            }
+            let step = trainer.state.optim.step;
+            on_step(step, &stats);
+            (sums.loss, sums.mse, sums.vb) = (sums.loss + stats.loss, sums.mse + stats.mse, sums.vb + stats.vb);
+            window += 1;
+            if step % cfg.log_every == 0 || step == cfg.steps {
+                let secs = window_start.elapsed().as_secs_f64();
+                let n = window as f64;
+                let line = LogLine {
+                    step,
+                    loss: sums.loss / n,
+                    mse: sums.mse / n,
+                    vb: sums.vb / n,
+                    lr: cfg.lr_at(step),
+                    steps_per_s: n / secs,
+                    samples_per_s: n * cfg.global_batch as f64 / secs,
+                    elapsed_s: start.elapsed().as_secs_f64(),
+                };
+                writeln!(log, "{}", serde_json::to_string(&line)?)?;
+                log.flush()?;
+                (window, window_start, sums) = (0, Instant::now(), StepStats::default());
+            }
+            if step % cfg.ckpt_every == 0 || step == cfg.steps {
+                trainer.state.save(&run.checkpoint(step))?;
+                run.prune(cfg.keep_last)?;
+            }
+            if (cfg.sample_every > 0 && step % cfg.sample_every == 0) || step == cfg.steps {
+                trainer.sample_grid(&run.samples(step), 8)?;
+            }
         }
-        if step % cfg.ckpt_every == 0 || step == cfg.steps {
-            trainer.state.save(&run.checkpoint(step))?;
-            run.prune(cfg.keep_last)?;
-        }
-        if (cfg.sample_every > 0 && step % cfg.sample_every == 0) || step == cfg.steps {
-            trainer.sample_grid(&run.samples(step), 8)?;
-        }
-    }
-    trainer.export(&run.export())?;
-    Ok(trainer)
+        drop(peers);
+        trainer.export(&run.export())?;
+        Ok(trainer)
+    })
 }
 
 /// `udit extract-features`: encodes every image of an ImageNet-layout folder (ADM center

@@ -153,9 +153,10 @@ impl ModuleMapper for Step<'_> {
         if self.scale != 1.0 {
             g = g * self.scale;
         }
+        let id = param.id;
         param.map(|p| {
             let shape = p.shape();
-            let require_grad = p.is_require_grad();
+            let (require_grad, distributed) = (p.is_require_grad(), p.is_distributed());
             let mut w = flat(p.inner());
             if weight_decay != 0.0 {
                 w = w * (1.0 - lr * weight_decay);
@@ -167,8 +168,15 @@ impl ModuleMapper for Step<'_> {
             w = w - st.exp_avg.clone() / denom * (lr / bias1);
             // ema.mul_(decay).add_(param, alpha=1 - decay)
             st.ema = st.ema.clone() * decay + w.clone() * (1.0 - decay);
-            let updated = Tensor::from_inner(w.reshape(shape));
-            if require_grad { updated.require_grad() } else { updated }
+            // Lifting back to autodiff drops the parameter's flags: restore them.
+            let mut updated = Tensor::from_inner(w.reshape(shape));
+            if require_grad {
+                updated = updated.require_grad();
+            }
+            if distributed {
+                updated = updated.set_distributed(id);
+            }
+            updated
         })
     }
 }

@@ -49,3 +49,9 @@ pub fn assert_close(name: &str, ours: &TensorData, reference: &TensorData, tol: 
     let e = rel_err(ours, reference);
     assert!(e <= tol, "{name}: relative max error {e:.3e} > {tol:.0e}");
 }
+
+/// Runs the `udit` binary: (success, stdout, stderr).
+pub fn udit(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udit")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
