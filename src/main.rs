@@ -230,6 +230,10 @@ struct SampleArgs {
     /// Output directory for PNGs and grid.png.
     #[arg(long, default_value = "samples")]
     out: PathBuf,
+    /// Samples per row of grid.png (default: a square grid). With `--class 0,1,...,9` and
+    /// 10 columns, each column is one class.
+    #[arg(long)]
+    grid_cols: Option<usize>,
     /// Write an ADM-format .npz instead of PNGs (resumable; see --shard).
     #[arg(long)]
     npz: Option<PathBuf>,
@@ -546,7 +550,7 @@ fn sample(a: SampleArgs) -> Result<()> {
             }
         }
         None => {
-            udit::sample::run_pngs(&g, &a.out, a.num_samples, a.batch)?;
+            udit::sample::run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols)?;
             eprintln!("wrote {} PNGs and grid.png to {}", a.num_samples, a.out.display());
         }
     }
@@ -665,7 +669,10 @@ fn train(a: TrainArgs) -> Result<()> {
         if recipe_flags {
             bail!("--resume continues the stored recipe; only --steps and the logging flags may change");
         }
-        let last = run.list()?.pop().with_context(|| format!("no checkpoints in {} to resume", run.checkpoints().display()))?;
+        let last = run
+            .list()?
+            .pop()
+            .with_context(|| format!("no checkpoints in {} to resume", run.checkpoints().display()))?;
         eprintln!("resuming from {}", last.display());
         TrainState::load(&last, &device)?
     } else {
@@ -675,11 +682,15 @@ fn train(a: TrainArgs) -> Result<()> {
         let mut cfg = match &a.recipe {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                serde_json::from_str::<TrainConfig>(&text).with_context(|| format!("{} is not a valid recipe", path.display()))?
+                serde_json::from_str::<TrainConfig>(&text)
+                    .with_context(|| format!("{} is not a valid recipe", path.display()))?
             }
             None => {
                 let model = a.model.resolve(None)?;
-                let dataset = a.dataset.as_deref().context("say what to train on: --dataset fashion-mnist|image-folder|latents")?;
+                let dataset = a
+                    .dataset
+                    .as_deref()
+                    .context("say what to train on: --dataset fashion-mnist|image-folder|latents")?;
                 let data = data_spec(dataset, a.data_dir.clone(), a.image_size)?;
                 let codec = match (&a.codec, model.in_channels()) {
                     (Some(c), _) => c.clone(),
@@ -761,10 +772,19 @@ fn data_spec(dataset: &str, dir: Option<PathBuf>, image_size: usize) -> Result<u
 fn extract_features(a: ExtractArgs) -> Result<()> {
     let device = udit::default_device();
     let bar = indicatif::ProgressBar::new(0);
-    let n = udit::train::extract_features(&a.data_dir, a.image_size, &a.vae, &a.out, a.batch, a.seed, &device, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let n = udit::train::extract_features(
+        &a.data_dir,
+        a.image_size,
+        &a.vae,
+        &a.out,
+        a.batch,
+        a.seed,
+        &device,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     eprintln!("wrote {n} latents to {}", a.out.display());
     Ok(())

@@ -393,9 +393,9 @@ pub fn progress_bar(images: usize, steps: usize) -> indicatif::ProgressBar {
 /// Most samples `grid.png` shows.
 pub const GRID_MAX: usize = 100;
 
-/// Writes `count` samples as PNGs plus `grid.png` (the first [`GRID_MAX`]) into `out`, in
-/// batches of `batch`.
-pub fn run_pngs(g: &Generator, out: &Path, count: usize, batch: usize) -> Result<()> {
+/// Writes `count` samples as PNGs plus `grid.png` (the first [`GRID_MAX`], `cols` to a row,
+/// by default a square) into `out`, in batches of `batch`.
+pub fn run_pngs(g: &Generator, out: &Path, count: usize, batch: usize, cols: Option<usize>) -> Result<()> {
     ensure_writable_dir(out)?;
     let bar = progress_bar(count, g.settings.steps);
     let start = std::time::Instant::now();
@@ -417,7 +417,7 @@ pub fn run_pngs(g: &Generator, out: &Path, count: usize, batch: usize) -> Result
     let mut grid = grid.context("no samples requested")?;
     grid.truncate(GRID_MAX);
     let shown = grid.labels.len();
-    write_grid(&out.join("grid.png"), &grid, (shown as f64).sqrt().ceil() as usize)
+    write_grid(&out.join("grid.png"), &grid, cols.unwrap_or((shown as f64).sqrt().ceil() as usize))
 }
 
 /// Runs this shard's missing batches of `run`, then merges if the run is complete.

@@ -95,7 +95,6 @@ fn merged_form_computes_the_training_form_function_for_every_switch() {
     }
 }
 
-
 #[test]
 fn cli_forward_reproduces_the_fixture_outputs() {
     let dir = tempfile::tempdir().unwrap();

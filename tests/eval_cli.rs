@@ -2,10 +2,8 @@
 
 mod common;
 
-
 use common::*;
 use udit::sample::{Images, write_npz};
-
 
 fn images(n: usize, side: usize, channels: usize, seed: u64) -> Images {
     let mut state = seed;

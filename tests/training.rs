@@ -87,7 +87,8 @@ fn latents(dir: &std::path::Path, n: usize) {
 }
 
 fn tiny_recipe(data: &std::path::Path, steps: u64) -> TrainConfig {
-    let mut cfg = TrainConfig::recipe(tiny_model(0.1), DataSpec::Latents { dir: data.to_path_buf() }, "unshuffle2".into());
+    let mut cfg =
+        TrainConfig::recipe(tiny_model(0.1), DataSpec::Latents { dir: data.to_path_buf() }, "unshuffle2".into());
     cfg.steps = steps;
     cfg.global_batch = 4;
     cfg.lr = 1e-3;
@@ -191,7 +192,8 @@ fn resume_continues_bit_for_bit() {
     };
     assert_eq!(losses(&straight), losses(&split));
     assert_eq!(losses(&straight).len(), 4);
-    let kept: Vec<String> = straight.list().unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into()).collect();
+    let kept: Vec<String> =
+        straight.list().unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into()).collect();
     assert_eq!(kept, ["step_0000002.safetensors", "step_0000004.safetensors"]);
     // The export and the grid exist; the export loads as a merged-FFN model with its codec.
     assert!(straight.samples(4).exists());

@@ -145,8 +145,7 @@ fn coefficients(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<
             let center = (o as f64 + 0.5) * scale;
             let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
             let hi = ((center + support + 0.5).floor() as usize).min(input);
-            let mut w: Vec<f64> =
-                (lo..hi).map(|i| filter.weight((i as f64 - center + 0.5) / filterscale)).collect();
+            let mut w: Vec<f64> = (lo..hi).map(|i| filter.weight((i as f64 - center + 0.5) / filterscale)).collect();
             let total: f64 = w.iter().sum();
             if total != 0.0 {
                 w.iter_mut().for_each(|v| *v /= total);

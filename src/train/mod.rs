@@ -115,7 +115,11 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         if self.global_batch == 0 || self.grad_accum == 0 || self.global_batch % self.grad_accum != 0 {
-            bail!("the global batch ({}) must be a positive multiple of --grad-accum ({})", self.global_batch, self.grad_accum);
+            bail!(
+                "the global batch ({}) must be a positive multiple of --grad-accum ({})",
+                self.global_batch,
+                self.grad_accum
+            );
         }
         if !(self.lr > 0.0) || !(0.0..1.0).contains(&self.ema_decay) {
             bail!("need lr > 0 and 0 <= ema_decay < 1");
@@ -203,7 +207,11 @@ impl TrainState {
         for (k, v) in checkpoint::state_dict(&self.model) {
             tensors.insert(format!("{MODEL}{k}"), v);
         }
-        for (prefix, which) in [(EMA, Self::ema_of as fn(&ParamState) -> &Tensor<1>), (EXP_AVG, |p| &p.exp_avg), (EXP_AVG_SQ, |p| &p.exp_avg_sq)] {
+        for (prefix, which) in [
+            (EMA, Self::ema_of as fn(&ParamState) -> &Tensor<1>),
+            (EXP_AVG, |p| &p.exp_avg),
+            (EXP_AVG_SQ, |p| &p.exp_avg_sq),
+        ] {
             for (k, v) in self.per_param(which) {
                 tensors.insert(format!("{prefix}{k}"), v);
             }
@@ -226,7 +234,10 @@ impl TrainState {
         let ema = checkpoint::read_weights(path, Some("ema"))?.tensors;
         let inner = device.clone().inner();
         let tensor = |d: &TensorData| {
-            Tensor::<1>::from_data(TensorData::new(d.as_slice::<f32>().expect("f32").to_vec(), [d.num_elements()]), &inner)
+            Tensor::<1>::from_data(
+                TensorData::new(d.as_slice::<f32>().expect("f32").to_vec(), [d.num_elements()]),
+                &inner,
+            )
         };
         let mut params = std::collections::BTreeMap::new();
         for key in checkpoint::state_dict(&model).keys() {
@@ -381,13 +392,14 @@ impl Trainer {
             &inner,
         );
         let (mc, ms) = (cfg.model.in_channels(), cfg.model.input_size());
-        let posterior = if matches!(self.codec, Codec::Vae(_)) && self.data.space() == Space::Pixels { mc * ms * ms } else { 0 };
+        let posterior =
+            if matches!(self.codec, Codec::Vae(_)) && self.data.space() == Space::Pixels { mc * ms * ms } else { 0 };
         let d = draws(cfg, self.state.optim.step, first, count, mc * ms * ms, posterior);
         let x0 = match self.data.space() {
             Space::Model => pixels,
-            Space::Pixels => self.codec.encode(pixels, |mean| {
-                Tensor::from_data(TensorData::new(d.posterior.clone(), mean.dims()), &inner)
-            }),
+            Space::Pixels => self
+                .codec
+                .encode(pixels, |mean| Tensor::from_data(TensorData::new(d.posterior.clone(), mean.dims()), &inner)),
         };
         let x0 = Tensor::<4>::from_inner(x0);
         let dev = &self.device;
@@ -400,7 +412,8 @@ impl Trainer {
             .map(|(&l, &drop)| if drop { null } else { l })
             .collect();
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [count]), dev);
-        let t = Tensor::<1>::from_data(TensorData::new(d.t.iter().map(|&v| v as f32).collect::<Vec<_>>(), [count]), dev);
+        let t =
+            Tensor::<1>::from_data(TensorData::new(d.t.iter().map(|&v| v as f32).collect::<Vec<_>>(), [count]), dev);
         let out = self.state.model.forward(x_t.clone(), t, y);
         let l = self.diffusion.training_losses(out, x0, x_t, noise, &d.t);
         Ok((l.loss, l.mse, l.vb))
@@ -440,7 +453,11 @@ impl Trainer {
         let inner = self.device.clone().inner();
         let ema = self.state.ema_model(&inner)?.merged();
         let cfg = &self.state.config;
-        checkpoint::write_safetensors(path, &checkpoint::state_dict(&ema), checkpoint::model_metadata(&cfg.model, Some(&cfg.codec))?)
+        checkpoint::write_safetensors(
+            path,
+            &checkpoint::state_dict(&ema),
+            checkpoint::model_metadata(&cfg.model, Some(&cfg.codec))?,
+        )
     }
 }
 
@@ -501,7 +518,12 @@ impl RunDir {
         let text = std::fs::read_to_string(&path)?;
         let kept: String = text
             .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= step)
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         checkpoint::write_atomic(&path, kept.as_bytes())
@@ -515,6 +537,9 @@ pub struct LogLine {
     pub loss: f64,
     pub mse: f64,
     pub vb: f64,
+    /// Mean global gradient norm before clipping (only when clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
     pub lr: f64,
     pub steps_per_s: f64,
     pub samples_per_s: f64,
@@ -621,6 +646,7 @@ pub fn train(
             let step = trainer.state.optim.step;
             on_step(step, &stats);
             (sums.loss, sums.mse, sums.vb) = (sums.loss + stats.loss, sums.mse + stats.mse, sums.vb + stats.vb);
+            sums.grad_norm = stats.grad_norm.map(|g| g + sums.grad_norm.unwrap_or(0.0));
             window += 1;
             if step % cfg.log_every == 0 || step == cfg.steps {
                 let secs = window_start.elapsed().as_secs_f64();
@@ -630,6 +656,7 @@ pub fn train(
                     loss: sums.loss / n,
                     mse: sums.mse / n,
                     vb: sums.vb / n,
+                    grad_norm: sums.grad_norm.map(|g| g / n),
                     lr: cfg.lr_at(step),
                     steps_per_s: n / secs,
                     samples_per_s: n * cfg.global_batch as f64 / secs,
@@ -696,7 +723,10 @@ pub fn extract_features(
             push_normals(&mut rng, per, &mut noise);
         }
         let z = codec.encode(pixels, |mean| Tensor::from_data(TensorData::new(noise, mean.dims()), device));
-        writer.push(&z.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?, &labels)?;
+        writer.push(
+            &z.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            &labels,
+        )?;
         on_progress(first + count, n);
     }
     writer.finish()?;

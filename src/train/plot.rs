@@ -18,13 +18,16 @@ pub fn plot_loss(log: &Path, out: &Path, font: &Path) -> Result<()> {
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a training log line", log.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}:{}: not a training log line", log.display(), i + 1))
+        })
         .collect::<Result<_>>()?;
     if lines.len() < 2 {
         bail!("{} has {} entries; a curve needs at least 2", log.display(), lines.len());
     }
-    let font_bytes = std::fs::read(font)
-        .with_context(|| format!("cannot read the font {} (install fonts-dejavu-core, or pass --font FILE.ttf)", font.display()))?;
+    let font_bytes = std::fs::read(font).with_context(|| {
+        format!("cannot read the font {} (install fonts-dejavu-core, or pass --font FILE.ttf)", font.display())
+    })?;
     let font_bytes: &'static [u8] = Box::leak(font_bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font_bytes)
         .map_err(|_| anyhow::anyhow!("{} is not a TrueType font", font.display()))?;
@@ -32,7 +35,13 @@ pub fn plot_loss(log: &Path, out: &Path, font: &Path) -> Result<()> {
     let mut buffer = vec![0u8; (w * h * 3) as usize];
     draw(&lines, &mut buffer, (w, h)).map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
     let mut png = Vec::new();
-    image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut png), &buffer, w, h, image::ExtendedColorType::Rgb8)?;
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        &buffer,
+        w,
+        h,
+        image::ExtendedColorType::Rgb8,
+    )?;
     crate::checkpoint::write_atomic(out, &png)
 }
 
