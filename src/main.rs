@@ -89,7 +89,7 @@ struct TrainArgs {
     weight_decay: Option<f64>,
     #[arg(long)]
     ema_decay: Option<f64>,
-    /// No random horizontal flips.
+    /// No random horizontal flips (Fashion-MNIST has none by default).
     #[arg(long)]
     no_hflip: bool,
     #[arg(long)]

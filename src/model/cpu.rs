@@ -6,7 +6,8 @@
 //! q, k and v straight from the `to_qkv` feature map, does RoPE2D, cosine normalisation,
 //! softmax and the weighted sum, and writes the result back in NCHW. GELU gets a
 //! vectorisable erf. These kernels only run where autodiff is off and the tensors live on
-//! the CPU; training and GPUs use the burn ops, and tests compare the two.
+//! the CPU; training and GPUs use the burn ops, and tests compare the two. (Depthwise
+//! convolutions, which training needs fast too, have their own module, [`super::depthwise`].)
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -223,6 +224,20 @@ fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Dot product with independent accumulators, as [`sum`].
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a16.remainder().iter().zip(b16.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a16.zip(b16) {
+        for l in 0..16 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[inline(always)]
 fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
@@ -290,71 +305,6 @@ fn gelu_tanh(x: f32) -> f32 {
     let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
     let tanh = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
     0.5 * x * (1.0 + tanh)
-}
-
-/// Depthwise KxK convolution, stride 1, zero padding (K-1)/2, one filter per channel:
-/// `weight` is `[C, 1, K, K]`.
-pub fn depthwise_conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let k = weight.dims()[3];
-    let device = x.device();
-    let input = x.into_data().convert::<f32>();
-    let input = input.as_slice::<f32>().expect("f32 data");
-    let weight = weight.into_data().convert::<f32>();
-    let weight = weight.as_slice::<f32>().expect("f32 data");
-    let bias = bias.map(|b| b.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data"));
-    let mut out = vec![0f32; b * c * h * w];
-    let pad = (k - 1) / 2;
-    let scratch = || (vec![0f32; (h + 2 * pad) * (w + 2 * pad) + k], vec![0f32; h * (w + 2 * pad)]);
-    out.par_chunks_mut(h * w).enumerate().for_each_init(scratch, |(padded, acc), (plane, o)| {
-        let ch = plane % c;
-        let taps = &weight[ch * k * k..(ch + 1) * k * k];
-        let src = &input[plane * h * w..(plane + 1) * h * w];
-        let b0 = bias.as_ref().map_or(0.0, |b| b[ch]);
-        vectorized(
-            #[inline(always)]
-            || depthwise_plane(src, taps, b0, h, w, k, padded, acc),
-        );
-        let wp = w + 2 * pad;
-        for y in 0..h {
-            o[y * w..(y + 1) * w].copy_from_slice(&acc[y * wp..y * wp + w]);
-        }
-    });
-    Tensor::from_data(TensorData::new(out, [b, c, h, w]), &device)
-}
-
-/// One channel plane. The input is copied into a zero-bordered buffer of row width
-/// w + 2 pad; then every tap is one long multiply-add over the flattened rows (the border
-/// columns of `acc` get junk that the caller never reads).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn depthwise_plane(
-    src: &[f32],
-    taps: &[f32],
-    bias: f32,
-    h: usize,
-    w: usize,
-    k: usize,
-    padded: &mut [f32],
-    acc: &mut [f32],
-) {
-    let pad = (k - 1) / 2;
-    let wp = w + 2 * pad;
-    padded.iter_mut().for_each(|v| *v = 0.0);
-    for y in 0..h {
-        padded[(y + pad) * wp + pad..(y + pad) * wp + pad + w].copy_from_slice(&src[y * w..(y + 1) * w]);
-    }
-    acc.iter_mut().for_each(|v| *v = bias);
-    let len = acc.len();
-    for ky in 0..k {
-        for kx in 0..k {
-            let t = taps[ky * k + kx];
-            let shifted = &padded[ky * wp + kx..ky * wp + kx + len];
-            for (a, &i) in acc.iter_mut().zip(shifted) {
-                *a = t.mul_add(i, *a);
-            }
-        }
-    }
 }
 
 /// `x W^T + b` over the last dimension, `W` in PyTorch layout `[out, in]`: one multi-threaded
@@ -466,7 +416,7 @@ impl SyncPtr {
 /// AVX2+FMA, else the baseline). `f` and what it calls are `#[inline(always)]`, so they
 /// are compiled inside the feature-enabled wrapper.
 #[inline(always)]
-fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: each wrapper runs only on a CPU that has the features it is built for.

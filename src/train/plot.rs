@@ -58,7 +58,13 @@ fn draw(lines: &[LogLine], buffer: &mut [u8], size: (u32, u32)) -> Result<(), Bo
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..steps, (lo * 0.9..hi * 1.1).log_scale())?;
-    chart.configure_mesh().x_desc("step").y_desc("loss (log scale)").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss (log scale)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.3}"))
+        .draw()?;
     let series: [(&str, RGBColor, fn(&LogLine) -> f64); 3] =
         [("loss", BLUE, |l| l.loss), ("mse", RGBColor(0, 150, 0), |l| l.mse), ("vb", RED, |l| l.vb)];
     for (name, color, value) in series {

@@ -1,0 +1,60 @@
+//! The model that ships in `assets/`: `udit sample` uses it by default, and its samples are
+//! garments of the requested class by the offline meter's classifier (also in `assets/`).
+
+mod common;
+
+use std::path::Path;
+
+use burn::prelude::*;
+use common::*;
+use udit::checkpoint::{load_denoiser, read_weights};
+use udit::diffusion::GaussianDiffusion;
+use udit::diffusion::samplers::Sampler;
+use udit::eval::classifier::Classifier;
+use udit::sample::{Classes, Codec, Generator, Settings};
+
+#[test]
+fn bundled_model_draws_the_requested_garments() {
+    let dev = Device::flex();
+    let w = read_weights(Path::new(udit::BUNDLED_MODEL), None).unwrap();
+    let config = w.config.clone().expect("the bundled model carries its configuration");
+    assert_eq!(w.codec.as_deref(), Some("unshuffle2"));
+    let model = load_denoiser(&config, &w, &dev).unwrap();
+    let codec = Codec::open("unshuffle2", &dev).unwrap();
+    let g = Generator {
+        model: &model,
+        config: &config,
+        codec: &codec,
+        diffusion: GaussianDiffusion::linear(1000),
+        settings: Settings {
+            sampler: Sampler::DpmSolverPp2M,
+            steps: 25,
+            cfg_scale: 4.0,
+            seed: 3,
+            classes: Classes::Listed((0..10).collect()),
+        },
+        device: dev.clone(),
+    };
+    let images = g.generate(0, 100, &mut || {}).unwrap();
+    assert_eq!((images.side, images.channels), (32, 1));
+    let meter =
+        Classifier::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/meter-classifier.safetensors"), &dev)
+            .unwrap();
+    let (_, preds) = meter.run(&images.pixels, &dev);
+    let hits = preds.iter().zip(&images.labels).filter(|(p, l)| **p as i64 == **l).count();
+    // 100 samples, 10 per class, at the README's guidance 4; the README reports the rate on
+    // 1,000 (0.906), the issue asks for 85%.
+    assert!(hits >= 85, "only {hits} of 100 samples are of the requested class");
+}
+
+#[test]
+fn udit_sample_without_a_checkpoint_uses_the_bundled_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s").display().to_string();
+    let (ok, _, err) = udit(&["sample", "--sampler", "dpm++", "--steps", "5", "--num-samples", "4", "--out", &out]);
+    assert!(ok, "{err}");
+    let grid = image::open(tmp.path().join("s/grid.png")).unwrap();
+    assert!(grid.width() > 64 && grid.height() > 64);
+    let one = image::open(tmp.path().join("s/000000.png")).unwrap();
+    assert_eq!((one.width(), one.height(), one.color().channel_count()), (32, 32, 1));
+}
