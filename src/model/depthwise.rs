@@ -51,16 +51,7 @@ impl DepthwiseOps for Flex {
         let [b, c, h, w] = dims4(&x);
         let k = dims4(&weight)[3];
         let (x, weight, bias) = (f32_data(x), f32_data(weight), f32_data(bias));
-        let (x, weight, bias) = (slice(&x), slice(&weight), slice(&bias));
-        let mut out = vec![0f32; b * c * h * w];
-        out.par_chunks_mut(h * w).enumerate().for_each_init(
-            || Scratch::new(h, w, k),
-            |scratch, (plane, o)| {
-                let ch = plane % c;
-                let taps = &weight[ch * k * k..(ch + 1) * k * k];
-                scratch.convolve(&x[plane * h * w..(plane + 1) * h * w], taps, bias[ch], o);
-            },
-        );
+        let out = convolve_planes(slice(&x), [b, c, h, w], k, slice(&weight), slice(&bias));
         FlexTensor::from_data(TensorData::new(out, [b, c, h, w]))
     }
 }
@@ -72,15 +63,8 @@ impl DepthwiseGrads for Flex {
         let (x, weight, grad) = (f32_data(x), f32_data(weight), f32_data(grad));
         let (x, weight, grad) = (slice(&x), slice(&weight), slice(&grad));
         // Input gradient: the convolution of the output gradient by the flipped kernel.
-        let mut grad_x = vec![0f32; b * c * h * w];
-        grad_x.par_chunks_mut(h * w).enumerate().for_each_init(
-            || Scratch::new(h, w, k),
-            |scratch, (plane, o)| {
-                let ch = plane % c;
-                let flipped: Vec<f32> = weight[ch * k * k..(ch + 1) * k * k].iter().rev().copied().collect();
-                scratch.convolve(&grad[plane * h * w..(plane + 1) * h * w], &flipped, 0.0, o);
-            },
-        );
+        let flipped: Vec<f32> = weight.chunks(k * k).flat_map(|taps| taps.iter().rev().copied()).collect();
+        let grad_x = convolve_planes(grad, [b, c, h, w], k, &flipped, &vec![0f32; c]);
         // Weight and bias gradients: per channel, sums over the batch.
         let mut grad_w = vec![0f32; c * k * k];
         let mut grad_b = vec![0f32; c];
@@ -132,6 +116,24 @@ impl<B: Backend + DepthwiseOps + DepthwiseGrads, C: CheckpointStrategy> Depthwis
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
+}
+
+/// Every `[H, W]` plane of `src` convolved by its channel's k x k taps plus bias.
+fn convolve_planes(src: &[f32], [b, c, h, w]: [usize; 4], k: usize, weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; b * c * h * w];
+    out.par_chunks_mut(h * w).enumerate().for_each_init(
+        || Scratch::new(h, w, k),
+        |scratch, (plane, o)| {
+            let ch = plane % c;
+            scratch.convolve(
+                &src[plane * h * w..(plane + 1) * h * w],
+                &weight[ch * k * k..(ch + 1) * k * k],
+                bias[ch],
+                o,
+            );
+        },
+    );
+    out
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {
