@@ -1,5 +1,6 @@
 //! The depthwise-convolution extension (CPU forward and backward) against burn's generic
 //! grouped convolution: outputs and the gradients of input, weight and bias.
+#![cfg(not(feature = "cuda"))]
 
 mod common;
 

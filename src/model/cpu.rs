@@ -225,6 +225,7 @@ fn sum(x: &[f32]) -> f32 {
 }
 
 /// Dot product with independent accumulators, as [`sum`].
+#[cfg(not(feature = "cuda"))]
 #[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];

@@ -7,7 +7,7 @@
 //! stride-1 "same" depthwise convolution both gradients are short loops over one channel
 //! plane: the input gradient is the same convolution with the kernel flipped, the weight
 //! gradient one dot product per tap. `tests/depthwise.rs` compares all three gradients with
-//! burn's generic convolution.
+//! burn's generic convolution. CUDA builds leave this module out and run burn's kernels.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

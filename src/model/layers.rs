@@ -113,7 +113,8 @@ impl Conv2d {
 /// Stride-1 convolution with (k-1)/2 zero padding; depthwise ones take the CPU kernels of
 /// [`super::depthwise`] (forward and backward) unless the backend is CUDA.
 pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, groups: usize) -> Tensor<4> {
-    if groups > 1 && groups == x.dims()[1] && weight.dims()[0] == groups && !cfg!(feature = "cuda") {
+    #[cfg(not(feature = "cuda"))]
+    if groups > 1 && groups == x.dims()[1] && weight.dims()[0] == groups {
         let bias = bias.unwrap_or_else(|| Tensor::zeros([groups], &x.device()));
         return super::depthwise::depthwise_conv2d(x, weight, bias);
     }

@@ -2,6 +2,7 @@
 //! type that samplers and training call without knowing which network it is.
 
 pub mod cpu;
+#[cfg(not(feature = "cuda"))]
 pub mod depthwise;
 pub mod dit;
 pub mod layers;
