@@ -212,7 +212,7 @@ fn gemm_strided(
 /// Sum with independent accumulators, so that it vectorises (likewise [`max`]). Inner
 /// loops elsewhere use `mul_add`, which the AVX2/AVX-512 builds turn into FMA instructions.
 #[inline(always)]
-fn sum(x: &[f32]) -> f32 {
+pub(super) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();

@@ -20,7 +20,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::cpu::{dot, vectorized};
+use super::cpu::{dot, sum, vectorized};
 
 /// `[B, C, H, W]` convolved with `[C, 1, k, k]` plus `[C]`: stride 1, zero padding (k-1)/2.
 #[backend_extension(Flex, Autodiff)]
@@ -69,13 +69,13 @@ impl DepthwiseGrads for Flex {
         let mut grad_w = vec![0f32; c * k * k];
         let mut grad_b = vec![0f32; c];
         grad_w.par_chunks_mut(k * k).zip(grad_b.par_iter_mut()).enumerate().for_each_init(
-            || (Scratch::new(h, w, k), vec![0f32; h * (w + k - 1)]),
-            |(scratch, rows), (ch, (gw, gb))| {
+            || Scratch::new(h, w, k),
+            |scratch, (ch, (gw, gb))| {
                 for bi in 0..b {
                     let plane = bi * c + ch;
                     let g = &grad[plane * h * w..(plane + 1) * h * w];
-                    *gb += g.iter().sum::<f32>();
-                    scratch.correlate(&x[plane * h * w..(plane + 1) * h * w], g, rows, gw);
+                    *gb += sum(g);
+                    scratch.correlate(&x[plane * h * w..(plane + 1) * h * w], g, gw);
                 }
             },
         );
@@ -150,10 +150,13 @@ fn slice(data: &TensorData) -> &[f32] {
 
 /// One channel plane at a time, in a zero-bordered copy of row width w + k - 1, so that
 /// every tap is one long multiply-add over the flattened rows (the border columns of the
-/// accumulator get values nobody reads).
+/// accumulator get values nobody reads). Only interiors are ever written, so the borders
+/// of `padded` and `rows` stay zero from construction on.
 struct Scratch {
     padded: Vec<f32>,
     acc: Vec<f32>,
+    /// An output gradient at row width w + k - 1 (weight gradient).
+    rows: Vec<f32>,
     h: usize,
     w: usize,
     k: usize,
@@ -162,13 +165,12 @@ struct Scratch {
 impl Scratch {
     fn new(h: usize, w: usize, k: usize) -> Self {
         let wp = w + k - 1;
-        Self { padded: vec![0f32; (h + k - 1) * wp + k], acc: vec![0f32; h * wp], h, w, k }
+        Self { padded: vec![0f32; (h + k - 1) * wp + k], acc: vec![0f32; h * wp], rows: vec![0f32; h * wp], h, w, k }
     }
 
     fn pad(&mut self, src: &[f32]) {
         let (h, w, pad) = (self.h, self.w, (self.k - 1) / 2);
         let wp = w + self.k - 1;
-        self.padded.iter_mut().for_each(|v| *v = 0.0);
         for y in 0..h {
             self.padded[(y + pad) * wp + pad..(y + pad) * wp + pad + w].copy_from_slice(&src[y * w..(y + 1) * w]);
         }
@@ -198,16 +200,14 @@ impl Scratch {
         }
     }
 
-    /// `taps += sum over pixels of grad * (shifted src)`, the weight gradient of one plane;
-    /// `rows` holds `grad` at row width w + k - 1 with zero border columns.
-    fn correlate(&mut self, src: &[f32], grad: &[f32], rows: &mut [f32], taps: &mut [f32]) {
+    /// `taps += sum over pixels of grad * (shifted src)`, the weight gradient of one plane.
+    fn correlate(&mut self, src: &[f32], grad: &[f32], taps: &mut [f32]) {
         self.pad(src);
         let (k, w, wp) = (self.k, self.w, self.w + self.k - 1);
-        rows.iter_mut().for_each(|v| *v = 0.0);
         for (y, g) in grad.chunks(w).enumerate() {
-            rows[y * wp..y * wp + w].copy_from_slice(g);
+            self.rows[y * wp..y * wp + w].copy_from_slice(g);
         }
-        let padded = &self.padded;
+        let (padded, rows) = (&self.padded, &self.rows);
         vectorized(
             #[inline(always)]
             || {
