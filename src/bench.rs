@@ -8,6 +8,7 @@ use burn::tensor::Distribution;
 
 use crate::cost::Cost;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
+use crate::progress::Progress;
 
 #[derive(Debug, serde::Serialize)]
 pub struct BenchResult {
@@ -22,6 +23,8 @@ pub struct BenchResult {
 /// Times `iters` calls after `warmup` untimed ones. Forward uses the merged inference form;
 /// `train` times forward + MSE loss + backward + AdamW step on the training form.
 pub fn run(cfg: &ModelConfig, batch: usize, train: bool, warmup: usize, iters: usize, device: &Device) -> BenchResult {
+    let what = if train { "timing training steps" } else { "timing forward passes" };
+    let progress = Progress::new(what, (warmup + iters) as u64, "runs");
     let s = cfg.input_size();
     let inputs = |device: &Device| {
         let x = Tensor::<4>::random([batch, cfg.in_channels(), s, s], Distribution::Normal(0.0, 1.0), device);
@@ -33,7 +36,7 @@ pub fn run(cfg: &ModelConfig, batch: usize, train: bool, warmup: usize, iters: u
         let device = device.clone().autodiff();
         let mut model = Denoiser::new(cfg, FfnForm::Train, &device);
         let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
-        timings(warmup, iters, &mut || {
+        timings(warmup, iters, &progress, &mut || {
             let (x, t, y) = inputs(&device);
             let start = Instant::now();
             let out = model.forward(x.clone(), t, y);
@@ -45,13 +48,14 @@ pub fn run(cfg: &ModelConfig, batch: usize, train: bool, warmup: usize, iters: u
         })
     } else {
         let model = Denoiser::new(cfg, FfnForm::Train, device).merged();
-        timings(warmup, iters, &mut || {
+        timings(warmup, iters, &progress, &mut || {
             let (x, t, y) = inputs(device);
             let start = Instant::now();
             let _ = model.forward(x, t, y).into_data();
             start.elapsed().as_secs_f64()
         })
     };
+    progress.finish();
     times.sort_by(f64::total_cmp);
     let best = times[0];
     let median = times[times.len() / 2];
@@ -60,14 +64,20 @@ pub fn run(cfg: &ModelConfig, batch: usize, train: bool, warmup: usize, iters: u
 }
 
 /// Runs `measure` `warmup + iters` times and keeps the last `iters` results (seconds or ms,
-/// whatever `measure` returns).
-fn timings(warmup: usize, iters: usize, measure: &mut dyn FnMut() -> f64) -> Vec<f64> {
-    (0..warmup + iters).map(|_| measure()).skip(warmup).collect()
+/// whatever `measure` returns), counting each run on `progress`.
+fn timings(warmup: usize, iters: usize, progress: &Progress, measure: &mut dyn FnMut() -> f64) -> Vec<f64> {
+    let mut run = || {
+        let t = measure();
+        progress.inc(1);
+        t
+    };
+    (0..warmup + iters).map(|_| run()).skip(warmup).collect()
 }
 
 /// Time per generated image of a guided sampling run, measured bench-style: one guided
 /// denoiser call on `batch` samples (a `2 * batch` forward), and one SD-VAE decode of `batch`
-/// latents (the sd-vae-ft-ema architecture with fresh weights), each best of `iters`.
+/// latents (the sd-vae-ft-ema architecture with fresh random weights: the decode costs the
+/// same whatever the weights, so nothing is downloaded), each best of `iters`.
 #[derive(Debug, serde::Serialize)]
 pub struct SampleCost {
     pub guided_step_ms: f64,
@@ -85,13 +95,15 @@ impl SampleCost {
 pub fn sample_cost(cfg: &ModelConfig, batch: usize, warmup: usize, iters: usize, device: &Device) -> SampleCost {
     let s = cfg.input_size();
     let model = Denoiser::new(cfg, FfnForm::Train, device).merged();
+    let progress =
+        Progress::new(&format!("timing guided steps (batch {})", 2 * batch), (warmup + iters) as u64, "runs");
     let best = |f: &mut dyn FnMut()| {
         let mut call = || {
             let start = Instant::now();
             f();
             start.elapsed().as_secs_f64() * 1e3
         };
-        timings(warmup, iters, &mut call).into_iter().fold(f64::INFINITY, f64::min)
+        timings(warmup, iters, &progress, &mut call).into_iter().fold(f64::INFINITY, f64::min)
     };
     let x = Tensor::<4>::random([2 * batch, cfg.in_channels(), s, s], Distribution::Normal(0.0, 1.0), device);
     let t = Tensor::<1>::full([2 * batch], 500.0, device);
@@ -105,8 +117,11 @@ pub fn sample_cost(cfg: &ModelConfig, batch: usize, warmup: usize, iters: usize,
     .expect("SD VAE config");
     let vae = crate::vae::AutoencoderKl::new(&vae_cfg, device);
     let z = Tensor::<4>::random([batch, vae_cfg.latent_channels, s, s], Distribution::Normal(0.0, 1.0), device);
+    progress.set_position(0);
+    progress.phase(&format!("timing SD-VAE decodes (batch {batch}, random weights)"));
     let decode_ms = best(&mut || {
         let _ = vae.decode(z.clone()).into_data();
     });
+    progress.finish();
     SampleCost { guided_step_ms, decode_ms, batch }
 }

@@ -13,6 +13,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use crate::classes::ClassNames;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
 
 /// Float tensors by reference key, as f32.
@@ -43,22 +44,36 @@ pub fn read_weights(path: &Path, entry: Option<&str>) -> Result<Weights> {
     let mut head = [0u8; 9];
     {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut f = open_file(path)?;
         let n = f.read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
         if n < head.len() {
-            bail!("{} is too short to be a weights file", path.display());
+            bail!("{} is too short to be a weights file ({n} bytes)", path.display());
         }
     }
     // safetensors: a little-endian header length, then the JSON header. Otherwise a zip
     // (PyTorch >= 1.6) or a raw pickle stream (older PyTorch).
     let is_safetensors = head[8] == b'{';
     let is_pytorch = !is_safetensors && (head[..4] == *b"PK\x03\x04" || head[0] == 0x80);
-    let result = if is_pytorch { read_pytorch(path, entry) } else { read_safetensors(path, entry) };
+    let pt_name = path.extension().is_some_and(|e| ["pt", "pth", "bin", "ckpt"].contains(&&*e.to_string_lossy()));
+    let result = match (is_safetensors, is_pytorch, pt_name) {
+        (false, true, _) => read_pytorch(path, entry),
+        (false, false, true) => Err(anyhow::anyhow!("not a PyTorch checkpoint (neither a zip archive nor a pickle)")),
+        _ => read_safetensors(path, entry),
+    };
     result.with_context(|| format!("cannot load weights from {}", path.display()))
+}
+
+/// Opens a file for reading; a directory or a missing file is one clear error.
+pub fn open_file(path: &Path) -> Result<std::fs::File> {
+    if path.is_dir() {
+        bail!("{} is a directory, not a file", path.display());
+    }
+    std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))
 }
 
 fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
     let bytes = std::fs::read(path)?;
+    check_safetensors_length(&bytes)?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
@@ -79,6 +94,33 @@ fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
     }
     let codec = metadata.get(CODEC_METADATA_KEY).cloned();
     Ok(Weights { tensors, config, codec, metadata })
+}
+
+/// A safetensors file shorter than its header or than the data its header lists is
+/// truncated (an interrupted download or copy); says so with the byte counts.
+fn check_safetensors_length(bytes: &[u8]) -> Result<()> {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes checked"));
+    let header_end = 8u64.saturating_add(header_len);
+    if header_end > bytes.len() as u64 {
+        bail!("truncated: the safetensors header needs {header_end} bytes, the file has {}", bytes.len());
+    }
+    // The largest end offset among the tensors is the data size the header promises.
+    let header: serde_json::Value = match serde_json::from_slice(&bytes[8..header_end as usize]) {
+        Ok(v) => v,
+        Err(_) => return Ok(()), // not JSON: the safetensors parser names it
+    };
+    let data_len = header
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let need = header_end + data_len;
+    if need > bytes.len() as u64 {
+        bail!("truncated: the tensors need {need} bytes, the file has {}", bytes.len());
+    }
+    Ok(())
 }
 
 /// Which entry of a checkpoint to read: `entry` when given (it must exist), else the first
@@ -122,7 +164,10 @@ pub fn safetensors_to_f32(name: &str, view: &safetensors::tensor::TensorView) ->
 
 fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
     use burn::store::pytorch_reader::{DType, PytorchReader};
-    let reader = PytorchReader::new(path).map_err(|e| anyhow::anyhow!("not a readable PyTorch checkpoint ({e})"))?;
+    let reader = PytorchReader::new(path).map_err(|e| match zip_is_truncated(path) {
+        Some(len) => anyhow::anyhow!("truncated: a zip archive without its directory at the end ({len} bytes)"),
+        None => anyhow::anyhow!("not a readable PyTorch checkpoint ({e})"),
+    })?;
     let prefix = entry_prefix(&reader.keys(), entry)?;
     let mut tensors = StateDict::new();
     for (name, t) in reader.tensors() {
@@ -143,6 +188,15 @@ fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
         bail!("no float tensors found in the checkpoint");
     }
     Ok(Weights { tensors, config: None, codec: None, metadata: Default::default() })
+}
+
+/// A zip file (PyTorch's format) whose end-of-central-directory record is missing was cut
+/// short: returns its length then.
+fn zip_is_truncated(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let tail = &bytes[bytes.len().saturating_sub(65_557)..];
+    let has_end = tail.windows(4).any(|w| w == b"PK\x05\x06");
+    (bytes.starts_with(b"PK\x03\x04") && !has_end).then_some(bytes.len() as u64)
 }
 
 /// The state-dict key of a burn module path: a field `a__0` is the segment `a.0`
@@ -283,9 +337,10 @@ pub fn load_denoiser(cfg: &ModelConfig, weights: &Weights, device: &Device) -> R
 }
 
 /// Safetensors metadata that lets `udit sample` use a weights file without further flags.
-pub fn model_metadata(config: &ModelConfig, codec: Option<&str>) -> Result<Vec<(String, String)>> {
+pub fn model_metadata(config: &ModelConfig, codec: Option<&str>, names: &ClassNames) -> Result<Vec<(String, String)>> {
     let mut meta = vec![(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(config)?)];
     meta.extend(codec.map(|c| (CODEC_METADATA_KEY.to_string(), c.to_string())));
+    meta.extend(names.metadata());
     Ok(meta)
 }
 

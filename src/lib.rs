@@ -3,12 +3,14 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod classes;
 pub mod cost;
 pub mod data;
 pub mod diffusion;
 pub mod eval;
 pub mod hub;
 pub mod model;
+pub mod progress;
 pub mod sample;
 pub mod train;
 pub mod vae;

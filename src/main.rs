@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use udit::checkpoint::{self, read_weights};
 use udit::cost::Cost;
 use udit::model::{Denoiser, ModelConfig};
+use udit::progress::Progress;
 
 #[derive(Parser)]
 #[command(name = "udit", version, about = "U-DiT: U-shaped diffusion transformers with downsampled tokens")]
@@ -70,38 +71,48 @@ struct TrainArgs {
     /// hf://stabilityai/sd-vae-ft-ema for 4-channel models, else none.
     #[arg(long)]
     codec: Option<String>,
+    /// Optimizer steps to train to (at least 1) [recipe default: 400000].
     #[arg(long)]
     steps: Option<u64>,
-    /// Samples per optimizer step over all devices and accumulation rounds.
+    /// Samples per optimizer step over all devices and accumulation rounds [recipe default: 256].
     #[arg(long)]
     global_batch: Option<usize>,
-    /// Split each step into this many forward/backward rounds (same result, less memory).
+    /// Split each step into this many forward/backward rounds (same result, less memory)
+    /// [recipe default: 1].
     #[arg(long)]
     grad_accum: Option<usize>,
+    /// AdamW learning rate after the warm-up [recipe default: 1e-4].
     #[arg(long)]
     lr: Option<f64>,
+    /// Steps of linear learning-rate warm-up from 0 [recipe default: 0].
     #[arg(long)]
     warmup_steps: Option<u64>,
-    /// Clip the gradients' global L2 norm to this.
+    /// Clip the gradients' global L2 norm to this [recipe default: no clipping].
     #[arg(long)]
     grad_clip: Option<f64>,
+    /// AdamW decoupled weight decay [recipe default: 0].
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Decay of the EMA of the weights, updated every step [recipe default: 0.9999].
     #[arg(long)]
     ema_decay: Option<f64>,
     /// No random horizontal flips (Fashion-MNIST has none by default).
     #[arg(long)]
     no_hflip: bool,
+    /// Seed of every random draw of the run (sample order, flips, t, noise, label dropout)
+    /// [recipe default: 0].
     #[arg(long)]
     seed: Option<u64>,
+    /// Steps between lines of log.jsonl (averages over the window) [recipe default: 100].
     #[arg(long)]
     log_every: Option<u64>,
+    /// Steps between checkpoints (and one at the end) [recipe default: 50000].
     #[arg(long)]
     ckpt_every: Option<u64>,
-    /// Keep only the newest N checkpoints (0 = all).
+    /// Keep only the newest N checkpoints (0 = all) [recipe default: 0].
     #[arg(long)]
     keep_last: Option<usize>,
-    /// Write an EMA sample grid every N steps (0 = only at the end).
+    /// Write an EMA sample grid every N steps (0 = only at the end) [recipe default: 0].
     #[arg(long)]
     sample_every: Option<u64>,
     /// GPUs to train on, data-parallel (needs --features cuda); the global batch is split
@@ -115,6 +126,7 @@ struct ExtractArgs {
     /// ImageNet-layout folder (`CLASS/IMAGE` files).
     #[arg(long)]
     data_dir: PathBuf,
+    /// Side of the ADM center crop, in pixels.
     #[arg(long, default_value_t = 256)]
     image_size: usize,
     /// The VAE (directory or hf://OWNER/REPO).
@@ -123,6 +135,7 @@ struct ExtractArgs {
     /// Output directory for latents.npy and labels.npy.
     #[arg(long)]
     out: PathBuf,
+    /// Images per VAE encoding batch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Seed of the VAE posterior samples.
@@ -134,6 +147,7 @@ struct ExtractArgs {
 struct PlotArgs {
     /// A `udit train` log.jsonl.
     log: PathBuf,
+    /// Where to write the PNG.
     #[arg(long, default_value = "loss.png")]
     out: PathBuf,
     /// A TrueType font for the labels.
@@ -149,10 +163,13 @@ struct TrainClassifierArgs {
     /// Directory of the IDX files.
     #[arg(long, default_value = udit::data::fashion_mnist::DEFAULT_DIR)]
     data: PathBuf,
+    /// Passes over the 60,000 training images.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
+    /// Seed of the initial weights and of the batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to write the classifier's weights.
     #[arg(long, default_value = "classifier.safetensors")]
     out: PathBuf,
 }
@@ -203,7 +220,9 @@ struct SampleArgs {
     /// hf://stabilityai/sd-vae-ft-ema.
     #[arg(long)]
     vae: Option<String>,
-    /// Class labels, comma-separated (cycled over the samples), or `random`.
+    /// Classes, comma-separated indices or names (cycled over the samples), or `random`.
+    /// The bundled model's: t-shirt/top, trouser, pullover, dress, coat, sandal, shirt,
+    /// sneaker, bag, ankle boot (0-9); ImageNet models take lemmas such as "golden retriever".
     #[arg(long = "class", default_value = "random")]
     classes: String,
     /// Classifier-free guidance scale (1 = none). Default 1.5, the paper's, for models with
@@ -219,6 +238,7 @@ struct SampleArgs {
     /// DDIM eta (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
+    /// Seed of every sample's noise (and random class): sample i is the same in any batch or shard.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Samples per batch (does not change the samples, only speed and memory).
@@ -244,10 +264,13 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct MergeArgs {
+    /// The `.npz` that `udit sample --npz` was writing.
     #[arg(long)]
     npz: PathBuf,
+    /// The run's --num-samples.
     #[arg(long)]
     num_samples: usize,
+    /// The run's --batch (it names the parts).
     #[arg(long, default_value_t = 8)]
     batch: usize,
 }
@@ -273,7 +296,7 @@ impl ModelChoice {
             (Some(name), _, _) => ModelConfig::preset(name)?,
             (None, Some(path), _) => ModelConfig::from_file(path)?,
             (None, None, Some(cfg)) => cfg.clone(),
-            (None, None, None) => bail!("say which model: --model NAME or --config FILE.json"),
+            (None, None, None) => bail!("say which model: --model NAME or --config FILE.json (the weights carry none)"),
         };
         match self.latent_size {
             Some(side) => cfg.with_input_size(side),
@@ -286,9 +309,16 @@ impl ModelChoice {
 struct InfoArgs {
     #[command(flatten)]
     model: ModelChoice,
+    /// Weights whose stored configuration and class names to describe. Default, when no
+    /// model is named: the bundled Fashion-MNIST U-DiT.
+    #[arg(long)]
+    ckpt: Option<String>,
     /// Print one JSON object with `params`, `params_merged`, `macs`.
     #[arg(long)]
     json: bool,
+    /// List every class name (short lists are always shown).
+    #[arg(long)]
+    classes: bool,
 }
 
 #[derive(Args)]
@@ -337,13 +367,16 @@ struct ConvertArgs {
 struct BenchArgs {
     #[command(flatten)]
     model: ModelChoice,
+    /// Samples per forward pass (or training step).
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Time forward + backward + AdamW step instead of the forward pass.
     #[arg(long)]
     train: bool,
+    /// Timed runs (best and median are reported).
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// Untimed runs first (allocation and cache warm-up).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Print one JSON object with `best_ms`, `median_ms`, `gflops`.
@@ -369,7 +402,8 @@ fn main() -> ExitCode {
         Command::TrainClassifier(a) => train_classifier(a),
         Command::Train(a) => train(a),
         Command::ExtractFeatures(a) => extract_features(a),
-        Command::PlotLoss(a) => udit::train::plot::plot_loss(&a.log, &a.out, &a.font),
+        Command::PlotLoss(a) => udit::train::plot::plot_loss(&a.log, &a.out, &a.font)
+            .map(|()| eprintln!("wrote the loss curve of {} to {}", a.log.display(), a.out.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -381,20 +415,37 @@ fn main() -> ExitCode {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
-    let cfg = a.model.resolve(None)?;
+    let named = a.model.model.is_some() || a.model.config.is_some();
+    let weights = match (&a.ckpt, named) {
+        (Some(c), _) => Some(read_weights(&udit::hub::resolve(c, &[])?, None)?),
+        (None, false) => Some(read_weights(std::path::Path::new(udit::BUNDLED_MODEL), None)?),
+        (None, true) => None,
+    };
+    let cfg = a.model.resolve(weights.as_ref().and_then(|w| w.config.as_ref()))?;
     let cost = Cost::of(&cfg);
     if a.json {
         println!("{}", serde_json::to_string(&cost)?);
         return Ok(());
     }
     println!("{}", udit::model::describe(&cfg));
-    println!(
-        "parameters      {:>10.2}M (training form {:.2}M)",
-        cost.params_merged as f64 / 1e6,
-        cost.params as f64 / 1e6
-    );
+    let training_form = if cost.params != cost.params_merged {
+        format!(" (training form {:.2}M)", cost.params as f64 / 1e6)
+    } else {
+        String::new()
+    };
+    println!("parameters      {:>10.2}M{training_form}", cost.params_merged as f64 / 1e6);
     let s = cfg.input_size();
     println!("forward GMACs   {:>10.2} (batch 1, {s}x{s} latent)", cost.macs as f64 / 1e9);
+    let metadata = weights.map(|w| w.metadata).unwrap_or_default();
+    let names = udit::classes::ClassNames::for_model(&metadata, cfg.num_classes())?;
+    if a.classes || (!names.is_empty() && names.names().len() <= 20) {
+        println!("classes (`udit sample --class` takes the index or a name):");
+        for (i, name) in names.names().iter().enumerate() {
+            println!("{i:>5}  {name}");
+        }
+    } else if !names.is_empty() {
+        println!("classes: {} named (`udit info --classes` lists them)", names.names().len());
+    }
     Ok(())
 }
 
@@ -430,25 +481,29 @@ fn forward(a: ForwardArgs) -> Result<()> {
 fn convert(a: ConvertArgs) -> Result<()> {
     let weights = read_weights(&a.weights, a.entry.as_deref())?;
     let stored = weights.config.clone();
+    let names = udit::classes::ClassNames::stored(&weights.metadata)?;
     let wants_model = a.merge || a.model.model.is_some() || a.model.config.is_some();
     if !wants_model {
         let meta = match &stored {
-            Some(cfg) => checkpoint::model_metadata(cfg, weights.codec.as_deref())?,
+            Some(cfg) => checkpoint::model_metadata(cfg, weights.codec.as_deref(), &names)?,
             None => vec![],
         };
         checkpoint::write_safetensors(&a.output, &weights.tensors, meta)?;
         eprintln!("wrote {} tensors to {}", weights.tensors.len(), a.output.display());
         return Ok(());
     }
-    let cfg =
-        a.model.resolve(stored.as_ref()).context("--merge needs the model: --model NAME or --config FILE.json")?;
+    if stored.is_none() && a.model.model.is_none() && a.model.config.is_none() {
+        bail!("--merge needs the model: --model NAME or --config FILE.json (the weights carry none)");
+    }
+    let cfg = a.model.resolve(stored.as_ref())?;
     let device = Device::flex();
     let mut model: Denoiser = checkpoint::load_denoiser(&cfg, &weights, &device)?;
     if a.merge {
         model = model.merged();
     }
     let tensors = checkpoint::state_dict(&model);
-    checkpoint::write_safetensors(&a.output, &tensors, checkpoint::model_metadata(&cfg, weights.codec.as_deref())?)?;
+    let meta = checkpoint::model_metadata(&cfg, weights.codec.as_deref(), &names)?;
+    checkpoint::write_safetensors(&a.output, &tensors, meta)?;
     eprintln!(
         "wrote {} tensors{} to {}",
         tensors.len(),
@@ -466,7 +521,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     if !a.sample_steps.is_empty() {
         let c = udit::bench::sample_cost(&cfg, a.batch, a.warmup, a.iters, &udit::default_device());
         println!(
-            "guided step (batch {} x2): {:.1} ms, SD-VAE decode of {}: {:.1} ms",
+            "guided step (batch {} x2): {:.1} ms, SD-VAE decode of {} (random weights, same cost): {:.1} ms",
             a.batch, c.guided_step_ms, a.batch, c.decode_ms
         );
         for steps in a.sample_steps {
@@ -488,6 +543,7 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn sample(a: SampleArgs) -> Result<()> {
+    use udit::classes::ClassNames;
     use udit::sample::{Classes, Codec, Generator, NpzRun, Settings};
     let device = udit::default_device();
     let ckpt = match &a.ckpt {
@@ -505,14 +561,8 @@ fn sample(a: SampleArgs) -> Result<()> {
     if let udit::diffusion::samplers::Sampler::Ddim { eta } = &mut sampler {
         *eta = a.eta;
     }
-    let classes = match a.classes.as_str() {
-        "random" => Classes::Random,
-        list => Classes::Listed(
-            list.split(',')
-                .map(|c| c.trim().parse().map_err(|_| anyhow::anyhow!("--class: {c:?} is not a class index")))
-                .collect::<Result<_>>()?,
-        ),
-    };
+    let names = ClassNames::for_model(&weights.metadata, cfg.num_classes())?;
+    let classes = Classes::parse(&a.classes, &names, cfg.num_classes())?;
     let (shard, shards) = a
         .shard
         .split_once('/')
@@ -550,8 +600,9 @@ fn sample(a: SampleArgs) -> Result<()> {
             }
         }
         None => {
-            udit::sample::run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols)?;
-            eprintln!("wrote {} PNGs and grid.png to {}", a.num_samples, a.out.display());
+            udit::sample::run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols, &names)?;
+            let pngs = udit::progress::plural(a.num_samples, "PNG");
+            eprintln!("wrote {pngs} and grid.png to {}", a.out.display());
         }
     }
     Ok(())
@@ -559,10 +610,7 @@ fn sample(a: SampleArgs) -> Result<()> {
 
 fn merge_npz(a: MergeArgs) -> Result<()> {
     let run = udit::sample::NpzRun { npz: a.npz, num_samples: a.num_samples, batch: a.batch };
-    if !run.merge()? {
-        bail!("some batches are still missing in {}", run.parts_dir().display());
-    }
-    eprintln!("wrote {}", run.npz.display());
+    eprintln!("{}", udit::sample::merge_npz(&run)?);
     Ok(())
 }
 
@@ -571,9 +619,10 @@ fn eval(a: EvalArgs) -> Result<()> {
     let device = udit::default_device();
     if let Some(path) = &a.features {
         use udit::data::fashion_mnist::{FashionMnist, Split};
+        let samples = udit::sample::read_npz(&a.samples)?;
         let model = udit::eval::classifier::Classifier::load(path, &device)?;
         let test = FashionMnist::load(&a.data, Split::Test)?;
-        let s = udit::eval::classifier::meter(&model, &udit::sample::read_npz(&a.samples)?, &test, &device)?;
+        let s = udit::eval::classifier::meter(&model, &samples, &test, &device)?;
         if a.json {
             println!("{}", serde_json::to_string(&s)?);
         } else {
@@ -590,9 +639,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let samples = udit::sample::read_npz(&a.samples)?;
     let features = |images: &udit::sample::Images, what: &str| {
         let n = images.labels.len();
-        let bar = indicatif::ProgressBar::new(n as u64).with_message(format!("Inception features of {what}"));
-        let out = activations(&net, images, a.batch, &device, &mut |m| bar.inc(m as u64));
-        bar.finish_and_clear();
+        let progress = Progress::new(&format!("Inception features of {what}"), n as u64, "images");
+        let out = activations(&net, images, a.batch, &device, &mut |m| progress.inc(m as u64));
+        progress.finish();
         out
     };
     let reference = match Reference::read_stats(&reference_path)? {
@@ -635,7 +684,7 @@ fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
     }
     let device = udit::default_device();
     let (train, test) = (FashionMnist::load(&a.data, Split::Train)?, FashionMnist::load(&a.data, Split::Test)?);
-    let bar = udit::sample::progress_bar(train.len().div_ceil(128), a.epochs);
+    let progress = Progress::new("training the classifier", (train.len().div_ceil(128) * a.epochs) as u64, "batches");
     let (model, acc) = udit::eval::classifier::train(
         &train,
         &test,
@@ -643,10 +692,10 @@ fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
         None,
         a.seed,
         &device,
-        &mut |epoch, acc| bar.suspend(|| eprintln!("epoch {epoch}: test accuracy {acc:.4}")),
-        &mut || bar.inc(1),
+        &mut |epoch, acc| progress.println(&format!("epoch {epoch}: test accuracy {acc:.4}")),
+        &mut || progress.inc(1),
     )?;
-    bar.finish_and_clear();
+    progress.finish();
     model.save(&a.out)?;
     eprintln!("test accuracy {acc:.4}; wrote {}", a.out.display());
     Ok(())
@@ -729,24 +778,11 @@ fn train(a: TrainArgs) -> Result<()> {
     set(&mut cfg.keep_last, a.keep_last);
     set(&mut cfg.sample_every, a.sample_every);
     cfg.validate()?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    checkpoint::write_atomic(&a.out.join("recipe.json"), serde_json::to_string_pretty(&state.config)?.as_bytes())?;
     let (first, total) = (state.optim.step, state.config.steps);
     eprintln!("{}", udit::model::describe(&state.config.model));
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{wide_bar} {pos}/{len} steps [{elapsed_precise} < {eta_precise}, {per_sec}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(first);
-    bar.reset_eta();
-    let trainer = udit::train::train(state, &run, &devices, &mut |_, stats| {
-        bar.inc(1);
-        bar.set_message(format!("loss {:.4}", stats.loss));
-    })?;
-    bar.finish_and_clear();
+    let progress = udit::progress::Progress::new("training", total, "steps");
+    progress.set_position(first);
+    let trainer = udit::train::train(state, &run, &devices, &progress)?;
     eprintln!(
         "trained to step {}; EMA model in {}, log in {}",
         trainer.state.optim.step,
@@ -771,7 +807,7 @@ fn data_spec(dataset: &str, dir: Option<PathBuf>, image_size: usize) -> Result<u
 
 fn extract_features(a: ExtractArgs) -> Result<()> {
     let device = udit::default_device();
-    let bar = indicatif::ProgressBar::new(0);
+    let progress = Progress::new("encoding", 0, "images");
     let n = udit::train::extract_features(
         &a.data_dir,
         a.image_size,
@@ -781,11 +817,11 @@ fn extract_features(a: ExtractArgs) -> Result<()> {
         a.seed,
         &device,
         &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+            progress.set_length(total as u64);
+            progress.set_position(done as u64);
         },
     )?;
-    bar.finish_and_clear();
+    progress.finish();
     eprintln!("wrote {n} latents to {}", a.out.display());
     Ok(())
 }

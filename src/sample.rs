@@ -11,10 +11,12 @@ use image::ImageEncoder;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use crate::classes::ClassNames;
 use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::{NoiseStreams, Sampler};
 use crate::model::layers::{pixel_shuffle, pixel_unshuffle};
 use crate::model::{Denoiser, ModelConfig};
+use crate::progress::Progress;
 use crate::vae::Vae;
 
 /// How pixels map to the model's input space.
@@ -88,6 +90,15 @@ pub enum Classes {
 }
 
 impl Classes {
+    /// `random`, or a comma-separated list of class indices or names (see [`ClassNames::parse`]).
+    pub fn parse(spec: &str, names: &ClassNames, num_classes: usize) -> Result<Self> {
+        if spec.trim() == "random" {
+            return Ok(Self::Random);
+        }
+        let list = spec.split(',').map(|c| names.parse(c, num_classes)).collect::<Result<Vec<_>>>()?;
+        Ok(Self::Listed(list))
+    }
+
     pub fn label(&self, seed: u64, index: usize, num_classes: usize) -> usize {
         match self {
             Self::Listed(list) => list[index % list.len()],
@@ -229,19 +240,24 @@ fn write_png(path: &Path, pixels: &[u8], w: usize, h: usize, channels: usize) ->
     crate::checkpoint::write_atomic(path, &bytes)
 }
 
-/// A grid of the samples, `cols` per row, each with its class index printed above it.
-pub fn write_grid(path: &Path, images: &Images, cols: usize) -> Result<()> {
+/// A grid of the samples, `cols` per row, each with its class printed above it: the name
+/// where the model has names (wrapped onto two lines, cut to the image width), else the index.
+pub fn write_grid(path: &Path, images: &Images, cols: usize, names: &ClassNames) -> Result<()> {
     let (s, c) = (images.side, images.channels);
     let n = images.labels.len();
     let cols = cols.clamp(1, n.max(1));
     let rows = n.div_ceil(cols);
-    let (label_h, pad) = (9, 2);
+    let lines = if names.is_empty() { 1 } else { 2 };
+    let (label_h, pad) = (6 * lines + 3, 2);
     let (cell_w, cell_h) = (s + pad, s + pad + label_h);
     let (gw, gh) = (cols * cell_w + pad, rows * cell_h + pad);
     let mut grid = vec![255u8; gw * gh * c];
     for (i, (px, &label)) in images.pixels.chunks_exact(s * s * c).zip(&images.labels).enumerate() {
         let (x0, y0) = (pad + (i % cols) * cell_w, pad + (i / cols) * cell_h);
-        draw_number(&mut grid, gw, c, x0, y0 + 1, label as usize);
+        let text = names.short(label as usize).map_or_else(|| label.to_string(), str::to_uppercase);
+        for (k, line) in wrap(&text, s / GLYPH_ADVANCE, lines).iter().enumerate() {
+            draw_text(&mut grid, gw, c, x0, y0 + 1 + 6 * k, line, x0 + s);
+        }
         for y in 0..s {
             let dst = ((y0 + label_h + y) * gw + x0) * c;
             grid[dst..dst + s * c].copy_from_slice(&px[y * s * c..(y + 1) * s * c]);
@@ -250,8 +266,46 @@ pub fn write_grid(path: &Path, images: &Images, cols: usize) -> Result<()> {
     write_png(path, &grid, gw, gh, c)
 }
 
-/// Draws `value` in a 3x5 pixel font, scaled 1x, dark on the white margin.
-fn draw_number(buf: &mut [u8], width: usize, channels: usize, x0: usize, y0: usize, value: usize) {
+/// Pixels from one character to the next in the 3x5 font.
+const GLYPH_ADVANCE: usize = 4;
+
+/// Splits `text` at spaces and after slashes into at most `lines` lines of at most `width`
+/// characters (words longer than a line are cut).
+fn wrap(text: &str, width: usize, lines: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut out: Vec<String> = Vec::new();
+    for word in text.replace('/', "/ ").split(' ').filter(|w| !w.is_empty()) {
+        match out.last_mut() {
+            Some(line) if line.len() + 1 + word.len() <= width => {
+                if !line.ends_with('/') {
+                    line.push(' ');
+                }
+                line.push_str(word);
+            }
+            _ => out.push(word.chars().take(width).collect()),
+        }
+    }
+    out.truncate(lines);
+    out
+}
+
+/// Draws `text` in a 3x5 pixel font, dark on the white margin, clipped at column `x_end`.
+fn draw_text(buf: &mut [u8], width: usize, channels: usize, x0: usize, y0: usize, text: &str, x_end: usize) {
+    for (k, ch) in text.chars().enumerate() {
+        for (row, bits) in glyph(ch).iter().enumerate() {
+            for col in 0..3 {
+                let (x, y) = (x0 + k * GLYPH_ADVANCE + col, y0 + row);
+                let at = (y * width + x) * channels;
+                if bits & (4 >> col) != 0 && x < x_end.min(width) && at + channels <= buf.len() {
+                    buf[at..at + channels].fill(0);
+                }
+            }
+        }
+    }
+}
+
+/// Rows of a 3x5 glyph, 3 bits each (4 = left column); unknown characters draw as `?`.
+fn glyph(ch: char) -> [u8; 5] {
     const DIGITS: [[u8; 5]; 10] = [
         [7, 5, 5, 5, 7],
         [2, 6, 2, 2, 7],
@@ -264,19 +318,45 @@ fn draw_number(buf: &mut [u8], width: usize, channels: usize, x0: usize, y0: usi
         [7, 5, 7, 5, 7],
         [7, 5, 7, 1, 7],
     ];
-    for (k, ch) in value.to_string().bytes().enumerate() {
-        let glyph = DIGITS[(ch - b'0') as usize];
-        for (row, bits) in glyph.iter().enumerate() {
-            for col in 0..3 {
-                if bits & (4 >> col) != 0 {
-                    let (x, y) = (x0 + k * 4 + col, y0 + row);
-                    let at = (y * width + x) * channels;
-                    if x < width && at + channels <= buf.len() {
-                        buf[at..at + channels].fill(0);
-                    }
-                }
-            }
-        }
+    const LETTERS: [[u8; 5]; 26] = [
+        [2, 5, 7, 5, 5],
+        [6, 5, 6, 5, 6],
+        [3, 4, 4, 4, 3],
+        [6, 5, 5, 5, 6],
+        [7, 4, 6, 4, 7],
+        [7, 4, 6, 4, 4],
+        [3, 4, 5, 5, 3],
+        [5, 5, 7, 5, 5],
+        [7, 2, 2, 2, 7],
+        [1, 1, 1, 5, 2],
+        [5, 5, 6, 5, 5],
+        [4, 4, 4, 4, 7],
+        [5, 7, 7, 5, 5],
+        [6, 5, 5, 5, 5],
+        [2, 5, 5, 5, 2],
+        [6, 5, 6, 4, 4],
+        [2, 5, 5, 6, 3],
+        [6, 5, 6, 5, 5],
+        [3, 4, 2, 1, 6],
+        [7, 2, 2, 2, 2],
+        [5, 5, 5, 5, 7],
+        [5, 5, 5, 5, 2],
+        [5, 5, 7, 7, 5],
+        [5, 5, 2, 5, 5],
+        [5, 5, 2, 2, 2],
+        [7, 1, 2, 4, 7],
+    ];
+    match ch {
+        '0'..='9' => DIGITS[ch as usize - '0' as usize],
+        'A'..='Z' => LETTERS[ch as usize - 'A' as usize],
+        ' ' => [0; 5],
+        '-' => [0, 0, 7, 0, 0],
+        '/' => [1, 1, 2, 4, 4],
+        '.' => [0, 0, 0, 0, 2],
+        '\'' => [2, 2, 0, 0, 0],
+        '(' => [1, 2, 2, 2, 1],
+        ')' => [4, 2, 2, 2, 4],
+        _ => [7, 1, 2, 0, 2],
     }
 }
 
@@ -320,9 +400,14 @@ impl NpzRun {
         write_npz(&self.part(b), images)
     }
 
+    /// Batches not written yet.
+    pub fn missing(&self) -> Vec<usize> {
+        (0..self.num_batches()).filter(|b| !self.part(*b).exists()).collect()
+    }
+
     /// Merges the parts into the `.npz` once every batch is there; returns whether it did.
     pub fn merge(&self) -> Result<bool> {
-        if (0..self.num_batches()).any(|b| !self.part(b).exists()) {
+        if !self.missing().is_empty() {
             return Ok(false);
         }
         let mut all: Option<Images> = None;
@@ -345,6 +430,44 @@ impl NpzRun {
     }
 }
 
+/// `udit merge-npz`: merges a complete run, or says that the `.npz` is already complete (the
+/// last shard merged it), or names the batches still missing. Returns what it did.
+pub fn merge_npz(run: &NpzRun) -> Result<String> {
+    if run.npz.is_file() && !run.parts_dir().exists() {
+        return Ok(format!("{} is already complete (the last shard merged it)", run.npz.display()));
+    }
+    if !run.parts_dir().is_dir() {
+        bail!("nothing to merge: {} does not exist", run.parts_dir().display());
+    }
+    let missing = run.missing();
+    if !missing.is_empty() {
+        bail!(
+            "{} of {} batches are missing in {}: {} (run the shards that own them)",
+            missing.len(),
+            run.num_batches(),
+            run.parts_dir().display(),
+            ranges(&missing)
+        );
+    }
+    run.merge()?;
+    Ok(format!("wrote {} samples to {}", run.num_samples, run.npz.display()))
+}
+
+/// "0-3, 7, 9-10" for sorted indices.
+fn ranges(sorted: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    parts.join(", ")
+}
+
 /// ADM layout: `arr_0` uint8 `[N, H, W, C]`, `arr_1` int64 labels. Written atomically.
 pub fn write_npz(path: &Path, images: &Images) -> Result<()> {
     use npyz::WriterBuilder;
@@ -365,8 +488,9 @@ pub fn write_npz(path: &Path, images: &Images) -> Result<()> {
 
 /// Reads an ADM-layout `.npz` (`arr_0` uint8 NHWC with square images, `arr_1` labels if present).
 pub fn read_npz(path: &Path) -> Result<Images> {
+    let file = std::io::BufReader::new(crate::checkpoint::open_file(path)?);
     let mut npz =
-        npyz::npz::NpzArchive::open(path).with_context(|| format!("cannot open {} as .npz", path.display()))?;
+        npyz::npz::NpzArchive::new(file).with_context(|| format!("cannot read {} as .npz", path.display()))?;
     let arr = npz.by_name("arr_0")?.with_context(|| format!("{} has no arr_0", path.display()))?;
     let shape = arr.shape().to_vec();
     if shape.len() != 4 || shape[1] != shape[2] {
@@ -380,14 +504,23 @@ pub fn read_npz(path: &Path) -> Result<Images> {
     Ok(Images { pixels, labels, side: shape[1] as usize, channels: shape[3] as usize })
 }
 
-/// A progress bar over denoiser steps that reports images per second and the ETA.
-pub fn progress_bar(images: usize, steps: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new((images * steps) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{wide_bar} {percent:>3}% [{elapsed_precise} < {eta_precise}] {msg}")
-            .expect("valid template"),
-    );
-    bar
+/// Progress over denoiser steps (one unit per image and step), with a "decoding" phase
+/// while a finished batch goes through the codec.
+fn sampling_progress(images: usize, steps: usize) -> Progress {
+    Progress::new("sampling", (images * steps) as u64, "image-steps")
+}
+
+/// Generates one batch while `progress` counts its steps and names the decoding phase.
+fn generate_batch(g: &Generator, first: usize, n: usize, progress: &Progress) -> Result<Images> {
+    let mut step = 0;
+    progress.phase("sampling");
+    g.generate(first, n, &mut || {
+        step += 1;
+        progress.inc(n as u64);
+        if step == g.settings.steps {
+            progress.phase("decoding");
+        }
+    })
 }
 
 /// Most samples `grid.png` shows.
@@ -395,17 +528,25 @@ pub const GRID_MAX: usize = 100;
 
 /// Writes `count` samples as PNGs plus `grid.png` (the first [`GRID_MAX`], `cols` to a row,
 /// by default a square) into `out`, in batches of `batch`.
-pub fn run_pngs(g: &Generator, out: &Path, count: usize, batch: usize, cols: Option<usize>) -> Result<()> {
+pub fn run_pngs(
+    g: &Generator,
+    out: &Path,
+    count: usize,
+    batch: usize,
+    cols: Option<usize>,
+    names: &ClassNames,
+) -> Result<()> {
     ensure_writable_dir(out)?;
-    let bar = progress_bar(count, g.settings.steps);
+    let progress = sampling_progress(count, g.settings.steps);
     let start = std::time::Instant::now();
     let mut grid: Option<Images> = None;
     for first in (0..count).step_by(batch) {
         let n = batch.min(count - first);
-        let images = g.generate(first, n, &mut || bar.inc(n as u64))?;
+        let images = generate_batch(g, first, n, &progress)?;
         write_pngs(out, first, &images)?;
         let done = first + n;
-        bar.set_message(format!("{done}/{count} images, {:.2} img/s", done as f64 / start.elapsed().as_secs_f64()));
+        progress
+            .set_message(format!("{done}/{count} images, {:.2} img/s", done as f64 / start.elapsed().as_secs_f64()));
         // The grid shows the first GRID_MAX samples; the rest only go to their PNGs.
         match &mut grid {
             None => grid = Some(images),
@@ -413,11 +554,12 @@ pub fn run_pngs(g: &Generator, out: &Path, count: usize, batch: usize, cols: Opt
             Some(_) => {}
         }
     }
-    bar.finish();
+    progress.finish();
     let mut grid = grid.context("no samples requested")?;
     grid.truncate(GRID_MAX);
     let shown = grid.labels.len();
-    write_grid(&out.join("grid.png"), &grid, cols.unwrap_or((shown as f64).sqrt().ceil() as usize))
+    progress.println("writing grid.png");
+    write_grid(&out.join("grid.png"), &grid, cols.unwrap_or((shown as f64).sqrt().ceil() as usize), names)
 }
 
 /// Runs this shard's missing batches of `run`, then merges if the run is complete.
@@ -428,17 +570,17 @@ pub fn run_npz(g: &Generator, run: &NpzRun, shard: usize, shards: usize) -> Resu
     }
     let pending = run.pending(shard, shards);
     let todo: usize = pending.iter().map(|&b| run.range(b).len()).sum();
-    let bar = progress_bar(todo, g.settings.steps);
+    let progress = sampling_progress(todo, g.settings.steps);
     let start = std::time::Instant::now();
     let mut done = 0;
     for b in pending {
         let range = run.range(b);
-        let images = g.generate(range.start, range.len(), &mut || bar.inc(range.len() as u64))?;
+        let images = generate_batch(g, range.start, range.len(), &progress)?;
         run.save_part(b, &images)?;
         done += range.len();
-        bar.set_message(format!("{done}/{todo} images, {:.2} img/s", done as f64 / start.elapsed().as_secs_f64()));
+        progress.set_message(format!("{done}/{todo} images, {:.2} img/s", done as f64 / start.elapsed().as_secs_f64()));
     }
-    bar.finish();
+    progress.finish();
     run.merge()
 }
 

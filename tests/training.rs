@@ -164,16 +164,22 @@ fn resume_continues_bit_for_bit() {
     let recipe = tiny_recipe(&tmp.path().join("data"), 4);
     // Straight through: 4 steps.
     let straight = RunDir(tmp.path().join("straight"));
-    let a = train(TrainState::new(recipe.clone(), &dev).unwrap(), &straight, &[dev.clone()], &mut |_, _| {}).unwrap();
+    let a = train(
+        TrainState::new(recipe.clone(), &dev).unwrap(),
+        &straight,
+        &[dev.clone()],
+        &udit::progress::Progress::hidden(),
+    )
+    .unwrap();
     // 2 steps, then a fresh process state from the step-2 checkpoint, then 2 more.
     let split = RunDir(tmp.path().join("split"));
     let mut half = recipe.clone();
     half.steps = 2;
-    train(TrainState::new(half, &dev).unwrap(), &split, &[dev.clone()], &mut |_, _| {}).unwrap();
+    train(TrainState::new(half, &dev).unwrap(), &split, &[dev.clone()], &udit::progress::Progress::hidden()).unwrap();
     let mut resumed = TrainState::load(&split.checkpoint(2), &dev).unwrap();
     assert_eq!(resumed.optim.step, 2);
     resumed.config.steps = 4;
-    let b = train(resumed, &split, &[dev.clone()], &mut |_, _| {}).unwrap();
+    let b = train(resumed, &split, &[dev.clone()], &udit::progress::Progress::hidden()).unwrap();
     assert_eq!(a.state.optim.step, 4);
     let (pa, pb) = (params(&a.state), params(&b.state));
     assert_eq!(pa.len(), pb.len());

@@ -129,6 +129,9 @@ impl super::Dataset for FashionMnist {
     fn num_classes(&self) -> usize {
         CLASSES.len()
     }
+    fn class_names(&self) -> crate::classes::ClassNames {
+        crate::classes::ClassNames::new(CLASSES.iter().map(|c| c.to_string()).collect())
+    }
     fn shape(&self) -> [usize; 3] {
         [1, SIDE, SIDE]
     }

@@ -60,6 +60,11 @@ impl Dataset for ImageFolder {
     fn num_classes(&self) -> usize {
         self.classes.len()
     }
+    /// ImageNet's names for WordNet-id folders (`n01440764`), else the folder names.
+    fn class_names(&self) -> crate::classes::ClassNames {
+        crate::classes::ClassNames::of_imagenet_wnids(&self.classes)
+            .unwrap_or_else(|| crate::classes::ClassNames::new(self.classes.clone()))
+    }
     fn shape(&self) -> [usize; 3] {
         [3, self.image_size, self.image_size]
     }

@@ -29,6 +29,11 @@ pub enum Space {
 pub trait Dataset: Send + Sync {
     fn len(&self) -> usize;
     fn num_classes(&self) -> usize;
+    /// Names of the classes in label order, where the dataset has them (ImageNet's for
+    /// 1000 classes by default).
+    fn class_names(&self) -> crate::classes::ClassNames {
+        crate::classes::ClassNames::for_model(&Default::default(), self.num_classes()).unwrap_or_default()
+    }
     /// `[C, H, W]` of every sample.
     fn shape(&self) -> [usize; 3];
     fn space(&self) -> Space;

@@ -27,6 +27,7 @@ use crate::data::{self, Dataset, HostBatch, Space};
 use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::{Sampler, push_normals, unit_uniform};
 use crate::model::{Denoiser, FfnForm, ModelConfig};
+use crate::progress::Progress;
 use crate::sample::{Classes, Codec, Generator, Settings};
 use optim::{AdamW, OptimState, ParamState};
 
@@ -116,6 +117,9 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
+        if self.steps == 0 {
+            bail!("a run needs at least 1 training step");
+        }
         if self.global_batch == 0 || self.grad_accum == 0 || self.global_batch % self.grad_accum != 0 {
             bail!(
                 "the global batch ({}) must be a positive multiple of --grad-accum ({})",
@@ -218,7 +222,7 @@ impl TrainState {
                 tensors.insert(format!("{prefix}{k}"), v);
             }
         }
-        let mut meta = checkpoint::model_metadata(&self.config.model, Some(&self.config.codec))?;
+        let mut meta = checkpoint::model_metadata(&self.config.model, Some(&self.config.codec), &Default::default())?;
         meta.push((TRAIN_METADATA_KEY.into(), serde_json::to_string(&self.config)?));
         meta.push((STEP_METADATA_KEY.into(), self.optim.step.to_string()));
         checkpoint::write_safetensors(path, &tensors, meta)
@@ -446,7 +450,7 @@ impl Trainer {
         };
         g.validate()?;
         let images = g.generate(0, list.len(), &mut || {})?;
-        crate::sample::write_grid(path, &images, per_class)
+        crate::sample::write_grid(path, &images, per_class, &self.data.class_names())
     }
 
     /// The EMA weights, FFN merged, with the configuration and codec: what `udit sample` and
@@ -458,7 +462,7 @@ impl Trainer {
         checkpoint::write_safetensors(
             path,
             &checkpoint::state_dict(&ema),
-            checkpoint::model_metadata(&cfg.model, Some(&cfg.codec))?,
+            checkpoint::model_metadata(&cfg.model, Some(&cfg.codec), &self.data.class_names())?,
         )
     }
 }
@@ -574,13 +578,8 @@ struct Peer {
 /// Trains until `state.config.steps` on `devices` (autodiff devices; several = data-parallel
 /// replicas, each taking an equal share of every global batch, with gradients averaged by
 /// burn's collective all-reduce), writing checkpoints, the log, sample grids and at the end
-/// the exported EMA model into `run`. `on_step(step, stats)` drives a progress display.
-pub fn train(
-    state: TrainState,
-    run: &RunDir,
-    devices: &[Device],
-    on_step: &mut dyn FnMut(u64, &StepStats),
-) -> Result<Trainer> {
+/// the exported EMA model into `run`, reporting steps and phases to `progress`.
+pub fn train(state: TrainState, run: &RunDir, devices: &[Device], progress: &Progress) -> Result<Trainer> {
     let ranks = devices.len();
     let cfg = state.config.clone();
     if ranks == 0 || cfg.global_batch % (ranks * cfg.grad_accum) != 0 {
@@ -603,11 +602,13 @@ pub fn train(
     if ranks > 1 {
         trainer.state.model = mark_distributed(trainer.state.model);
     }
+    let mut loader = trainer.loader()?;
+    // Only a run that could start leaves files behind.
     std::fs::create_dir_all(run.checkpoints()).with_context(|| format!("cannot create {}", run.0.display()))?;
     std::fs::create_dir_all(run.0.join("samples"))?;
+    checkpoint::write_atomic(&run.0.join("recipe.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     run.truncate_log(trainer.state.optim.step)?;
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(run.log())?;
-    let mut loader = trainer.loader()?;
     std::thread::scope(|scope| -> Result<Trainer> {
         let mut peers = Vec::new();
         for (r, replica) in replicas.into_iter().enumerate() {
@@ -646,7 +647,8 @@ pub fn train(
                 bail!("the loss is {} at step {}: training diverged", stats.loss, trainer.state.optim.step);
             }
             let step = trainer.state.optim.step;
-            on_step(step, &stats);
+            progress.inc(1);
+            progress.set_message(format!("loss {:.4}", stats.loss));
             (sums.loss, sums.mse, sums.vb) = (sums.loss + stats.loss, sums.mse + stats.mse, sums.vb + stats.vb);
             sums.grad_norm = stats.grad_norm.map(|g| g + sums.grad_norm.unwrap_or(0.0));
             window += 1;
@@ -669,15 +671,20 @@ pub fn train(
                 (window, window_start, sums) = (0, Instant::now(), StepStats::default());
             }
             if step % cfg.ckpt_every == 0 || step == cfg.steps {
+                progress.phase("checkpoint");
                 trainer.state.save(&run.checkpoint(step))?;
                 run.prune(cfg.keep_last)?;
             }
             if (cfg.sample_every > 0 && step % cfg.sample_every == 0) || step == cfg.steps {
+                progress.phase("EMA sample grid (25 DPM-Solver++ steps)");
                 trainer.sample_grid(&run.samples(step), 8)?;
             }
+            progress.phase("training");
         }
         drop(peers);
+        progress.phase("exporting the EMA model");
         trainer.export(&run.export())?;
+        progress.finish();
         Ok(trainer)
     })
 }

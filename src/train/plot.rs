@@ -52,18 +52,20 @@ fn draw(lines: &[LogLine], buffer: &mut [u8], size: (u32, u32)) -> Result<(), Bo
     let positive = |v: f64| v.is_finite() && v > 0.0;
     let values = lines.iter().flat_map(|l| [l.loss, l.mse, l.vb]).filter(|&v| positive(v));
     let (lo, hi) = values.fold((f64::INFINITY, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    // Whole decades, so that labelled ticks reach below the smallest curve (VB).
+    let (lo, hi) = (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().ceil()).max(lo * 10.0));
     let mut chart = ChartBuilder::on(&root)
         .caption("training loss", ("sans-serif", 24))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..steps, (lo * 0.9..hi * 1.1).log_scale())?;
+        .build_cartesian_2d(0f64..steps, (lo..hi).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("step")
         .y_desc("loss (log scale)")
         .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.3}"))
+        .y_label_formatter(&|v| format!("{v:.2e}"))
         .draw()?;
     let series: [(&str, RGBColor, fn(&LogLine) -> f64); 3] =
         [("loss", BLUE, |l| l.loss), ("mse", RGBColor(0, 150, 0), |l| l.mse), ("vb", RED, |l| l.vb)];

@@ -1,0 +1,158 @@
+//! Progress of long work. In a terminal: a bar with rate and ETA. Elsewhere (a log file,
+//! CI, `nohup`): a plain line every 5% or every 30 seconds, whichever comes first, so a log
+//! always shows that the work is alive and how far it is. Both say which phase runs.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Seconds between plain progress lines at the latest.
+const PLAIN_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    /// Plain lines when there is no bar (false: report nothing).
+    lines: bool,
+    plain: Mutex<Plain>,
+}
+
+struct Plain {
+    phase: String,
+    unit: &'static str,
+    pos: u64,
+    len: u64,
+    msg: String,
+    start: Instant,
+    last_line: Instant,
+    last_twentieth: u64,
+}
+
+impl Progress {
+    /// `len` units of work (`unit`, e.g. "steps") in the phase `phase` (e.g. "sampling").
+    pub fn new(phase: &str, len: u64, unit: &'static str) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = terminal.then(|| {
+            let bar = indicatif::ProgressBar::new(len);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(&format!(
+                    "{{prefix}} {{wide_bar}} {{pos}}/{{len}} {unit} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"
+                ))
+                .expect("valid template"),
+            );
+            bar.set_prefix(phase.to_string());
+            bar
+        });
+        Self { bar, lines: !terminal, plain: Mutex::new(Plain::new(phase, len, unit)) }
+    }
+
+    /// Shows nothing (library callers that report no progress).
+    pub fn hidden() -> Self {
+        Self { bar: None, lines: false, plain: Mutex::new(Plain::new("", 0, "")) }
+    }
+
+    pub fn inc(&self, n: u64) {
+        let pos = self.plain.lock().expect("progress lock").pos + n;
+        self.set_position(pos);
+    }
+
+    /// Moves to `pos` (a resumed run starts part-way); the ETA counts from here.
+    pub fn set_position(&self, pos: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+        }
+        let mut p = self.plain.lock().expect("progress lock");
+        if pos < p.pos {
+            p.last_twentieth = pos * 20 / p.len.max(1); // moved back: a new pass
+        }
+        p.pos = pos;
+        if self.lines {
+            p.maybe_print();
+        }
+    }
+
+    pub fn set_length(&self, len: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(len);
+        }
+        self.plain.lock().expect("progress lock").len = len;
+    }
+
+    /// A short status after the counts (loss, images per second).
+    pub fn set_message(&self, msg: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(msg.clone());
+        }
+        self.plain.lock().expect("progress lock").msg = msg;
+    }
+
+    /// Names what runs now (e.g. "decoding"); a plain log gets a line at once.
+    pub fn phase(&self, phase: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_prefix(phase.to_string());
+        }
+        let mut p = self.plain.lock().expect("progress lock");
+        if p.phase != phase {
+            p.phase = phase.to_string();
+            if self.lines {
+                p.print();
+            }
+        }
+    }
+
+    /// A line of its own above the bar (never glued to it).
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None if self.lines => eprintln!("{line}"),
+            None => {}
+        }
+    }
+
+    /// Clears the bar, so that what is printed next starts on a clean line.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Plain {
+    fn new(phase: &str, len: u64, unit: &'static str) -> Self {
+        let now = Instant::now();
+        let phase = phase.to_string();
+        Self { phase, unit, pos: 0, len, msg: String::new(), start: now, last_line: now, last_twentieth: 0 }
+    }
+
+    fn maybe_print(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        let twentieth = self.pos * 20 / self.len;
+        if twentieth > self.last_twentieth || self.last_line.elapsed() >= PLAIN_EVERY {
+            self.last_twentieth = twentieth;
+            self.print();
+        }
+    }
+
+    fn print(&mut self) {
+        self.last_line = Instant::now();
+        let elapsed = self.start.elapsed().as_secs();
+        let pct = if self.len == 0 { 0 } else { self.pos * 100 / self.len };
+        let msg = if self.msg.is_empty() { String::new() } else { format!(", {}", self.msg) };
+        eprintln!(
+            "{}: {}/{} {} ({pct}%), {}:{:02}:{:02} elapsed{msg}",
+            self.phase,
+            self.pos,
+            self.len,
+            self.unit,
+            elapsed / 3600,
+            elapsed / 60 % 60,
+            elapsed % 60
+        );
+    }
+}
+
+/// "1 PNG", "2 PNGs".
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
