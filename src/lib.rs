@@ -4,13 +4,17 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod classes;
+pub mod codec;
+pub mod commands;
 pub mod cost;
 pub mod data;
 pub mod diffusion;
 pub mod eval;
 pub mod hub;
+pub mod io;
 pub mod model;
 pub mod progress;
+pub mod rng;
 pub mod sample;
 pub mod train;
 pub mod vae;
@@ -34,7 +38,7 @@ pub fn default_device() -> burn::prelude::Device {
 /// the CPU backend has one device.
 pub fn devices(n: usize) -> anyhow::Result<Vec<burn::prelude::Device>> {
     if n == 0 {
-        anyhow::bail!("--devices must be at least 1");
+        anyhow::bail!("training needs at least one device");
     }
     #[cfg(feature = "cuda")]
     {
@@ -43,7 +47,7 @@ pub fn devices(n: usize) -> anyhow::Result<Vec<burn::prelude::Device>> {
     #[cfg(not(feature = "cuda"))]
     {
         if n > 1 {
-            anyhow::bail!("--devices {n}: data-parallel training needs a build with --features cuda");
+            anyhow::bail!("{n} devices: data-parallel training needs a build with the `cuda` feature");
         }
         Ok(vec![default_device()])
     }

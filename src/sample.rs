@@ -1,83 +1,30 @@
 //! The sampling pipeline: noise -> sampler with classifier-free guidance -> codec -> uint8
-//! images, in batches, deterministic per sample index (so runs resume and shard), with
-//! PNG, labelled-grid and ADM `.npz` outputs.
+//! images, in batches, deterministic per sample index (so runs resume and shard), into PNGs
+//! and a labelled grid or an ADM `.npz`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use image::ImageEncoder;
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::RngCore;
 
 use crate::classes::ClassNames;
+use crate::codec::Codec;
 use crate::diffusion::GaussianDiffusion;
-use crate::diffusion::samplers::{NoiseStreams, Sampler};
-use crate::model::layers::{pixel_shuffle, pixel_unshuffle};
+use crate::diffusion::samplers::Sampler;
+use crate::io::images::{Images, ensure_writable_dir, write_grid, write_pngs};
+use crate::io::npz::NpzRun;
 use crate::model::{Denoiser, ModelConfig};
 use crate::progress::Progress;
-use crate::vae::Vae;
+use crate::rng::{NoiseStreams, Stream};
 
-/// How pixels map to the model's input space.
-pub enum Codec {
-    /// The latent-diffusion autoencoder; model space is its latents times `scaling_factor`.
-    Vae(Box<Vae>),
-    /// Pixel space.
-    None,
-    /// Lossless 2x space-to-depth: a 1x32x32 image is a 4x16x16 model input.
-    Unshuffle2,
-}
+/// The paper's guidance scale (its FID-50K protocol), the default for guidable models.
+pub const PAPER_CFG_SCALE: f64 = 1.5;
 
-impl Codec {
-    /// `none`, `unshuffle2`, or a VAE directory (local or `hf://OWNER/REPO`).
-    pub fn open(spec: &str, device: &Device) -> Result<Self> {
-        Ok(match spec {
-            "none" => Self::None,
-            "unshuffle2" => Self::Unshuffle2,
-            path => {
-                let dir = crate::hub::resolve(path, &["config.json", "diffusion_pytorch_model.safetensors"])?;
-                Self::Vae(Box::new(Vae::load(&dir, device)?))
-            }
-        })
-    }
-
-    /// Image side and channels for a model input of `channels` x `side` x `side`.
-    pub fn image_shape(&self, channels: usize, side: usize) -> Result<(usize, usize)> {
-        match self {
-            Self::Vae(v) => {
-                if v.config.latent_channels != channels {
-                    bail!("the VAE has {} latent channels but the model takes {channels}", v.config.latent_channels);
-                }
-                Ok((v.config.out_channels, side * v.config.downscale()))
-            }
-            Self::None => Ok((channels, side)),
-            Self::Unshuffle2 if channels % 4 == 0 => Ok((channels / 4, side * 2)),
-            Self::Unshuffle2 => bail!("unshuffle2 needs model channels divisible by 4, got {channels}"),
-        }
-    }
-
-    /// Model space -> pixels in about [-1, 1].
-    pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
-        match self {
-            Self::Vae(v) => v.model.decode(z / v.config.scaling_factor),
-            Self::None => z,
-            Self::Unshuffle2 => pixel_shuffle(z, 2),
-        }
-    }
-
-    /// Pixels in [-1, 1] -> model space (for the VAE: a posterior sample from `noise`).
-    pub fn encode(&self, x: Tensor<4>, noise: impl FnOnce(&Tensor<4>) -> Tensor<4>) -> Tensor<4> {
-        match self {
-            Self::Vae(v) => {
-                let posterior = v.model.encode(x);
-                let eps = noise(&posterior.mean);
-                posterior.sample(eps) * v.config.scaling_factor
-            }
-            Self::None => x,
-            Self::Unshuffle2 => pixel_unshuffle(x, 2),
-        }
-    }
+/// Guidance when none is asked for: the paper's for models with a null class, else none.
+pub fn default_cfg_scale(config: &ModelConfig) -> f64 {
+    if config.has_null_class() { PAPER_CFG_SCALE } else { 1.0 }
 }
 
 /// Which classes to draw.
@@ -103,8 +50,7 @@ impl Classes {
         match self {
             Self::Listed(list) => list[index % list.len()],
             Self::Random => {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6c61_6265_6c73); // "labels"
-                rng.set_stream(index as u64);
+                let mut rng = Stream::RandomClass { index: index as u64 }.rng(seed);
                 (rng.next_u64() % num_classes as u64) as usize
             }
         }
@@ -120,29 +66,6 @@ pub struct Settings {
     pub cfg_scale: f64,
     pub seed: u64,
     pub classes: Classes,
-}
-
-/// A batch of finished samples.
-pub struct Images {
-    /// uint8, NHWC.
-    pub pixels: Vec<u8>,
-    pub labels: Vec<i64>,
-    pub side: usize,
-    pub channels: usize,
-}
-
-impl Images {
-    /// Adds `other`'s samples (of the same size) after these.
-    pub fn append(&mut self, other: Images) {
-        self.pixels.extend(other.pixels);
-        self.labels.extend(other.labels);
-    }
-
-    /// Keeps the first `n` samples.
-    pub fn truncate(&mut self, n: usize) {
-        self.pixels.truncate(n * self.side * self.side * self.channels);
-        self.labels.truncate(n);
-    }
 }
 
 /// Draws samples `first..first + count` with one batched run.
@@ -216,292 +139,6 @@ impl Generator<'_> {
         let pixels = bytes.convert::<f32>().as_slice::<f32>().expect("f32").iter().map(|&v| v as u8).collect();
         Ok(Images { pixels, labels, side: h, channels })
     }
-}
-
-/// Writes `NNNNNN.png` for each sample (index from `first`) into `dir`.
-pub fn write_pngs(dir: &Path, first: usize, images: &Images) -> Result<()> {
-    let per = images.side * images.side * images.channels;
-    for (i, px) in images.pixels.chunks_exact(per).enumerate() {
-        write_png(&dir.join(format!("{:06}.png", first + i)), px, images.side, images.side, images.channels)?;
-    }
-    Ok(())
-}
-
-fn write_png(path: &Path, pixels: &[u8], w: usize, h: usize, channels: usize) -> Result<()> {
-    let color = match channels {
-        1 => image::ExtendedColorType::L8,
-        3 => image::ExtendedColorType::Rgb8,
-        other => bail!("cannot write a {other}-channel image as PNG"),
-    };
-    let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(pixels, w as u32, h as u32, color)
-        .with_context(|| format!("cannot encode {}", path.display()))?;
-    crate::checkpoint::write_atomic(path, &bytes)
-}
-
-/// A grid of the samples, `cols` per row, each with its class printed above it: the name
-/// where the model has names (wrapped onto two lines, cut to the image width), else the index.
-pub fn write_grid(path: &Path, images: &Images, cols: usize, names: &ClassNames) -> Result<()> {
-    let (s, c) = (images.side, images.channels);
-    let n = images.labels.len();
-    let cols = cols.clamp(1, n.max(1));
-    let rows = n.div_ceil(cols);
-    let lines = if names.is_empty() { 1 } else { 2 };
-    let (label_h, pad) = (6 * lines + 3, 2);
-    let (cell_w, cell_h) = (s + pad, s + pad + label_h);
-    let (gw, gh) = (cols * cell_w + pad, rows * cell_h + pad);
-    let mut grid = vec![255u8; gw * gh * c];
-    for (i, (px, &label)) in images.pixels.chunks_exact(s * s * c).zip(&images.labels).enumerate() {
-        let (x0, y0) = (pad + (i % cols) * cell_w, pad + (i / cols) * cell_h);
-        let text = names.short(label as usize).map_or_else(|| label.to_string(), str::to_uppercase);
-        for (k, line) in wrap(&text, s / GLYPH_ADVANCE, lines).iter().enumerate() {
-            draw_text(&mut grid, gw, c, x0, y0 + 1 + 6 * k, line, x0 + s);
-        }
-        for y in 0..s {
-            let dst = ((y0 + label_h + y) * gw + x0) * c;
-            grid[dst..dst + s * c].copy_from_slice(&px[y * s * c..(y + 1) * s * c]);
-        }
-    }
-    write_png(path, &grid, gw, gh, c)
-}
-
-/// Pixels from one character to the next in the 3x5 font.
-const GLYPH_ADVANCE: usize = 4;
-
-/// Splits `text` at spaces and after slashes into at most `lines` lines of at most `width`
-/// characters (words longer than a line are cut).
-fn wrap(text: &str, width: usize, lines: usize) -> Vec<String> {
-    let width = width.max(1);
-    let mut out: Vec<String> = Vec::new();
-    for word in text.replace('/', "/ ").split(' ').filter(|w| !w.is_empty()) {
-        match out.last_mut() {
-            Some(line) if line.len() + 1 + word.len() <= width => {
-                if !line.ends_with('/') {
-                    line.push(' ');
-                }
-                line.push_str(word);
-            }
-            _ => out.push(word.chars().take(width).collect()),
-        }
-    }
-    out.truncate(lines);
-    out
-}
-
-/// Draws `text` in a 3x5 pixel font, dark on the white margin, clipped at column `x_end`.
-fn draw_text(buf: &mut [u8], width: usize, channels: usize, x0: usize, y0: usize, text: &str, x_end: usize) {
-    for (k, ch) in text.chars().enumerate() {
-        for (row, bits) in glyph(ch).iter().enumerate() {
-            for col in 0..3 {
-                let (x, y) = (x0 + k * GLYPH_ADVANCE + col, y0 + row);
-                let at = (y * width + x) * channels;
-                if bits & (4 >> col) != 0 && x < x_end.min(width) && at + channels <= buf.len() {
-                    buf[at..at + channels].fill(0);
-                }
-            }
-        }
-    }
-}
-
-/// Rows of a 3x5 glyph, 3 bits each (4 = left column); unknown characters draw as `?`.
-fn glyph(ch: char) -> [u8; 5] {
-    const DIGITS: [[u8; 5]; 10] = [
-        [7, 5, 5, 5, 7],
-        [2, 6, 2, 2, 7],
-        [7, 1, 7, 4, 7],
-        [7, 1, 7, 1, 7],
-        [5, 5, 7, 1, 1],
-        [7, 4, 7, 1, 7],
-        [7, 4, 7, 5, 7],
-        [7, 1, 1, 1, 1],
-        [7, 5, 7, 5, 7],
-        [7, 5, 7, 1, 7],
-    ];
-    const LETTERS: [[u8; 5]; 26] = [
-        [2, 5, 7, 5, 5],
-        [6, 5, 6, 5, 6],
-        [3, 4, 4, 4, 3],
-        [6, 5, 5, 5, 6],
-        [7, 4, 6, 4, 7],
-        [7, 4, 6, 4, 4],
-        [3, 4, 5, 5, 3],
-        [5, 5, 7, 5, 5],
-        [7, 2, 2, 2, 7],
-        [1, 1, 1, 5, 2],
-        [5, 5, 6, 5, 5],
-        [4, 4, 4, 4, 7],
-        [5, 7, 7, 5, 5],
-        [6, 5, 5, 5, 5],
-        [2, 5, 5, 5, 2],
-        [6, 5, 6, 4, 4],
-        [2, 5, 5, 6, 3],
-        [6, 5, 6, 5, 5],
-        [3, 4, 2, 1, 6],
-        [7, 2, 2, 2, 2],
-        [5, 5, 5, 5, 7],
-        [5, 5, 5, 5, 2],
-        [5, 5, 7, 7, 5],
-        [5, 5, 2, 5, 5],
-        [5, 5, 2, 2, 2],
-        [7, 1, 2, 4, 7],
-    ];
-    match ch {
-        '0'..='9' => DIGITS[ch as usize - '0' as usize],
-        'A'..='Z' => LETTERS[ch as usize - 'A' as usize],
-        ' ' => [0; 5],
-        '-' => [0, 0, 7, 0, 0],
-        '/' => [1, 1, 2, 4, 4],
-        '.' => [0, 0, 0, 0, 2],
-        '\'' => [2, 2, 0, 0, 0],
-        '(' => [1, 2, 2, 2, 1],
-        ')' => [4, 2, 2, 2, 4],
-        _ => [7, 1, 2, 0, 2],
-    }
-}
-
-/// A `--num-samples N --npz FILE` run in batches of `batch`: every finished batch is kept
-/// in `FILE.parts/` (so an interrupted run resumes where it stopped, and shards of one run
-/// can share the folder); when all batches exist they are merged into FILE.
-pub struct NpzRun {
-    pub npz: PathBuf,
-    pub num_samples: usize,
-    pub batch: usize,
-}
-
-impl NpzRun {
-    pub fn parts_dir(&self) -> PathBuf {
-        let mut name = self.npz.file_name().unwrap_or_default().to_os_string();
-        name.push(".parts");
-        self.npz.with_file_name(name)
-    }
-
-    pub fn num_batches(&self) -> usize {
-        self.num_samples.div_ceil(self.batch)
-    }
-
-    fn part(&self, b: usize) -> PathBuf {
-        self.parts_dir().join(format!("batch-{b:06}-of-{:06}-size-{}.npz", self.num_batches(), self.batch))
-    }
-
-    /// Batches of shard `shard` of `shards` that are not done yet.
-    pub fn pending(&self, shard: usize, shards: usize) -> Vec<usize> {
-        (0..self.num_batches()).filter(|b| b % shards == shard && !self.part(*b).exists()).collect()
-    }
-
-    /// Sample range of batch `b`.
-    pub fn range(&self, b: usize) -> std::ops::Range<usize> {
-        b * self.batch..((b + 1) * self.batch).min(self.num_samples)
-    }
-
-    pub fn save_part(&self, b: usize, images: &Images) -> Result<()> {
-        std::fs::create_dir_all(self.parts_dir())
-            .with_context(|| format!("cannot create {}", self.parts_dir().display()))?;
-        write_npz(&self.part(b), images)
-    }
-
-    /// Batches not written yet.
-    pub fn missing(&self) -> Vec<usize> {
-        (0..self.num_batches()).filter(|b| !self.part(*b).exists()).collect()
-    }
-
-    /// Merges the parts into the `.npz` once every batch is there; returns whether it did.
-    pub fn merge(&self) -> Result<bool> {
-        if !self.missing().is_empty() {
-            return Ok(false);
-        }
-        let mut all: Option<Images> = None;
-        for b in 0..self.num_batches() {
-            let part = read_npz(&self.part(b))?;
-            match &mut all {
-                None => all = Some(part),
-                Some(a) => {
-                    if (a.side, a.channels) != (part.side, part.channels) {
-                        bail!("{} holds images of another size", self.part(b).display());
-                    }
-                    a.append(part);
-                }
-            }
-        }
-        let all = all.context("no samples")?;
-        write_npz(&self.npz, &all)?;
-        std::fs::remove_dir_all(self.parts_dir()).ok();
-        Ok(true)
-    }
-}
-
-/// `udit merge-npz`: merges a complete run, or says that the `.npz` is already complete (the
-/// last shard merged it), or names the batches still missing. Returns what it did.
-pub fn merge_npz(run: &NpzRun) -> Result<String> {
-    if run.npz.is_file() && !run.parts_dir().exists() {
-        return Ok(format!("{} is already complete (the last shard merged it)", run.npz.display()));
-    }
-    if !run.parts_dir().is_dir() {
-        bail!("nothing to merge: {} does not exist", run.parts_dir().display());
-    }
-    let missing = run.missing();
-    if !missing.is_empty() {
-        bail!(
-            "{} of {} batches are missing in {}: {} (run the shards that own them)",
-            missing.len(),
-            run.num_batches(),
-            run.parts_dir().display(),
-            ranges(&missing)
-        );
-    }
-    run.merge()?;
-    Ok(format!("wrote {} samples to {}", run.num_samples, run.npz.display()))
-}
-
-/// "0-3, 7, 9-10" for sorted indices.
-fn ranges(sorted: &[usize]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let mut j = i;
-        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
-        i = j + 1;
-    }
-    parts.join(", ")
-}
-
-/// ADM layout: `arr_0` uint8 `[N, H, W, C]`, `arr_1` int64 labels. Written atomically.
-pub fn write_npz(path: &Path, images: &Images) -> Result<()> {
-    use npyz::WriterBuilder;
-    let n = images.labels.len() as u64;
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut npz = npyz::npz::NpzWriter::new(&mut buf);
-        let (s, c) = (images.side as u64, images.channels as u64);
-        let mut w = npz.array::<u8>("arr_0", Default::default())?.default_dtype().shape(&[n, s, s, c]).begin_nd()?;
-        w.extend(images.pixels.iter().copied())?;
-        w.finish()?;
-        let mut w = npz.array::<i64>("arr_1", Default::default())?.default_dtype().shape(&[n]).begin_nd()?;
-        w.extend(images.labels.iter().copied())?;
-        w.finish()?;
-    }
-    crate::checkpoint::write_atomic(path, buf.get_ref())
-}
-
-/// Reads an ADM-layout `.npz` (`arr_0` uint8 NHWC with square images, `arr_1` labels if present).
-pub fn read_npz(path: &Path) -> Result<Images> {
-    let file = std::io::BufReader::new(crate::checkpoint::open_file(path)?);
-    let mut npz =
-        npyz::npz::NpzArchive::new(file).with_context(|| format!("cannot read {} as .npz", path.display()))?;
-    let arr = npz.by_name("arr_0")?.with_context(|| format!("{} has no arr_0", path.display()))?;
-    let shape = arr.shape().to_vec();
-    if shape.len() != 4 || shape[1] != shape[2] {
-        bail!("{}: arr_0 must be [N, H, W, C] with square images, got {shape:?}", path.display());
-    }
-    let pixels: Vec<u8> = arr.into_vec().with_context(|| format!("{}: arr_0 must be uint8", path.display()))?;
-    let labels = match npz.by_name("arr_1")? {
-        Some(l) => l.into_vec::<i64>().with_context(|| format!("{}: arr_1 must be int64", path.display()))?,
-        None => vec![-1; shape[0] as usize],
-    };
-    Ok(Images { pixels, labels, side: shape[1] as usize, channels: shape[3] as usize })
 }
 
 /// Progress over denoiser steps (one unit per image and step), with a "decoding" phase
@@ -582,12 +219,4 @@ pub fn run_npz(g: &Generator, run: &NpzRun, shard: usize, shards: usize) -> Resu
     }
     progress.finish();
     run.merge()
-}
-
-fn ensure_writable_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
-    let probe = dir.join(".udit-write-test");
-    std::fs::write(&probe, b"").with_context(|| format!("cannot write into {}", dir.display()))?;
-    std::fs::remove_file(probe).ok();
-    Ok(())
 }

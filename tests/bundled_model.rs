@@ -8,10 +8,11 @@ use std::path::Path;
 use burn::prelude::*;
 use common::*;
 use udit::checkpoint::{load_denoiser, read_weights};
+use udit::codec::Codec;
 use udit::diffusion::GaussianDiffusion;
 use udit::diffusion::samplers::Sampler;
 use udit::eval::classifier::Classifier;
-use udit::sample::{Classes, Codec, Generator, Settings};
+use udit::sample::{Classes, Generator, Settings};
 
 #[test]
 fn bundled_model_draws_the_requested_garments() {

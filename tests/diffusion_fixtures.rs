@@ -4,8 +4,9 @@ mod common;
 
 use burn::prelude::*;
 use common::*;
-use udit::diffusion::samplers::{NoiseStreams, Sampler};
+use udit::diffusion::samplers::Sampler;
 use udit::diffusion::{GaussianDiffusion, space_timesteps};
+use udit::rng::NoiseStreams;
 
 const TOL: f32 = 1e-5;
 

@@ -3,7 +3,8 @@
 mod common;
 
 use common::*;
-use udit::sample::{Images, write_npz};
+use udit::io::Images;
+use udit::io::npz::write_npz;
 
 fn images(n: usize, side: usize, channels: usize, seed: u64) -> Images {
     let mut state = seed;

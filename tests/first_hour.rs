@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use udit::classes::ClassNames;
-use udit::sample::{NpzRun, merge_npz};
+use udit::io::npz::{NpzRun, merge_npz};
 
 #[test]
 fn classes_parse_by_index_and_by_name() {
@@ -78,7 +78,7 @@ fn merge_npz_after_the_last_shard_and_with_missing_batches() {
     let dir = tempfile::tempdir().unwrap();
     let run = NpzRun { npz: dir.path().join("s.npz"), num_samples: 10, batch: 2 };
     assert!(format!("{:#}", merge_npz(&run).unwrap_err()).contains("nothing to merge"));
-    let images = |n: usize| udit::sample::Images { pixels: vec![7; n * 4], labels: vec![1; n], side: 2, channels: 1 };
+    let images = |n: usize| udit::io::Images { pixels: vec![7; n * 4], labels: vec![1; n], side: 2, channels: 1 };
     for b in [0, 2, 3] {
         run.save_part(b, &images(2)).unwrap();
     }
@@ -103,7 +103,7 @@ fn refused_training_starts_leave_nothing_behind() {
     std::fs::write(&cfg, tiny).unwrap();
     let cfg = cfg.to_str().unwrap();
     let (ok, _, err) = udit(&["train", "--out", out_s, "--config", cfg, "--dataset", "latents", "--steps", "0"]);
-    assert!(!ok && err.contains("needs --data-dir"), "{err}");
+    assert!(!ok && err.contains("needs a directory"), "{err}");
     let missing = dir.path().join("nothing-here");
     let base = ["train", "--out", out_s, "--config", cfg, "--dataset", "latents", "--data-dir"];
     let (ok, _, err) = udit(&[&base[..], &[missing.to_str().unwrap(), "--steps", "0"]].concat());

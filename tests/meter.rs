@@ -4,7 +4,7 @@
 use burn::prelude::*;
 use udit::data::fashion_mnist::{DEFAULT_DIR, FashionMnist, SIDE, Split};
 use udit::eval::classifier::{Classifier, accuracy, meter, train};
-use udit::sample::Images;
+use udit::io::Images;
 
 fn data(split: Split) -> FashionMnist {
     FashionMnist::load(std::path::Path::new(DEFAULT_DIR), split).expect("Debian's dataset-fashion-mnist is installed")

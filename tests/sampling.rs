@@ -5,10 +5,14 @@ mod common;
 use burn::prelude::*;
 use common::*;
 use udit::checkpoint::{load_denoiser, read_weights};
+use udit::codec::Codec;
 use udit::diffusion::GaussianDiffusion;
-use udit::diffusion::samplers::{NoiseStreams, Sampler};
+use udit::diffusion::samplers::Sampler;
+use udit::io::Images;
+use udit::io::npz::{NpzRun, read_npz};
 use udit::model::{Denoiser, ModelConfig};
-use udit::sample::{Classes, Codec, Generator, Images, NpzRun, Settings, read_npz};
+use udit::rng::NoiseStreams;
+use udit::sample::{Classes, Generator, Settings};
 
 struct Setup {
     model: Denoiser,

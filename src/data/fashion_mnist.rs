@@ -97,7 +97,10 @@ fn read_idx(dir: &Path, name: &str, magic: u32) -> Result<(Vec<usize>, Vec<u8>)>
         std::fs::read(&plain).with_context(|| format!("cannot read {}", plain.display()))?
     } else {
         let f = std::fs::File::open(&gz).with_context(|| {
-            format!("no {name}[.gz] in {} (install Debian's dataset-fashion-mnist, or pass --data DIR)", dir.display())
+            format!(
+                "no {name}[.gz] in {} (install Debian's dataset-fashion-mnist, or give its directory)",
+                dir.display()
+            )
         })?;
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(f)

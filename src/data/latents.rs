@@ -12,8 +12,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use burn::tensor::TensorData;
 
 use super::{Dataset, Space};
+use crate::codec::Codec;
+use crate::rng::{Stream, push_normals};
 
 pub const LATENTS_FILE: &str = "latents.npy";
 pub const LABELS_FILE: &str = "labels.npy";
@@ -240,4 +244,56 @@ fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out.extend((dict.len() as u16).to_le_bytes());
     out.extend(dict.into_bytes());
     out
+}
+
+/// `udit extract-features`: encodes every image of an ImageNet-layout folder (ADM center
+/// crop, no flip) with the VAE (a posterior sample times the scaling factor, as fast-DiT) into
+/// `out/latents.npy` and `out/labels.npy`. Returns the number of latents.
+#[allow(clippy::too_many_arguments)]
+pub fn extract_features(
+    root: &Path,
+    image_size: usize,
+    vae: &str,
+    out: &Path,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<usize> {
+    if batch == 0 {
+        bail!("the batch size must be positive");
+    }
+    let images = super::image_folder::ImageFolder::open(root, image_size)?;
+    let codec = Codec::open(vae, device)?;
+    let Codec::Vae(v) = &codec else { bail!("latents need a VAE, not {vae:?}") };
+    let side = image_size / v.config.downscale();
+    let shape = [v.config.latent_channels, side, side];
+    let n = images.len();
+    let mut writer = LatentWriter::create(out, n, shape)?;
+    let per = shape.iter().product::<usize>();
+    for first in (0..n).step_by(batch) {
+        let count = batch.min(n - first);
+        let mut x = vec![0f32; count * 3 * image_size * image_size];
+        let labels = {
+            use rayon::prelude::*;
+            x.par_chunks_mut(3 * image_size * image_size)
+                .enumerate()
+                .map(|(k, out)| images.read(first + k, false, out).map(|l| l as i64))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let pixels = Tensor::<4>::from_data(TensorData::new(x, [count, 3, image_size, image_size]), device);
+        let mut noise = Vec::with_capacity(count * per);
+        for i in first..first + count {
+            let mut rng = Stream::Posterior { index: i as u64 }.rng(seed);
+            push_normals(&mut rng, per, &mut noise);
+        }
+        let z = codec.encode(pixels, |mean| Tensor::from_data(TensorData::new(noise, mean.dims()), device));
+        writer.push(
+            &z.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            &labels,
+        )?;
+        on_progress(first + count, n);
+    }
+    writer.finish()?;
+    Ok(n)
 }

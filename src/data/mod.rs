@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use anyhow::{Result, bail};
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::RngCore;
 use rayon::prelude::*;
+
+use crate::rng::{Stream, below};
 
 /// What a dataset's samples are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +49,6 @@ pub struct HostBatch {
     pub shape: [usize; 4],
 }
 
-/// Stream ids that keep the loader's random draws apart from each other.
-const ORDER_STREAM: u64 = 1 << 40;
-const FLIP_STREAM: u64 = 2 << 40;
-
 /// Dataset positions of the `batch` samples of step `step`: epoch `e` visits the samples in
 /// a seeded random order, and step `s` takes positions `s * batch .. (s + 1) * batch` of the
 /// epochs laid end to end.
@@ -72,8 +69,7 @@ pub fn batch_indices(len: usize, seed: u64, step: u64, batch: usize) -> Vec<usiz
 
 /// A Fisher-Yates shuffle of `0..len` from the seed's stream for `epoch`.
 fn permutation(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(ORDER_STREAM + epoch);
+    let mut rng = Stream::Order { epoch }.rng(seed);
     let mut order: Vec<usize> = (0..len).collect();
     for i in (1..len).rev() {
         order.swap(i, below(&mut rng, i as u64 + 1) as usize);
@@ -81,18 +77,11 @@ fn permutation(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-/// A uniform integer in `0..n` (Lemire's multiply-shift; the bias is below 2^-40 for any n
-/// this project meets).
-pub fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
-    ((rng.next_u64() as u128 * n as u128) >> 64) as u64
-}
-
 /// Reads the batch of `step`: the samples in parallel, each mirrored with probability 1/2
 /// when `flip` is on.
 pub fn read_batch(data: &dyn Dataset, seed: u64, step: u64, batch: usize, flip: bool) -> Result<HostBatch> {
     let indices = batch_indices(data.len(), seed, step, batch);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(FLIP_STREAM + step);
+    let mut rng = Stream::Flips { step }.rng(seed);
     let flips: Vec<bool> = indices.iter().map(|_| flip && rng.next_u32() & 1 == 1).collect();
     let [c, h, w] = data.shape();
     let per = c * h * w;

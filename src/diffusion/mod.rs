@@ -45,7 +45,16 @@ pub struct Losses {
     pub vb: Tensor<1>,
 }
 
+/// Diffusion steps of DiT and U-DiT (`create_diffusion(timestep_respacing="")`): training
+/// draws t in 0..1000 and samplers respace this process.
+pub const NUM_TIMESTEPS: usize = 1000;
+
 impl GaussianDiffusion {
+    /// The process of the published models: [`NUM_TIMESTEPS`] linear betas.
+    pub fn reference() -> Self {
+        Self::linear(NUM_TIMESTEPS)
+    }
+
     /// DiT's schedule: `steps` linear betas from 1e-4 to 0.02 (scaled to 1000 steps).
     pub fn linear(steps: usize) -> Self {
         let scale = 1000.0 / steps as f64;

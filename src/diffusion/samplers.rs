@@ -4,11 +4,9 @@
 
 use anyhow::{Result, bail};
 use burn::prelude::*;
-use burn::tensor::TensorData;
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
 
 use super::GaussianDiffusion;
+use crate::rng::NoiseStreams;
 
 /// A denoiser call: x_t `[N, C, H, W]` and model timesteps `[N]` -> output whose first C
 /// channels are eps (any further channels are the learned variance).
@@ -38,6 +36,14 @@ impl std::str::FromStr for Sampler {
 }
 
 impl Sampler {
+    /// A sampler by name (`ancestral`, `ddim`, `dpm++`); `eta` is DDIM's (0 = deterministic).
+    pub fn named(name: &str, eta: f64) -> Result<Self> {
+        Ok(match name.parse()? {
+            Self::Ddim { .. } => Self::Ddim { eta },
+            other => other,
+        })
+    }
+
     /// The usual number of steps: 250 for ancestral (the paper's protocol), 25 otherwise.
     pub fn default_steps(&self) -> usize {
         match self {
@@ -162,54 +168,4 @@ fn dpm_solver_pp_2m(
         previous = Some((x0, h));
     }
     Ok(x)
-}
-
-/// Gaussian noise with one independent stream per sample index: sample i draws the same
-/// numbers whatever batch it is in, so runs can be resumed and sharded.
-pub struct NoiseStreams {
-    rngs: Vec<ChaCha8Rng>,
-    shape: [usize; 3],
-}
-
-impl NoiseStreams {
-    /// Streams for samples `first..first + count` of a run seeded with `seed`.
-    pub fn new(seed: u64, first: usize, count: usize, shape: [usize; 3]) -> Self {
-        let rngs = (first..first + count)
-            .map(|i| {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(i as u64);
-                rng
-            })
-            .collect();
-        Self { rngs, shape }
-    }
-
-    /// The next `[count, C, H, W]` standard normal draw (Box-Muller on 53-bit uniforms).
-    pub fn next(&mut self, device: &Device) -> Tensor<4> {
-        let per = self.shape.iter().product::<usize>();
-        let mut values = Vec::with_capacity(self.rngs.len() * per);
-        for rng in &mut self.rngs {
-            push_normals(rng, per, &mut values);
-        }
-        let [c, h, w] = self.shape;
-        Tensor::from_data(TensorData::new(values, [self.rngs.len(), c, h, w]), device)
-    }
-}
-
-/// Appends `count` standard normal draws from `rng` to `out` (Box-Muller on 53-bit uniforms).
-pub fn push_normals(rng: &mut ChaCha8Rng, count: usize, out: &mut Vec<f32>) {
-    let end = out.len() + count;
-    for _ in 0..count.div_ceil(2) {
-        let (u1, u2) = (unit_uniform(rng), unit_uniform(rng));
-        let r = (-2.0 * u1.ln()).sqrt();
-        let a = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * a.cos()) as f32);
-        out.push((r * a.sin()) as f32);
-    }
-    out.truncate(end);
-}
-
-/// A uniform draw in (0, 1) from the top 53 bits.
-pub fn unit_uniform(rng: &mut ChaCha8Rng) -> f64 {
-    ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }

@@ -11,8 +11,6 @@ use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
 
 use crate::data::fashion_mnist::{FashionMnist, SIDE, to_model_space};
 use crate::model::layers::{Conv2d, Init, Linear};
@@ -102,19 +100,19 @@ pub fn train(
     on_step: &mut dyn FnMut(),
 ) -> Result<(Classifier, f64)> {
     if epochs == 0 {
-        bail!("--epochs must be at least 1");
+        bail!("training needs at least 1 epoch");
     }
     let ad = device.clone().autodiff();
     device.seed(seed);
     let mut model = Classifier::new(&ad);
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let n = limit.unwrap_or(train.len()).min(train.len());
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = crate::rng::Stream::ClassifierOrder.rng(seed);
     let mut order: Vec<usize> = (0..n).collect();
     let mut acc = 0.0;
     for epoch in 0..epochs {
         for i in (1..n).rev() {
-            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+            order.swap(i, crate::rng::below(&mut rng, i as u64 + 1) as usize);
         }
         for idx in order.chunks(128) {
             let (x, y) = train.batch(idx, &ad);
@@ -149,7 +147,7 @@ pub struct MeterScores {
 /// Scores uint8 32x32 grayscale samples with their requested labels.
 pub fn meter(
     model: &Classifier,
-    samples: &crate::sample::Images,
+    samples: &crate::io::Images,
     test: &FashionMnist,
     device: &Device,
 ) -> Result<MeterScores> {

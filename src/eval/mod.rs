@@ -12,7 +12,7 @@ use burn::prelude::*;
 
 use self::inception::{InceptionV3, preprocess};
 use self::metrics::{Stats, frechet_distance, inception_score, precision_recall};
-use crate::sample::Images;
+use crate::io::Images;
 
 /// Inception outputs of a set of images, row-major.
 pub struct Activations {

@@ -1,6 +1,7 @@
 //! The denoisers: U-DiT ([`udit`]) and the DiT baseline ([`dit`]), behind one [`Denoiser`]
 //! type that samplers and training call without knowing which network it is.
 
+pub mod choice;
 pub mod cpu;
 #[cfg(not(feature = "cuda"))]
 pub mod depthwise;
@@ -13,6 +14,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use choice::ModelChoice;
 pub use dit::{DiT, DiTConfig};
 pub use layers::Trace;
 pub use udit::{UDiT, UDiTConfig};

@@ -26,7 +26,7 @@ pub fn plot_loss(log: &Path, out: &Path, font: &Path) -> Result<()> {
         bail!("{} has {} entries; a curve needs at least 2", log.display(), lines.len());
     }
     let font_bytes = std::fs::read(font).with_context(|| {
-        format!("cannot read the font {} (install fonts-dejavu-core, or pass --font FILE.ttf)", font.display())
+        format!("cannot read the font {} (install fonts-dejavu-core, or give another TrueType font)", font.display())
     })?;
     let font_bytes: &'static [u8] = Box::leak(font_bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font_bytes)

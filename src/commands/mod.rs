@@ -1,0 +1,247 @@
+//! What each `udit` subcommand does: its flags (clap `Args`, each with help and default) and
+//! one function that runs it. `main.rs` only parses the command line and calls these; the
+//! rules they apply live in the library modules they call.
+
+pub mod eval;
+pub mod sample;
+pub mod train;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use clap::Args;
+
+use crate::checkpoint::{self, read_weights};
+use crate::cost::Cost;
+use crate::model::{Denoiser, ModelChoice};
+
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
+    /// Weights whose stored configuration and class names to describe. Default, when no
+    /// model is named: the bundled Fashion-MNIST U-DiT.
+    #[arg(long)]
+    pub ckpt: Option<String>,
+    /// Print one JSON object with `params`, `params_merged`, `macs`.
+    #[arg(long)]
+    pub json: bool,
+    /// List every class name (short lists are always shown).
+    #[arg(long)]
+    pub classes: bool,
+}
+
+pub fn info(a: InfoArgs) -> Result<()> {
+    let named = a.model.model.is_some() || a.model.config.is_some();
+    let weights = match (&a.ckpt, named) {
+        (Some(c), _) => Some(read_weights(&crate::hub::resolve(c, &[])?, None)?),
+        (None, false) => Some(read_weights(std::path::Path::new(crate::BUNDLED_MODEL), None)?),
+        (None, true) => None,
+    };
+    let cfg = a.model.resolve(weights.as_ref().and_then(|w| w.config.as_ref()))?;
+    let cost = Cost::of(&cfg);
+    if a.json {
+        println!("{}", serde_json::to_string(&cost)?);
+        return Ok(());
+    }
+    println!("{}", crate::model::describe(&cfg));
+    let training_form = if cost.params != cost.params_merged {
+        format!(" (training form {:.2}M)", cost.params as f64 / 1e6)
+    } else {
+        String::new()
+    };
+    println!("parameters      {:>10.2}M{training_form}", cost.params_merged as f64 / 1e6);
+    let s = cfg.input_size();
+    println!("forward GMACs   {:>10.2} (batch 1, {s}x{s} latent)", cost.macs as f64 / 1e9);
+    let metadata = weights.map(|w| w.metadata).unwrap_or_default();
+    let names = crate::classes::ClassNames::for_model(&metadata, cfg.num_classes())?;
+    if a.classes || (!names.is_empty() && names.names().len() <= 20) {
+        println!("classes (`udit sample --class` takes the index or a name):");
+        for (i, name) in names.names().iter().enumerate() {
+            println!("{i:>5}  {name}");
+        }
+    } else if !names.is_empty() {
+        println!("classes: {} named (`udit info --classes` lists them)", names.names().len());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
+    /// Weights: .safetensors or PyTorch .pt (state dict or training checkpoint).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Which state dict of a training checkpoint (default: ema, else model).
+    #[arg(long)]
+    pub entry: Option<String>,
+    /// Safetensors with `x` [N,C,H,W], `t` [N] and `y` [N].
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Where to write `out`.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Run the re-parametrized FFN in its training form instead of merging it.
+    #[arg(long)]
+    pub train_form: bool,
+    /// Classifier-free guidance scale: the batch is [conditional; null-class] halves.
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
+}
+
+pub fn forward(a: ForwardArgs) -> Result<()> {
+    let device = crate::default_device();
+    let weights = read_weights(&a.weights, a.entry.as_deref())?;
+    let cfg = a.model.resolve(weights.config.as_ref())?;
+    let mut model = checkpoint::load_denoiser(&cfg, &weights, &device)?;
+    if !a.train_form {
+        model = model.merged();
+    }
+    let inputs = read_weights(&a.inputs, None).context("reading --inputs")?.tensors;
+    let (x, t, y) = crate::model::inputs_from(&inputs, &cfg, &device)?;
+    let out = match a.cfg_scale {
+        Some(s) => {
+            let n = x.dims()[0];
+            if n % 2 != 0 {
+                bail!("--cfg-scale needs an even batch ([conditional; null-class] halves), got {n}");
+            }
+            if !cfg.has_null_class() {
+                bail!("this model has no null class (class_dropout_prob 0), so it cannot be guided");
+            }
+            model.forward_with_cfg(x, t, y, s, cfg.guided_channels())
+        }
+        None => model.forward(x, t, y),
+    };
+    let out = checkpoint::StateDict::from([("out".to_string(), out.into_data())]);
+    checkpoint::write_safetensors(&a.output, &out, vec![])?;
+    eprintln!("wrote out {:?} to {}", out["out"].shape().to_vec(), a.output.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// Input weights (.pt or .safetensors).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Which state dict of a training checkpoint (default: ema, else model).
+    #[arg(long)]
+    pub entry: Option<String>,
+    /// Output .safetensors.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Merge the re-parametrized FFN branches (needs --model or --config).
+    #[arg(long)]
+    pub merge: bool,
+    #[command(flatten)]
+    pub model: ModelChoice,
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    let weights = read_weights(&a.weights, a.entry.as_deref())?;
+    let stored = weights.config.clone();
+    let names = crate::classes::ClassNames::stored(&weights.metadata)?;
+    let wants_model = a.merge || a.model.model.is_some() || a.model.config.is_some();
+    if !wants_model {
+        let meta = match &stored {
+            Some(cfg) => checkpoint::model_metadata(cfg, weights.codec.as_deref(), &names)?,
+            None => vec![],
+        };
+        checkpoint::write_safetensors(&a.output, &weights.tensors, meta)?;
+        eprintln!("wrote {} tensors to {}", weights.tensors.len(), a.output.display());
+        return Ok(());
+    }
+    if stored.is_none() && a.model.model.is_none() && a.model.config.is_none() {
+        bail!("--merge needs the model: --model NAME or --config FILE.json (the weights carry none)");
+    }
+    let cfg = a.model.resolve(stored.as_ref())?;
+    let device = Device::flex();
+    let mut model: Denoiser = checkpoint::load_denoiser(&cfg, &weights, &device)?;
+    if a.merge {
+        model = model.merged();
+    }
+    let tensors = checkpoint::state_dict(&model);
+    let meta = checkpoint::model_metadata(&cfg, weights.codec.as_deref(), &names)?;
+    checkpoint::write_safetensors(&a.output, &tensors, meta)?;
+    eprintln!(
+        "wrote {} tensors{} to {}",
+        tensors.len(),
+        if a.merge { " (FFN merged)" } else { "" },
+        a.output.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
+    /// Samples per forward pass (or training step).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Time forward + backward + AdamW step instead of the forward pass.
+    #[arg(long)]
+    pub train: bool,
+    /// Timed runs (best and median are reported).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Untimed runs first (allocation and cache warm-up).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Print one JSON object with `best_ms`, `median_ms`, `gflops`.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead: time per image of guided sampling (one guided step plus SD-VAE decode)
+    /// for these step counts, e.g. `--sample-steps 250,25`.
+    #[arg(long, value_delimiter = ',')]
+    pub sample_steps: Vec<usize>,
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let cfg = a.model.resolve(None)?;
+    if a.batch == 0 || a.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    if !a.sample_steps.is_empty() {
+        let c = crate::bench::sample_cost(&cfg, a.batch, a.warmup, a.iters, &crate::default_device());
+        println!(
+            "guided step (batch {} x2): {:.1} ms, SD-VAE decode of {} (random weights, same cost): {:.1} ms",
+            a.batch, c.guided_step_ms, a.batch, c.decode_ms
+        );
+        for steps in a.sample_steps {
+            println!("{steps} steps: {:.2} s per image", c.seconds_per_image(steps));
+        }
+        return Ok(());
+    }
+    let r = crate::bench::run(&cfg, a.batch, a.train, a.warmup, a.iters, &crate::default_device());
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let what = if a.train { "train step" } else { "forward" };
+        println!(
+            "{what} batch {}: best {:.1} ms, median {:.1} ms over {} runs, {:.1} GFLOP/s",
+            a.batch, r.best_ms, r.median_ms, r.iters, r.gflops
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// A `udit train` log.jsonl.
+    pub log: PathBuf,
+    /// Where to write the PNG.
+    #[arg(long, default_value = "loss.png")]
+    pub out: PathBuf,
+    /// A TrueType font for the labels.
+    #[arg(long, default_value = crate::train::plot::DEFAULT_FONT)]
+    pub font: PathBuf,
+}
+
+/// `udit plot-loss`.
+pub fn plot_loss(a: PlotArgs) -> Result<()> {
+    crate::train::plot::plot_loss(&a.log, &a.out, &a.font)?;
+    eprintln!("wrote the loss curve of {} to {}", a.log.display(), a.out.display());
+    Ok(())
+}

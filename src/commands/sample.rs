@@ -1,0 +1,144 @@
+//! `udit sample` and `udit merge-npz`.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::checkpoint::{self, read_weights};
+use crate::classes::ClassNames;
+use crate::codec::{Codec, codec_spec};
+use crate::diffusion::GaussianDiffusion;
+use crate::diffusion::samplers::Sampler;
+use crate::io::npz::{NpzRun, parse_shard};
+use crate::model::ModelChoice;
+use crate::progress::plural;
+use crate::sample::{Classes, Generator, Settings, default_cfg_scale, run_npz, run_pngs};
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
+    /// Weights: .safetensors, .pt, or hf://OWNER/REPO/FILE. Default: the bundled
+    /// Fashion-MNIST U-DiT (assets/).
+    #[arg(long)]
+    pub ckpt: Option<String>,
+    /// Which state dict of a training checkpoint (default: ema, else model).
+    #[arg(long)]
+    pub entry: Option<String>,
+    /// Pixel codec: a diffusers AutoencoderKL directory or hf://OWNER/REPO, `none`
+    /// (pixel space) or `unshuffle2` (2x space-to-depth). Default for 4-channel models:
+    /// hf://stabilityai/sd-vae-ft-ema.
+    #[arg(long)]
+    pub vae: Option<String>,
+    /// Classes, comma-separated indices or names (cycled over the samples), or `random`.
+    /// The bundled model's: t-shirt/top, trouser, pullover, dress, coat, sandal, shirt,
+    /// sneaker, bag, ankle boot (0-9); ImageNet models take lemmas such as "golden retriever".
+    #[arg(long = "class", default_value = "random")]
+    pub classes: String,
+    /// Classifier-free guidance scale (1 = none). Default 1.5, the paper's, for models with
+    /// a null class.
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
+    /// ancestral (the reference, 250 steps), ddim, or dpm++ (DPM-Solver++(2M), 25 steps).
+    #[arg(long, default_value = "ancestral")]
+    pub sampler: String,
+    /// Denoiser calls (default: 250 for ancestral, 25 otherwise).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Seed of every sample's noise (and random class): sample i is the same in any batch or shard.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Samples per batch (does not change the samples, only speed and memory).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// How many samples.
+    #[arg(long, default_value_t = 16)]
+    pub num_samples: usize,
+    /// Output directory for PNGs and grid.png.
+    #[arg(long, default_value = "samples")]
+    pub out: PathBuf,
+    /// Samples per row of grid.png (default: a square grid). With `--class 0,1,...,9` and
+    /// 10 columns, each column is one class.
+    #[arg(long)]
+    pub grid_cols: Option<usize>,
+    /// Write an ADM-format .npz instead of PNGs (resumable; see --shard).
+    #[arg(long)]
+    pub npz: Option<PathBuf>,
+    /// i/n: run only batches b with b mod n = i (then `udit merge-npz`, or the last shard merges).
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+}
+
+/// `udit sample`: loads the weights (the bundled model by default) with their stored
+/// configuration, codec and class names, then writes PNGs and a grid, or an `.npz` shard.
+pub fn sample(a: SampleArgs) -> Result<()> {
+    let device = crate::default_device();
+    let ckpt = match &a.ckpt {
+        Some(c) => crate::hub::resolve(c, &[])?,
+        None => PathBuf::from(crate::BUNDLED_MODEL),
+    };
+    let weights = read_weights(&ckpt, a.entry.as_deref())?;
+    let cfg = a.model.resolve(weights.config.as_ref())?;
+    let names = ClassNames::for_model(&weights.metadata, cfg.num_classes())?;
+    let sampler = Sampler::named(&a.sampler, a.eta)?;
+    let (shard, shards) = parse_shard(&a.shard)?;
+    if a.batch == 0 || a.num_samples == 0 {
+        bail!("--batch and --num-samples must be at least 1");
+    }
+    let settings = Settings {
+        steps: a.steps.unwrap_or(sampler.default_steps()),
+        sampler,
+        cfg_scale: a.cfg_scale.unwrap_or(default_cfg_scale(&cfg)),
+        seed: a.seed,
+        classes: Classes::parse(&a.classes, &names, cfg.num_classes())?,
+    };
+    let model = checkpoint::load_denoiser(&cfg, &weights, &device)?.merged();
+    let codec = Codec::open(&codec_spec(a.vae.as_deref(), weights.codec.as_deref(), cfg.in_channels()), &device)?;
+    let g = Generator {
+        model: &model,
+        config: &cfg,
+        codec: &codec,
+        diffusion: GaussianDiffusion::reference(),
+        settings,
+        device,
+    };
+    g.validate()?;
+    match a.npz {
+        Some(npz) => {
+            let run = NpzRun { npz, num_samples: a.num_samples, batch: a.batch };
+            if run_npz(&g, &run, shard, shards)? {
+                eprintln!("wrote {} samples to {}", a.num_samples, run.npz.display());
+            } else {
+                eprintln!("shard {shard}/{shards} done; other batches are missing in {}", run.parts_dir().display());
+            }
+        }
+        None => {
+            run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols, &names)?;
+            eprintln!("wrote {} and grid.png to {}", plural(a.num_samples, "PNG"), a.out.display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The `.npz` that `udit sample --npz` was writing.
+    #[arg(long)]
+    pub npz: PathBuf,
+    /// The run's --num-samples.
+    #[arg(long)]
+    pub num_samples: usize,
+    /// The run's --batch (it names the parts).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+pub fn merge_npz(a: MergeArgs) -> Result<()> {
+    let run = NpzRun { npz: a.npz, num_samples: a.num_samples, batch: a.batch };
+    eprintln!("{}", crate::io::npz::merge_npz(&run)?);
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! ADM-format `.npz` sample batches (`arr_0` uint8 NHWC, `arr_1` int64 labels), and the
+//! resumable, shardable `--npz` run that writes them batch by batch.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::images::Images;
+
+/// A `--num-samples N --npz FILE` run in batches of `batch`: every finished batch is kept
+/// in `FILE.parts/` (so an interrupted run resumes where it stopped, and shards of one run
+/// can share the folder); when all batches exist they are merged into FILE.
+pub struct NpzRun {
+    pub npz: PathBuf,
+    pub num_samples: usize,
+    pub batch: usize,
+}
+
+/// `i/n` (shard i of n, i < n) as (i, n).
+pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
+    text.split_once('/')
+        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        .filter(|(i, n)| i < n)
+        .with_context(|| format!("a shard is i/n with i < n, got {text:?}"))
+}
+
+impl NpzRun {
+    pub fn parts_dir(&self) -> PathBuf {
+        let mut name = self.npz.file_name().unwrap_or_default().to_os_string();
+        name.push(".parts");
+        self.npz.with_file_name(name)
+    }
+
+    pub fn num_batches(&self) -> usize {
+        self.num_samples.div_ceil(self.batch)
+    }
+
+    fn part(&self, b: usize) -> PathBuf {
+        self.parts_dir().join(format!("batch-{b:06}-of-{:06}-size-{}.npz", self.num_batches(), self.batch))
+    }
+
+    /// Batches of shard `shard` of `shards` that are not done yet.
+    pub fn pending(&self, shard: usize, shards: usize) -> Vec<usize> {
+        (0..self.num_batches()).filter(|b| b % shards == shard && !self.part(*b).exists()).collect()
+    }
+
+    /// Sample range of batch `b`.
+    pub fn range(&self, b: usize) -> std::ops::Range<usize> {
+        b * self.batch..((b + 1) * self.batch).min(self.num_samples)
+    }
+
+    pub fn save_part(&self, b: usize, images: &Images) -> Result<()> {
+        std::fs::create_dir_all(self.parts_dir())
+            .with_context(|| format!("cannot create {}", self.parts_dir().display()))?;
+        write_npz(&self.part(b), images)
+    }
+
+    /// Batches not written yet.
+    pub fn missing(&self) -> Vec<usize> {
+        (0..self.num_batches()).filter(|b| !self.part(*b).exists()).collect()
+    }
+
+    /// Merges the parts into the `.npz` once every batch is there; returns whether it did.
+    pub fn merge(&self) -> Result<bool> {
+        if !self.missing().is_empty() {
+            return Ok(false);
+        }
+        let mut all: Option<Images> = None;
+        for b in 0..self.num_batches() {
+            let part = read_npz(&self.part(b))?;
+            match &mut all {
+                None => all = Some(part),
+                Some(a) => {
+                    if (a.side, a.channels) != (part.side, part.channels) {
+                        bail!("{} holds images of another size", self.part(b).display());
+                    }
+                    a.append(part);
+                }
+            }
+        }
+        let all = all.context("no samples")?;
+        write_npz(&self.npz, &all)?;
+        std::fs::remove_dir_all(self.parts_dir()).ok();
+        Ok(true)
+    }
+}
+
+/// `udit merge-npz`: merges a complete run, or says that the `.npz` is already complete (the
+/// last shard merged it), or names the batches still missing. Returns what it did.
+pub fn merge_npz(run: &NpzRun) -> Result<String> {
+    if run.npz.is_file() && !run.parts_dir().exists() {
+        return Ok(format!("{} is already complete (the last shard merged it)", run.npz.display()));
+    }
+    if !run.parts_dir().is_dir() {
+        bail!("nothing to merge: {} does not exist", run.parts_dir().display());
+    }
+    let missing = run.missing();
+    if !missing.is_empty() {
+        bail!(
+            "{} of {} batches are missing in {}: {} (run the shards that own them)",
+            missing.len(),
+            run.num_batches(),
+            run.parts_dir().display(),
+            ranges(&missing)
+        );
+    }
+    run.merge()?;
+    Ok(format!("wrote {} samples to {}", run.num_samples, run.npz.display()))
+}
+
+/// "0-3, 7, 9-10" for sorted indices.
+fn ranges(sorted: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    parts.join(", ")
+}
+
+/// ADM layout: `arr_0` uint8 `[N, H, W, C]`, `arr_1` int64 labels. Written atomically.
+pub fn write_npz(path: &Path, images: &Images) -> Result<()> {
+    use npyz::WriterBuilder;
+    let n = images.labels.len() as u64;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut npz = npyz::npz::NpzWriter::new(&mut buf);
+        let (s, c) = (images.side as u64, images.channels as u64);
+        let mut w = npz.array::<u8>("arr_0", Default::default())?.default_dtype().shape(&[n, s, s, c]).begin_nd()?;
+        w.extend(images.pixels.iter().copied())?;
+        w.finish()?;
+        let mut w = npz.array::<i64>("arr_1", Default::default())?.default_dtype().shape(&[n]).begin_nd()?;
+        w.extend(images.labels.iter().copied())?;
+        w.finish()?;
+    }
+    crate::checkpoint::write_atomic(path, buf.get_ref())
+}
+
+/// Reads an ADM-layout `.npz` (`arr_0` uint8 NHWC with square images, `arr_1` labels if present).
+pub fn read_npz(path: &Path) -> Result<Images> {
+    let file = std::io::BufReader::new(crate::checkpoint::open_file(path)?);
+    let mut npz =
+        npyz::npz::NpzArchive::new(file).with_context(|| format!("cannot read {} as .npz", path.display()))?;
+    let arr = npz.by_name("arr_0")?.with_context(|| format!("{} has no arr_0", path.display()))?;
+    let shape = arr.shape().to_vec();
+    if shape.len() != 4 || shape[1] != shape[2] {
+        bail!("{}: arr_0 must be [N, H, W, C] with square images, got {shape:?}", path.display());
+    }
+    let pixels: Vec<u8> = arr.into_vec().with_context(|| format!("{}: arr_0 must be uint8", path.display()))?;
+    let labels = match npz.by_name("arr_1")? {
+        Some(l) => l.into_vec::<i64>().with_context(|| format!("{}: arr_1 must be int64", path.display()))?,
+        None => vec![-1; shape[0] as usize],
+    };
+    Ok(Images { pixels, labels, side: shape[1] as usize, channels: shape[3] as usize })
+}

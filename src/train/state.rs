@@ -1,0 +1,127 @@
+//! What a checkpoint holds: model, EMA and AdamW moments under the reference key names
+//! (`model.`, `ema.`, `opt.exp_avg.`, `opt.exp_avg_sq.`), plus the step and the recipe in the
+//! safetensors metadata; and reading it back.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::TrainConfig;
+use super::optim::{OptimState, ParamState};
+use crate::checkpoint::{self, StateDict};
+use crate::model::{Denoiser, FfnForm};
+
+/// Model, optimizer and EMA at some step, with the configuration that produced them.
+pub struct TrainState {
+    pub config: TrainConfig,
+    pub model: Denoiser,
+    pub optim: OptimState,
+}
+
+const MODEL: &str = "model.";
+const EMA: &str = "ema.";
+const EXP_AVG: &str = "opt.exp_avg.";
+const EXP_AVG_SQ: &str = "opt.exp_avg_sq.";
+const TRAIN_METADATA_KEY: &str = "udit_train";
+const STEP_METADATA_KEY: &str = "udit_step";
+
+impl TrainState {
+    /// A fresh model (seeded initialisation) and optimizer on the autodiff device `device`.
+    pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        device.seed(config.seed);
+        let model = Denoiser::new(&config.model, FfnForm::Train, device);
+        let optim = OptimState::new(&model);
+        Ok(Self { config, model, optim })
+    }
+
+    /// A copy on another (autodiff) device, for data-parallel training.
+    pub fn replica(&self, device: &Device) -> Self {
+        let inner = device.clone().inner();
+        let mut optim = self.optim.clone();
+        for p in optim.params.values_mut() {
+            for t in [&mut p.exp_avg, &mut p.exp_avg_sq, &mut p.ema] {
+                *t = t.clone().to_device(&inner);
+            }
+        }
+        Self { config: self.config.clone(), model: self.model.clone().fork(device), optim }
+    }
+
+    /// The EMA weights as a model of the training form.
+    pub fn ema_model(&self, device: &Device) -> Result<Denoiser> {
+        checkpoint::load_into(Denoiser::new(&self.config.model, FfnForm::Train, device), &self.ema_dict(), device)
+    }
+
+    /// The EMA weights under their state-dict keys and shapes.
+    fn ema_dict(&self) -> StateDict {
+        self.per_param(Self::ema_of)
+    }
+
+    fn ema_of(p: &ParamState) -> &Tensor<1> {
+        &p.ema
+    }
+
+    /// One flat per-parameter state tensor for every key, in the parameter's shape.
+    fn per_param(&self, which: impl Fn(&ParamState) -> &Tensor<1>) -> StateDict {
+        let shapes = checkpoint::param_shapes(&self.model);
+        let data = |t: &Tensor<1>| t.to_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+        self.optim.params.iter().map(|(k, p)| (k.clone(), TensorData::new(data(which(p)), shapes[k].clone()))).collect()
+    }
+
+    /// Writes model, EMA, optimizer moments, step and configuration in one safetensors file,
+    /// atomically. `udit sample --ckpt` reads its EMA directly.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = StateDict::new();
+        for (k, v) in checkpoint::state_dict(&self.model) {
+            tensors.insert(format!("{MODEL}{k}"), v);
+        }
+        for (prefix, which) in [
+            (EMA, Self::ema_of as fn(&ParamState) -> &Tensor<1>),
+            (EXP_AVG, |p| &p.exp_avg),
+            (EXP_AVG_SQ, |p| &p.exp_avg_sq),
+        ] {
+            for (k, v) in self.per_param(which) {
+                tensors.insert(format!("{prefix}{k}"), v);
+            }
+        }
+        let mut meta = checkpoint::model_metadata(&self.config.model, Some(&self.config.codec), &Default::default())?;
+        meta.push((TRAIN_METADATA_KEY.into(), serde_json::to_string(&self.config)?));
+        meta.push((STEP_METADATA_KEY.into(), self.optim.step.to_string()));
+        checkpoint::write_safetensors(path, &tensors, meta)
+    }
+
+    /// Reads a checkpoint written by [`TrainState::save`] onto the autodiff device `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let w = checkpoint::read_weights(path, Some("model"))?;
+        let bad = || format!("{} is not a `udit train` checkpoint", path.display());
+        let config: TrainConfig = serde_json::from_str(w.metadata.get(TRAIN_METADATA_KEY).with_context(bad)?)
+            .with_context(|| format!("{}: invalid training configuration", path.display()))?;
+        let step: u64 = w.metadata.get(STEP_METADATA_KEY).and_then(|s| s.parse().ok()).with_context(bad)?;
+        let model = checkpoint::load_into(Denoiser::new(&config.model, FfnForm::Train, device), &w.tensors, device)?;
+        let all = checkpoint::read_weights(path, Some("opt"))?;
+        let ema = checkpoint::read_weights(path, Some("ema"))?.tensors;
+        let inner = device.clone().inner();
+        let tensor = |d: &TensorData| {
+            Tensor::<1>::from_data(
+                TensorData::new(d.as_slice::<f32>().expect("f32").to_vec(), [d.num_elements()]),
+                &inner,
+            )
+        };
+        let mut params = std::collections::BTreeMap::new();
+        for key in checkpoint::state_dict(&model).keys() {
+            let get = |name: String| all.tensors.get(&name).with_context(|| format!("{}: no {name}", path.display()));
+            let ema = ema.get(key).with_context(|| format!("{}: no ema.{key}", path.display()))?;
+            params.insert(
+                key.clone(),
+                ParamState {
+                    exp_avg: tensor(get(format!("exp_avg.{key}"))?),
+                    exp_avg_sq: tensor(get(format!("exp_avg_sq.{key}"))?),
+                    ema: tensor(ema),
+                },
+            );
+        }
+        Ok(Self { config, model, optim: OptimState { step, params } })
+    }
+}

@@ -1,0 +1,219 @@
+//! One optimizer step: the batch's random draws, the diffusion loss, backward (in
+//! accumulation rounds), AdamW with clipping, and the EMA; plus the EMA's sample grid and
+//! export.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::{TrainConfig, TrainState};
+use crate::checkpoint;
+use crate::codec::Codec;
+use crate::data::{self, Dataset, HostBatch, Space};
+use crate::diffusion::samplers::Sampler;
+use crate::diffusion::{GaussianDiffusion, NUM_TIMESTEPS};
+use crate::model::Denoiser;
+use crate::rng::{Stream, below, push_normals, unit_uniform};
+use crate::sample::{Classes, Generator, Settings};
+
+/// Per-sample random draws of one step.
+pub struct Draws {
+    /// Diffusion timestep, uniform in 0..T.
+    pub t: Vec<usize>,
+    /// Whether the label becomes the null class (probability `class_dropout_prob`).
+    pub drop_label: Vec<bool>,
+    /// The diffusion noise, `per` values a sample.
+    pub noise: Vec<f32>,
+    /// VAE posterior noise, `posterior` values a sample.
+    pub posterior: Vec<f32>,
+}
+
+/// The draws of samples `first..first + count` of step `step` (0-based): each sample has its
+/// own stream, so they do not depend on how the batch is split.
+pub fn draws(cfg: &TrainConfig, step: u64, first: usize, count: usize, per: usize, posterior: usize) -> Draws {
+    let classes_drop = cfg.model.class_dropout_prob();
+    let mut d = Draws { t: vec![], drop_label: vec![], noise: vec![], posterior: vec![] };
+    for i in first..first + count {
+        let mut rng = Stream::TrainSample { index: step * cfg.global_batch as u64 + i as u64 }.rng(cfg.seed);
+        d.t.push(below(&mut rng, NUM_TIMESTEPS as u64) as usize);
+        d.drop_label.push(unit_uniform(&mut rng) < classes_drop);
+        push_normals(&mut rng, per, &mut d.noise);
+        push_normals(&mut rng, posterior, &mut d.posterior);
+    }
+    d
+}
+
+/// What happened in one optimizer step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub mse: f64,
+    pub vb: f64,
+    pub grad_norm: Option<f64>,
+}
+
+/// Runs the optimizer steps of a training run on one device.
+pub struct Trainer {
+    pub state: TrainState,
+    data: Arc<dyn Dataset>,
+    codec: Codec,
+    diffusion: GaussianDiffusion,
+    /// The autodiff device.
+    device: Device,
+}
+
+impl Trainer {
+    /// Opens the data and codec of `state.config` and checks they fit the model.
+    pub fn new(state: TrainState, device: &Device) -> Result<Self> {
+        let data = state.config.data.open()?;
+        Self::with_data(state, data, device)
+    }
+
+    /// As [`Trainer::new`], with the dataset already open.
+    pub fn with_data(state: TrainState, data: Arc<dyn Dataset>, device: &Device) -> Result<Self> {
+        let cfg = &state.config;
+        let codec = Codec::open(&cfg.codec, &device.clone().inner())?;
+        let (c, s) = (cfg.model.in_channels(), cfg.model.input_size());
+        let want = match data.space() {
+            Space::Model => [c, s, s],
+            Space::Pixels => {
+                let (channels, side) = codec.image_shape(c, s)?;
+                [channels, side, side]
+            }
+        };
+        if data.shape() != want {
+            bail!("the data's samples are {:?} but the model (through the codec) needs {want:?}", data.shape());
+        }
+        if data.num_classes() > cfg.model.num_classes() {
+            bail!("the data has {} classes but the model only {}", data.num_classes(), cfg.model.num_classes());
+        }
+        Ok(Self { state, data, codec, diffusion: GaussianDiffusion::reference(), device: device.clone() })
+    }
+
+    pub fn loader(&self) -> Result<data::Loader> {
+        let c = &self.state.config;
+        data::Loader::new(self.data.clone(), c.seed, self.state.optim.step, c.global_batch, c.hflip)
+    }
+
+    /// One optimizer step on samples `first..first + count` of `batch`, the batch of step
+    /// `self.state.optim.step` (a data-parallel replica takes its share of the global batch;
+    /// burn averages the gradients across replicas during backward).
+    pub fn step(&mut self, batch: &HostBatch, first: usize, count: usize) -> Result<StepStats> {
+        let grads_and_stats = self.gradients(batch, first, count)?;
+        let cfg = &self.state.config;
+        let lr = cfg.lr_at(self.state.optim.step + 1);
+        let (grads, mut stats) = grads_and_stats;
+        let model = self.state.model.clone();
+        let (model, norm) = self.state.optim.step(model, grads, &cfg.adamw, lr, cfg.grad_clip, cfg.ema_decay);
+        self.state.model = model;
+        stats.grad_norm = norm;
+        Ok(stats)
+    }
+
+    /// Gradients of the mean loss over samples `first..first + count` of `batch`, in
+    /// `grad_accum` rounds (each round's loss is scaled so that the sum is the mean).
+    pub fn gradients(&self, batch: &HostBatch, first: usize, count: usize) -> Result<(GradientsParams, StepStats)> {
+        let cfg = &self.state.config;
+        let rounds = cfg.grad_accum;
+        if count % rounds != 0 {
+            bail!("{count} samples do not split into {rounds} accumulation rounds");
+        }
+        let micro = count / rounds;
+        let mut acc = GradientsAccumulator::<Denoiser>::new();
+        let mut stats = StepStats::default();
+        for r in 0..rounds {
+            let (loss, mse, vb) = self.losses(batch, first + r * micro, micro)?;
+            let scale = micro as f64 / count as f64;
+            let loss = loss.mean() * scale;
+            stats.mse += mse.mean().into_scalar::<f32>() as f64 * scale;
+            stats.vb += vb.mean().into_scalar::<f32>() as f64 * scale;
+            let grads = GradientsParams::from_grads(loss.backward(), &self.state.model);
+            acc.accumulate(&self.state.model, grads);
+        }
+        stats.loss = stats.mse + stats.vb;
+        Ok((acc.grads(), stats))
+    }
+
+    /// Per-sample losses (total, MSE, VB) of samples `first..first + count` of `batch`.
+    fn losses(&self, batch: &HostBatch, first: usize, count: usize) -> Result<(Tensor<1>, Tensor<1>, Tensor<1>)> {
+        let cfg = &self.state.config;
+        let [_, c, h, w] = batch.shape;
+        let per = c * h * w;
+        let inner = self.device.clone().inner();
+        let pixels = Tensor::<4>::from_data(
+            TensorData::new(batch.x[first * per..(first + count) * per].to_vec(), [count, c, h, w]),
+            &inner,
+        );
+        let (mc, ms) = (cfg.model.in_channels(), cfg.model.input_size());
+        let posterior =
+            if matches!(self.codec, Codec::Vae(_)) && self.data.space() == Space::Pixels { mc * ms * ms } else { 0 };
+        let d = draws(cfg, self.state.optim.step, first, count, mc * ms * ms, posterior);
+        let x0 = match self.data.space() {
+            Space::Model => pixels,
+            Space::Pixels => self
+                .codec
+                .encode(pixels, |mean| Tensor::from_data(TensorData::new(d.posterior.clone(), mean.dims()), &inner)),
+        };
+        let x0 = Tensor::<4>::from_inner(x0);
+        let dev = &self.device;
+        let noise = Tensor::<4>::from_data(TensorData::new(d.noise, [count, mc, ms, ms]), dev);
+        let x_t = self.diffusion.q_sample(x0.clone(), &d.t, noise.clone());
+        let null = cfg.model.num_classes() as i64;
+        let labels: Vec<i64> = batch.labels[first..first + count]
+            .iter()
+            .zip(&d.drop_label)
+            .map(|(&l, &drop)| if drop { null } else { l })
+            .collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [count]), dev);
+        let t =
+            Tensor::<1>::from_data(TensorData::new(d.t.iter().map(|&v| v as f32).collect::<Vec<_>>(), [count]), dev);
+        let out = self.state.model.forward(x_t.clone(), t, y);
+        let l = self.diffusion.training_losses(out, x0, x_t, noise, &d.t);
+        Ok((l.loss, l.mse, l.vb))
+    }
+
+    /// A grid of EMA samples: `per_class` of each of the first (up to 10) classes, DPM-Solver++
+    /// with 25 steps, fixed seed.
+    pub fn sample_grid(&self, path: &Path, per_class: usize) -> Result<()> {
+        let cfg = &self.state.config;
+        let inner = self.device.clone().inner();
+        let ema = self.state.ema_model(&inner)?.merged();
+        let classes = self.data.num_classes().min(10);
+        let list: Vec<usize> = (0..classes).flat_map(|c| std::iter::repeat_n(c, per_class)).collect();
+        let guided = cfg.model.has_null_class() && cfg.sample_cfg_scale > 1.0;
+        let g = Generator {
+            model: &ema,
+            config: &cfg.model,
+            codec: &self.codec,
+            diffusion: GaussianDiffusion::reference(),
+            settings: Settings {
+                sampler: Sampler::DpmSolverPp2M,
+                steps: 25,
+                cfg_scale: if guided { cfg.sample_cfg_scale } else { 1.0 },
+                seed: 0,
+                classes: Classes::Listed(list.clone()),
+            },
+            device: inner,
+        };
+        g.validate()?;
+        let images = g.generate(0, list.len(), &mut || {})?;
+        crate::io::images::write_grid(path, &images, per_class, &self.data.class_names())
+    }
+
+    /// The EMA weights, FFN merged, with the configuration and codec: what `udit sample` and
+    /// the reference code load.
+    pub fn export(&self, path: &Path) -> Result<()> {
+        let inner = self.device.clone().inner();
+        let ema = self.state.ema_model(&inner)?.merged();
+        let cfg = &self.state.config;
+        checkpoint::write_safetensors(
+            path,
+            &checkpoint::state_dict(&ema),
+            checkpoint::model_metadata(&cfg.model, Some(&cfg.codec), &self.data.class_names())?,
+        )
+    }
+}
