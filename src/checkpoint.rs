@@ -73,7 +73,9 @@ pub fn open_file(path: &Path) -> Result<std::fs::File> {
 
 fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
     let bytes = std::fs::read(path)?;
-    check_safetensors_length(&bytes)?;
+    if bytes[8] == b'{' {
+        check_safetensors_length(&bytes)?;
+    }
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
     let metadata = meta.metadata().clone().unwrap_or_default();

@@ -145,7 +145,7 @@ pub fn write_npz(path: &Path, images: &Images) -> Result<()> {
 pub fn read_npz(path: &Path) -> Result<Images> {
     let file = std::io::BufReader::new(crate::checkpoint::open_file(path)?);
     let mut npz =
-        npyz::npz::NpzArchive::new(file).with_context(|| format!("cannot read {} as .npz", path.display()))?;
+        npyz::npz::NpzArchive::new(file).with_context(|| format!("cannot open {} as .npz", path.display()))?;
     let arr = npz.by_name("arr_0")?.with_context(|| format!("{} has no arr_0", path.display()))?;
     let shape = arr.shape().to_vec();
     if shape.len() != 4 || shape[1] != shape[2] {

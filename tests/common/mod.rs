@@ -1,23 +1,30 @@
 //! Helpers shared by the integration tests: fixture lookup and tolerance checks.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+mod mt19937;
+mod regen;
+
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use udit::checkpoint::{StateDict, read_weights};
 
-/// `../shared/fixtures` (golden outputs of the PyTorch reference), or `$UDIT_FIXTURES`.
+/// `tests/fixtures`: the golden outputs of the PyTorch reference (see its README.md).
 pub fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("UDIT_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(dir.join("README.md").exists(), "fixtures not found at {} (set UDIT_FIXTURES)", dir.display());
-    dir
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The path of fixture `name`: the committed file, or for the large weight files and
+/// checkpoints (`regen::REGENERATED`) a byte-identical copy regenerated once into
+/// `$CARGO_TARGET_TMPDIR/fixtures`.
 pub fn fixture(name: &str) -> PathBuf {
-    fixtures().join(name)
+    if regen::is_regenerated(name) {
+        return regen::path(name, &fixtures(), &Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures"));
+    }
+    let path = fixtures().join(name);
+    assert!(path.exists(), "no fixture {}", path.display());
+    path
 }
 
 /// Every tensor of a fixture safetensors file, as f32.
