@@ -12,6 +12,7 @@ pub mod diffusion;
 pub mod eval;
 pub mod hub;
 pub mod io;
+pub mod kernels;
 pub mod model;
 pub mod progress;
 pub mod rng;

@@ -33,27 +33,21 @@ pub struct GroupedAttention {
 impl GroupedAttention {
     /// `[B, 3D, H, W]` -> `[B, D, H, W]`, heads back on channels, groups back on pixels.
     pub fn forward(&self, qkv: Tensor<4>) -> Tensor<4> {
-        let [b, d3, h, w] = qkv.dims();
+        let dims = qkv.dims();
+        let [b, d3, h, w] = dims;
         let device = qkv.device();
+        let data = qkv.into_data().convert::<f32>();
+        let out = self.forward_slice(data.as_slice::<f32>().expect("f32 data"), dims);
+        Tensor::from_data(TensorData::new(out, [b, d3 / 3, h, w]), &device)
+    }
+
+    /// The attention of a row-major `[B, 3D, H, W]` map, `[B, D, H, W]` out.
+    pub(crate) fn forward_slice(&self, input: &[f32], [b, d3, h, w]: [usize; 4]) -> Vec<f32> {
         let d = d3 / 3;
         let hd = d / self.heads;
-        let data = qkv.into_data().convert::<f32>();
-        let input = data.as_slice::<f32>().expect("f32 data");
         let mut out = vec![0f32; b * d * h * w];
         let n = (h / self.r) * (w / self.r);
-        // cos then sin of every (channel pair, token): `[2][hd/2][n]`.
-        let rope = if self.rope {
-            let angles = super::udit::rope2d_angles(hd, n);
-            let mut table = Vec::with_capacity(hd * n);
-            for f in [f32::cos, f32::sin] {
-                for m in 0..hd / 2 {
-                    table.extend((0..n).map(|t| f(angles[t * hd / 2 + m])));
-                }
-            }
-            table
-        } else {
-            vec![]
-        };
+        let rope = if self.rope { crate::kernels::attention::rope_table(hd, n) } else { vec![] };
         out.par_chunks_mut(hd * h * w).enumerate().for_each(|(task, slice)| {
             let (bi, head) = (task / self.heads, task % self.heads);
             let sample = &input[bi * d3 * h * w..(bi + 1) * d3 * h * w];
@@ -62,7 +56,7 @@ impl GroupedAttention {
                 || self.run(sample, slice, head, d, hd, h, w, &rope),
             );
         });
-        Tensor::from_data(TensorData::new(out, [b, d, h, w]), &device)
+        out
     }
 
     /// One (sample, head): every group of tokens attends within itself. Buffers are
@@ -133,7 +127,7 @@ impl GroupedAttention {
 
 /// Rotates channel pair (2m, 2m+1) of channel-major `x` as complex numbers.
 #[inline(always)]
-fn rotate_pair(x: &mut [f32], m: usize, n: usize, cos: &[f32], sin: &[f32]) {
+pub(crate) fn rotate_pair(x: &mut [f32], m: usize, n: usize, cos: &[f32], sin: &[f32]) {
     let (lo, hi) = x.split_at_mut((2 * m + 1) * n);
     let (a, b) = (&mut lo[2 * m * n..], &mut hi[..n]);
     for t in 0..n {
@@ -145,7 +139,7 @@ fn rotate_pair(x: &mut [f32], m: usize, n: usize, cos: &[f32], sin: &[f32]) {
 
 /// 1 / max(||x_t||, 1e-12) for every token of channel-major `x`.
 #[inline(always)]
-fn inverse_norms(x: &[f32], n: usize, out: &mut [f32]) {
+pub(crate) fn inverse_norms(x: &[f32], n: usize, out: &mut [f32]) {
     out.iter_mut().for_each(|o| *o = 0.0);
     for row in x.chunks_exact(n) {
         for (o, &v) in out.iter_mut().zip(row) {
@@ -157,7 +151,7 @@ fn inverse_norms(x: &[f32], n: usize, out: &mut [f32]) {
 
 /// Multiplies token t of channel-major `x` by `gain[t]`.
 #[inline(always)]
-fn scale_tokens(x: &mut [f32], gain: &[f32]) {
+pub(crate) fn scale_tokens(x: &mut [f32], gain: &[f32]) {
     for row in x.chunks_exact_mut(gain.len()) {
         for (v, &g) in row.iter_mut().zip(gain) {
             *v *= g;
@@ -168,7 +162,7 @@ fn scale_tokens(x: &mut [f32], gain: &[f32]) {
 /// dst[m x n] = lhs[m x k] rhs[k x n] (plus dst when `accumulate`), every operand given
 /// with its (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm_strided(
+pub(crate) fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,
@@ -212,7 +206,7 @@ fn gemm_strided(
 /// Sum with independent accumulators, so that it vectorises (likewise [`max`]). Inner
 /// loops elsewhere use `mul_add`, which the AVX2/AVX-512 builds turn into FMA instructions.
 #[inline(always)]
-pub(super) fn sum(x: &[f32]) -> f32 {
+pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -227,7 +221,7 @@ pub(super) fn sum(x: &[f32]) -> f32 {
 /// Dot product with independent accumulators, as [`sum`].
 #[cfg(not(feature = "cuda"))]
 #[inline(always)]
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = a16.remainder().iter().zip(b16.remainder()).map(|(x, y)| x * y).sum();
@@ -240,7 +234,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn max(x: &[f32]) -> f32 {
+pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
     let chunks = x.chunks_exact(16);
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -255,7 +249,7 @@ fn max(x: &[f32]) -> f32 {
 /// e^x for x <= 88, branch-free (Cephes `expf`: relative error ~1e-7), so loops over it
 /// vectorise.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -417,7 +411,7 @@ impl SyncPtr {
 /// AVX2+FMA, else the baseline). `f` and what it calls are `#[inline(always)]`, so they
 /// are compiled inside the feature-enabled wrapper.
 #[inline(always)]
-pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: each wrapper runs only on a CPU that has the features it is built for.

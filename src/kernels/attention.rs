@@ -1,0 +1,461 @@
+//! U-DiT's downsampled-token attention (paper Sec. 3.2) as one op with its own backward, a
+//! burn backend extension on the CPU `flex` backend.
+//!
+//! Under autodiff, burn's generic ops save every intermediate of the chain (group split,
+//! RoPE, normalisation, scores, softmax, value product, merge) and run each backward as
+//! strided copies and small batched matmuls. Here the forward is the fused inference kernel
+//! (`model::cpu::GroupedAttention`) and autodiff keeps only its input; the backward recomputes
+//! each group's scores (flash-attention style) and returns the gradients of the `to_qkv` map
+//! and of the cosine attention's `logit_scale`. `tests/attention_kernel.rs` compares both with
+//! burn's generic ops ([`attention_generic`]).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use rayon::prelude::*;
+
+use crate::model::cpu::{
+    GroupedAttention, exp, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized,
+};
+
+/// Largest log temperature of cosine attention, ln(100) as the reference writes it.
+pub const LOGIT_SCALE_MAX: f32 = 4.6052;
+
+/// The shape of the attention: heads, the token-downsampling factor r (r*r groups of
+/// pixels (r*h+dh, r*w+dw)), RoPE2D on q and k, and cosine similarity times
+/// exp(min(logit_scale, ln 100)) or, without it, the dot product times `scale`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnSpec {
+    pub heads: usize,
+    pub r: usize,
+    pub rope: bool,
+    pub cosine: bool,
+    pub scale: f32,
+}
+
+/// `[B, 3D, H, W]` q, k, v channels (and `[heads, 1, 1]` logit scales, read only for cosine
+/// attention) -> `[B, D, H, W]`.
+#[backend_extension(Flex, Autodiff)]
+pub trait AttentionOps: Backend {
+    fn grouped_attention(
+        qkv: FloatTensor<Self>,
+        logit_scale: FloatTensor<Self>,
+        heads: usize,
+        r: usize,
+        rope: bool,
+        cosine: bool,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// The gradients of [`AttentionOps::grouped_attention`] with respect to qkv and logit_scale.
+pub trait AttentionGrads: Backend {
+    fn grouped_attention_grads(
+        qkv: FloatTensor<Self>,
+        logit_scale: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: AttnSpec,
+    ) -> [FloatTensor<Self>; 2];
+}
+
+/// The attention on the CPU backend, with or without autodiff. Without cosine attention,
+/// `logit_scale` may be any `[heads, 1, 1]` tensor (it is not read).
+pub fn grouped_attention(qkv: Tensor<4>, logit_scale: Tensor<3>, spec: AttnSpec) -> Tensor<4> {
+    let AttnSpec { heads, r, rope, cosine, scale } = spec;
+    let out = <Dispatch as AttentionOps>::grouped_attention(
+        qkv.into_dispatch(),
+        logit_scale.into_dispatch(),
+        heads,
+        r,
+        rope,
+        cosine,
+        scale,
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// The same attention in burn's generic ops (the CUDA path, and the reference the fused
+/// kernels are tested against).
+pub fn attention_generic(qkv: Tensor<4>, logit_scale: Option<Tensor<3>>, spec: AttnSpec) -> Tensor<4> {
+    let [b, d3, h, w] = qkv.dims();
+    let (r, heads) = (spec.r, spec.heads);
+    let (hr, wr, d) = (h / r, w / r, d3 / 3);
+    let (n, hd) = (hr * wr, d / heads);
+    // 'b (slot he hd) (hr dh) (wr dw) -> (b dh dw) (slot he) (hr wr) hd': group r*dh + dw holds
+    // pixels (r*hr+dh, r*wr+dw), the reference `DownSampler` rearrange.
+    let qkv = qkv.reshape([b, 3 * heads, hd, hr, r, wr, r]).permute([0, 4, 6, 1, 3, 5, 2]).reshape([
+        b * r * r,
+        3 * heads,
+        n,
+        hd,
+    ]);
+    let part = |i: usize| qkv.clone().narrow(1, i * heads, heads);
+    let (mut q, mut k, v) = (part(0), part(1), part(2));
+    if spec.rope {
+        let (cos, sin) = rope2d_tables(hd, n, &q.device());
+        q = q.clone() * cos.clone() + swap_pairs(q) * sin.clone();
+        k = k.clone() * cos + swap_pairs(k) * sin;
+    }
+    let scale = match (spec.cosine, logit_scale) {
+        (true, Some(logit_scale)) => {
+            let temp = logit_scale.clamp_max(LOGIT_SCALE_MAX).exp().reshape([1, heads, 1, 1]);
+            q = l2_normalize(q) * temp;
+            k = l2_normalize(k);
+            1.0
+        }
+        _ => spec.scale as f64,
+    };
+    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+    let out = attention(q, k, v, None, None, options); // [b r r, heads, n, hd]
+    // 'b (dh dw) he (hr wr) hd -> b (he hd) (hr dh) (wr dw)'
+    out.reshape([b, r, r, heads, hr, wr, hd]).permute([0, 3, 6, 4, 1, 5, 2]).reshape([b, d, h, w])
+}
+
+/// Channel pair (2m, 2m+1) of the last dimension -> (-(2m+1), 2m): RoPE's rotation is then
+/// `x cos + swap(x) sin`.
+fn swap_pairs(x: Tensor<4>) -> Tensor<4> {
+    let [a, b, n, hd] = x.dims();
+    let pairs = x.reshape([a, b, n, hd / 2, 2]);
+    let (even, odd) = (pairs.clone().narrow(4, 0, 1), pairs.narrow(4, 1, 1));
+    Tensor::cat(vec![odd.neg(), even], 4).reshape([a, b, n, hd])
+}
+
+/// `F.normalize(x, dim=-1)`: x / max(||x||, 1e-12).
+pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
+    let norm = x.clone().square().sum_dim(3).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+/// RoPE2D angle of every (token, channel pair), `[n][hd/2]`: pair m = (2m, 2m+1) rotates
+/// by x*w_{m/2} for even m and y*w_{(m-1)/2} for odd m, with (x, y) = (n mod S, n div S),
+/// S = floor(sqrt(n)), w_j = 10000^(-4j/hd) (reference `precompute_freqs_cis_2d`).
+pub fn rope2d_angles(hd: usize, n: usize) -> Vec<f32> {
+    let side = (n as f64).sqrt() as usize;
+    let mut angles = Vec::with_capacity(n * hd / 2);
+    for token in 0..n {
+        let (x, y) = ((token % side) as f32, (token / side) as f32);
+        for m in 0..hd / 2 {
+            let freq = 1.0 / 10000f32.powf((4 * (m / 2)) as f32 / hd as f32);
+            angles.push(if m % 2 == 0 { x * freq } else { y * freq });
+        }
+    }
+    angles
+}
+
+/// cos/sin of the RoPE2D angles per channel, `[1, 1, n, hd]` (both channels of a pair).
+fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let angles = rope2d_angles(hd, n);
+    let table = |f: fn(f32) -> f32| {
+        let v: Vec<f32> = angles.iter().flat_map(|&a| [f(a); 2]).collect();
+        Tensor::<1>::from_floats(v.as_slice(), device).reshape([1, 1, n, hd])
+    };
+    (table(f32::cos), table(f32::sin))
+}
+
+/// cos then sin of every (channel pair, token), `[2][hd/2][n]`, as the kernels read them.
+pub(crate) fn rope_table(hd: usize, n: usize) -> Vec<f32> {
+    let angles = rope2d_angles(hd, n);
+    let mut table = Vec::with_capacity(hd * n);
+    for f in [f32::cos, f32::sin] {
+        for m in 0..hd / 2 {
+            table.extend((0..n).map(|t| f(angles[t * hd / 2 + m])));
+        }
+    }
+    table
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    t.shape().dims()
+}
+
+fn f32_vec(t: FlexTensor) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}
+
+/// exp(min(logit_scale, max)) per head, or the dot-product scale for every head.
+fn temperatures(logit_scale: FlexTensor, spec: &AttnSpec) -> Option<Vec<f32>> {
+    spec.cosine.then(|| f32_vec(logit_scale).into_iter().map(|s| s.min(LOGIT_SCALE_MAX).exp()).collect())
+}
+
+impl AttentionOps for Flex {
+    fn grouped_attention(
+        qkv: FlexTensor,
+        logit_scale: FlexTensor,
+        heads: usize,
+        r: usize,
+        rope: bool,
+        cosine: bool,
+        scale: f32,
+    ) -> FlexTensor {
+        let spec = AttnSpec { heads, r, rope, cosine, scale };
+        let kernel = GroupedAttention { heads, r, rope, temperature: temperatures(logit_scale, &spec), scale };
+        let dims = dims4(&qkv);
+        let [b, d3, h, w] = dims;
+        let out = kernel.forward_slice(&f32_vec(qkv), dims);
+        FlexTensor::from_data(TensorData::new(out, [b, d3 / 3, h, w]))
+    }
+}
+
+impl AttentionGrads for Flex {
+    fn grouped_attention_grads(
+        qkv: FlexTensor,
+        logit_scale: FlexTensor,
+        grad: FlexTensor,
+        spec: AttnSpec,
+    ) -> [FlexTensor; 2] {
+        let [b, d3, h, w] = dims4(&qkv);
+        let heads = spec.heads;
+        let ls = f32_vec(logit_scale.clone());
+        let temps = temperatures(logit_scale, &spec);
+        let (qkv, grad) = (f32_vec(qkv), f32_vec(grad));
+        let (d, plane) = (d3 / 3, h * w);
+        let hd = d / heads;
+        let n = (h / spec.r) * (w / spec.r);
+        // The backward rotates by the negative angles: sin negated.
+        let mut rope = if spec.rope { rope_table(hd, n) } else { vec![] };
+        rope.iter_mut().skip(hd / 2 * n).for_each(|s| *s = -*s);
+        let mut grad_qkv = vec![0f32; b * d3 * plane];
+        // Channel blocks [b][slot][head] of hd planes; task (b, head) owns its three blocks.
+        let mut blocks: Vec<Option<&mut [f32]>> = grad_qkv.chunks_mut(hd * plane).map(Some).collect();
+        let tasks: Vec<(usize, [&mut [f32]; 3])> = (0..b * heads)
+            .map(|task| {
+                let (bi, head) = (task / heads, task % heads);
+                let mut take = |slot: usize| blocks[(bi * 3 + slot) * heads + head].take().expect("one owner");
+                (task, [take(0), take(1), take(2)])
+            })
+            .collect();
+        let dtemp: Vec<f64> = tasks
+            .into_par_iter()
+            .map(|(task, out)| {
+                let (bi, head) = (task / heads, task % heads);
+                let sample = &qkv[bi * d3 * plane..(bi + 1) * d3 * plane];
+                let g = &grad[(bi * d + head * hd) * plane..(bi * d + (head + 1) * hd) * plane];
+                let temp = temps.as_ref().map(|t| t[head]);
+                vectorized(
+                    #[inline(always)]
+                    || backward_head(sample, g, out, head, [d, hd, h, w], &spec, temp, &rope),
+                )
+            })
+            .collect();
+        // d logit_scale = d temperature * temperature below the clamp, else 0.
+        let grad_ls: Vec<f32> = (0..heads)
+            .map(|head| match &temps {
+                Some(t) if ls[head] <= LOGIT_SCALE_MAX => {
+                    let dt: f64 = (0..b).map(|bi| dtemp[bi * heads + head]).sum();
+                    (dt * t[head] as f64) as f32
+                }
+                _ => 0.0,
+            })
+            .collect();
+        [
+            FlexTensor::from_data(TensorData::new(grad_qkv, [b, d3, h, w])),
+            FlexTensor::from_data(TensorData::new(grad_ls, [heads, 1, 1])),
+        ]
+    }
+}
+
+/// The backward of one (sample, head): for every group, recompute q, k (rotated,
+/// normalised), the scores and the softmax, then propagate `grad` (the head's `[hd][H*W]`
+/// output gradient) to q, k and v, written into `out` (the head's q, k and v channel blocks).
+/// `rope` holds cos and -sin (the inverse rotation). Returns this head's d temperature
+/// (cosine attention).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_head(
+    sample: &[f32],
+    grad: &[f32],
+    out: [&mut [f32]; 3],
+    head: usize,
+    [d, hd, h, w]: [usize; 4],
+    spec: &AttnSpec,
+    temp: Option<f32>,
+    rope: &[f32],
+) -> f64 {
+    let r = spec.r;
+    let (hr, wr) = (h / r, w / r);
+    let n = hr * wr;
+    let plane = h * w;
+    let [mut q, mut k, mut v, mut go, mut o, mut dq, mut dk, mut dv] = [(); 8].map(|_| vec![0f32; hd * n]);
+    let [mut p, mut dp] = [(); 2].map(|_| vec![0f32; n * n]);
+    let [mut inq, mut ink, mut rowdot, mut proj] = [(); 4].map(|_| vec![0f32; n]);
+    let mut pixels = vec![0usize; n];
+    let mut dtemp = 0f64;
+    let [out_q, out_k, out_v] = out;
+    for dh in 0..r {
+        for dw in 0..r {
+            for (t, px) in pixels.iter_mut().enumerate() {
+                *px = ((t / wr) * r + dh) * w + (t % wr) * r + dw;
+            }
+            for c in 0..hd {
+                for (slot, buf) in [&mut q, &mut k, &mut v].into_iter().enumerate() {
+                    let src = &sample[(slot * d + head * hd + c) * plane..][..plane];
+                    for (x, &px) in buf[c * n..(c + 1) * n].iter_mut().zip(&pixels) {
+                        *x = src[px];
+                    }
+                }
+                let src = &grad[c * plane..(c + 1) * plane];
+                for (x, &px) in go[c * n..(c + 1) * n].iter_mut().zip(&pixels) {
+                    *x = src[px];
+                }
+            }
+            let pair = |m: usize| (&rope[m * n..(m + 1) * n], &rope[(hd / 2 + m) * n..(hd / 2 + m + 1) * n]);
+            if spec.rope {
+                for m in 0..hd / 2 {
+                    let (cos, neg_sin) = pair(m);
+                    rotate_pair_forward(&mut q, m, n, cos, neg_sin);
+                    rotate_pair_forward(&mut k, m, n, cos, neg_sin);
+                }
+            }
+            // q becomes qs (what multiplies k in the scores), k becomes kn.
+            match temp {
+                Some(t) => {
+                    inverse_norms(&q, n, &mut inq);
+                    inverse_norms(&k, n, &mut ink);
+                    scale_tokens(&mut q, &inq);
+                    scale_tokens(&mut k, &ink);
+                    q.iter_mut().for_each(|x| *x *= t);
+                }
+                None => q.iter_mut().for_each(|x| *x *= spec.scale),
+            }
+            // P = softmax(qs^T kn) over keys (rows are queries); O = P V.
+            gemm_strided(n, n, hd, &q, (1, n), &k, (n, 1), &mut p, (n, 1), false, gemm::Parallelism::None);
+            for row in p.chunks_exact_mut(n) {
+                let m = max(row);
+                row.iter_mut().for_each(|s| *s = exp(*s - m));
+                let inv = 1.0 / sum(row);
+                row.iter_mut().for_each(|s| *s *= inv);
+            }
+            gemm_strided(n, hd, n, &p, (n, 1), &v, (1, n), &mut o, (1, n), false, gemm::Parallelism::None);
+            // dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(P dP)), rowsum(P dP)_i = dO_i . O_i.
+            gemm_strided(n, hd, n, &p, (1, n), &go, (1, n), &mut dv, (1, n), false, gemm::Parallelism::None);
+            gemm_strided(n, n, hd, &go, (1, n), &v, (n, 1), &mut dp, (n, 1), false, gemm::Parallelism::None);
+            rowdot.iter_mut().for_each(|x| *x = 0.0);
+            for (gc, oc) in go.chunks_exact(n).zip(o.chunks_exact(n)) {
+                for ((s, &a), &b) in rowdot.iter_mut().zip(gc).zip(oc) {
+                    *s = a.mul_add(b, *s);
+                }
+            }
+            for ((dprow, prow), &rd) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(&rowdot) {
+                for (x, &pv) in dprow.iter_mut().zip(prow) {
+                    *x = pv * (*x - rd);
+                }
+            }
+            // d qs = dS kn; d kn = dS^T qs.
+            gemm_strided(n, hd, n, &dp, (n, 1), &k, (1, n), &mut dq, (1, n), false, gemm::Parallelism::None);
+            gemm_strided(n, hd, n, &dp, (1, n), &q, (1, n), &mut dk, (1, n), false, gemm::Parallelism::None);
+            match temp {
+                Some(t) => {
+                    // qs = t qn: d t = sum(d qs . qn) = sum(d qs . qs) / t; d qn = t d qs.
+                    dtemp += dq.iter().zip(&q).map(|(&a, &b)| (a * b) as f64).sum::<f64>() / t as f64;
+                    q.iter_mut().for_each(|x| *x /= t);
+                    dq.iter_mut().for_each(|x| *x *= t);
+                    normalize_backward(&mut dq, &q, &inq, &mut proj);
+                    normalize_backward(&mut dk, &k, &ink, &mut proj);
+                }
+                None => dq.iter_mut().for_each(|x| *x *= spec.scale),
+            }
+            if spec.rope {
+                // The rotation's transpose: rotate by the negative angle.
+                for m in 0..hd / 2 {
+                    let (cos, neg_sin) = pair(m);
+                    rotate_pair(&mut dq, m, n, cos, neg_sin);
+                    rotate_pair(&mut dk, m, n, cos, neg_sin);
+                }
+            }
+            for (dst, src) in [(&mut *out_q, &dq), (&mut *out_k, &dk), (&mut *out_v, &dv)] {
+                for c in 0..hd {
+                    let plane_out = &mut dst[c * plane..(c + 1) * plane];
+                    for (&x, &px) in src[c * n..(c + 1) * n].iter().zip(&pixels) {
+                        plane_out[px] = x;
+                    }
+                }
+            }
+        }
+    }
+    dtemp
+}
+
+/// The rotation by +angle, from the table of cos and -sin that the backward holds.
+#[inline(always)]
+fn rotate_pair_forward(x: &mut [f32], m: usize, n: usize, cos: &[f32], neg_sin: &[f32]) {
+    let (lo, hi) = x.split_at_mut((2 * m + 1) * n);
+    let (a, b) = (&mut lo[2 * m * n..], &mut hi[..n]);
+    for t in 0..n {
+        let (x0, x1) = (a[t], b[t]);
+        a[t] = x0 * cos[t] + x1 * neg_sin[t];
+        b[t] = x1 * cos[t] - x0 * neg_sin[t];
+    }
+}
+
+/// Backward of x -> x / max(||x||, eps) per token, given the normalised `xn`, the inverse
+/// norms and the gradient `g` of the output (replaced by the input's gradient):
+/// (g - xn (xn . g)) / ||x|| where the norm is above eps, g / eps below it.
+#[inline(always)]
+fn normalize_backward(g: &mut [f32], xn: &[f32], inv_norm: &[f32], proj: &mut [f32]) {
+    let n = inv_norm.len();
+    proj.iter_mut().for_each(|x| *x = 0.0);
+    for (gc, xc) in g.chunks_exact(n).zip(xn.chunks_exact(n)) {
+        for ((s, &a), &b) in proj.iter_mut().zip(gc).zip(xc) {
+            *s = a.mul_add(b, *s);
+        }
+    }
+    // Below eps (inverse norm 1e12) the map is linear: drop the projection.
+    proj.iter_mut().zip(inv_norm).for_each(|(p, &inv)| {
+        if inv >= 1e12 {
+            *p = 0.0;
+        }
+    });
+    for (gc, xc) in g.chunks_exact_mut(n).zip(xn.chunks_exact(n)) {
+        for (((x, &xv), &p), &inv) in gc.iter_mut().zip(xc).zip(proj.iter()).zip(inv_norm) {
+            *x = (*x - xv * p) * inv;
+        }
+    }
+}
+
+impl<B: Backend + AttentionOps + AttentionGrads, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
+    fn grouped_attention(
+        qkv: FloatTensor<Self>,
+        logit_scale: FloatTensor<Self>,
+        heads: usize,
+        r: usize,
+        rope: bool,
+        cosine: bool,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward(AttnSpec);
+
+        impl<B: Backend + AttentionGrads> Backward<B, 2> for AttentionBackward {
+            /// The q, k, v map and the logit scales: the backward recomputes the rest.
+            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (qkv, logit_scale) = ops.state;
+                let computed = B::grouped_attention_grads(qkv, logit_scale, grad, self.0);
+                for (parent, g) in ops.parents.into_iter().zip(computed) {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        let spec = AttnSpec { heads, r, rope, cosine, scale };
+        let guards = [qkv.node(), logit_scale.node()];
+        let (qkv, logit_scale) = (qkv.into_primitive(), logit_scale.into_primitive());
+        let out = B::grouped_attention(qkv.clone(), logit_scale.clone(), heads, r, rope, cosine, scale);
+        match AttentionBackward(spec).prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((qkv, logit_scale), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
