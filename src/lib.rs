@@ -48,7 +48,7 @@ pub fn devices(n: usize) -> anyhow::Result<Vec<burn::prelude::Device>> {
     #[cfg(not(feature = "cuda"))]
     {
         if n > 1 {
-            anyhow::bail!("{n} devices: data-parallel training needs a build with the `cuda` feature");
+            anyhow::bail!("{n} devices: data-parallel training needs a build with --features cuda");
         }
         Ok(vec![default_device()])
     }

@@ -133,7 +133,7 @@ impl DataSpec {
     /// A dataset by name: `fashion-mnist` (Debian's files unless `dir` says otherwise),
     /// `image-folder` or `latents` (both need `dir`).
     pub fn named(name: &str, dir: Option<PathBuf>, image_size: usize) -> Result<Self> {
-        let need = |d: Option<PathBuf>| d.with_context(|| format!("the {name} dataset needs a directory"));
+        let need = |d: Option<PathBuf>| d.with_context(|| format!("the {name} dataset needs a directory (--data-dir)"));
         Ok(match name {
             "fashion-mnist" => {
                 Self::FashionMnist { dir: dir.unwrap_or_else(|| data::fashion_mnist::DEFAULT_DIR.into()) }
