@@ -14,10 +14,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::classes::ClassNames;
+pub use crate::model::StateDict;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
-
-/// Float tensors by reference key, as f32.
-pub type StateDict = BTreeMap<String, TensorData>;
 
 /// Metadata key under which saved safetensors carry the model configuration (JSON).
 pub const CONFIG_METADATA_KEY: &str = "udit_config";
