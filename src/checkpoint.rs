@@ -14,10 +14,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::classes::ClassNames;
+pub use crate::model::StateDict;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
-
-/// Float tensors by reference key, as f32.
-pub type StateDict = BTreeMap<String, TensorData>;
 
 /// Metadata key under which saved safetensors carry the model configuration (JSON).
 pub const CONFIG_METADATA_KEY: &str = "udit_config";
@@ -99,8 +97,12 @@ fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
 }
 
 /// A safetensors file shorter than its header or than the data its header lists is
-/// truncated (an interrupted download or copy); says so with the byte counts.
+/// truncated (an interrupted download or copy); says so with the byte counts. Bytes that do
+/// not start a JSON header are no safetensors file at all: the parser names those.
 fn check_safetensors_length(bytes: &[u8]) -> Result<()> {
+    if bytes.get(8) != Some(&b'{') {
+        return Ok(());
+    }
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes checked"));
     let header_end = 8u64.saturating_add(header_len);
     if header_end > bytes.len() as u64 {

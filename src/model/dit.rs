@@ -7,36 +7,36 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::module::attention;
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
 use super::cpu::Gelu;
-use super::layers::{AdaLnModulation, Init, LabelEmbedder, Linear, TimestepEmbedder, gelu, layer_norm_dim};
-use super::{flag, validate_common};
+use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, gelu, layer_norm_dim};
+use super::{default_cfg_channels, defaults, flag, validate_common};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiTConfig {
-    #[serde(default = "super::defaults::input_size")]
+    #[serde(default = "defaults::input_size")]
     pub input_size: usize,
     #[serde(default = "d_patch")]
     pub patch_size: usize,
-    #[serde(default = "super::defaults::in_channels")]
+    #[serde(default = "defaults::in_channels")]
     pub in_channels: usize,
-    #[serde(default = "super::defaults::hidden_size")]
+    #[serde(default = "defaults::hidden_size")]
     pub hidden_size: usize,
     #[serde(default = "d_depth")]
     pub depth: usize,
-    #[serde(default = "super::defaults::num_heads")]
+    #[serde(default = "defaults::num_heads")]
     pub num_heads: usize,
-    #[serde(default = "super::defaults::mlp_ratio")]
+    #[serde(default = "defaults::mlp_ratio")]
     pub mlp_ratio: f64,
-    #[serde(default = "super::defaults::class_dropout_prob")]
+    #[serde(default = "defaults::class_dropout_prob")]
     pub class_dropout_prob: f64,
-    #[serde(default = "super::defaults::num_classes")]
+    #[serde(default = "defaults::num_classes")]
     pub num_classes: usize,
-    #[serde(default = "super::defaults::yes", deserialize_with = "flag::de")]
+    #[serde(default = "defaults::yes", deserialize_with = "flag::de")]
     pub learn_sigma: bool,
     /// Channels classifier-free guidance mixes; see `UDiTConfig::cfg_channels`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,16 +106,26 @@ impl DiTConfig {
     }
 
     pub fn guided_channels(&self) -> usize {
-        super::default_cfg_channels(self.cfg_channels, self.in_channels)
+        default_cfg_channels(self.cfg_channels, self.in_channels)
     }
 }
 
-/// `PatchEmbed`: a p x p conv with stride p.
+/// `PatchEmbed`: a p x p conv with stride p, each patch one token.
 #[derive(Module, Debug)]
 pub struct PatchEmbed {
-    pub proj: super::layers::Conv2d,
+    pub proj: Conv2d,
 }
 
+impl PatchEmbed {
+    /// `(N, C, H, W) -> (N, T, D)`, tokens in row-major patch order.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
+        let x = self.proj.forward(x);
+        let [n, d, gh, gw] = x.dims();
+        x.reshape([n, d, gh * gw]).swap_dims(1, 2)
+    }
+}
+
+/// Multi-head self-attention over all tokens (timm `Attention`).
 #[derive(Module, Debug)]
 pub struct Attention {
     pub qkv: Linear,
@@ -123,12 +133,35 @@ pub struct Attention {
     pub heads: usize,
 }
 
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [n, t, d] = x.dims();
+        let hd = d / self.heads;
+        let qkv = self.qkv.forward(x).reshape([n, t, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
+        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([n, self.heads, t, hd]));
+        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let options = AttentionModuleOptions { scale: Some((hd as f64).powf(-0.5)), softcap: None, is_causal: false };
+        let out = attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([n, t, d]);
+        self.proj.forward(out)
+    }
+}
+
+/// The ViT MLP (timm `Mlp`): fc1, tanh GELU, fc2.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
 }
 
+impl Mlp {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward(gelu(self.fc1.forward(x), Gelu::Tanh))
+    }
+}
+
+/// `DiTBlock`: attention and MLP with adaLN-Zero conditioning (DiT Fig. 3): every residual
+/// branch is gated by a vector regressed from c, zero at initialisation, so each block
+/// starts as the identity.
 #[derive(Module, Debug)]
 pub struct DiTBlock {
     pub attn: Attention,
@@ -136,12 +169,39 @@ pub struct DiTBlock {
     pub adaLN_modulation: AdaLnModulation,
 }
 
+impl DiTBlock {
+    fn new(d: usize, heads: usize, mlp_hidden: usize, device: &Device) -> Self {
+        let lin = |i, o| Linear::new(i, o, true, Init::Xavier, device);
+        Self {
+            attn: Attention { qkv: lin(d, 3 * d), proj: lin(d, d), heads },
+            mlp: Mlp { fc1: lin(d, mlp_hidden), fc2: lin(mlp_hidden, d) },
+            adaLN_modulation: AdaLnModulation::new(d, 6, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>, c: Tensor<2>) -> Tensor<3> {
+        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = self.adaLN_modulation.forward(c);
+        let x = x.clone() + gate_msa.unsqueeze_dim(1) * self.attn.forward(modulate(norm(x), shift_msa, scale_msa));
+        x.clone() + gate_mlp.unsqueeze_dim(1) * self.mlp.forward(modulate(norm(x), shift_mlp, scale_mlp))
+    }
+}
+
+/// `FinalLayer`: LayerNorm modulated by c (shift and scale), then a linear map of every
+/// token to its p x p patch of output channels.
 #[derive(Module, Debug)]
 pub struct FinalLayer {
     pub linear: Linear,
     pub adaLN_modulation: AdaLnModulation,
 }
 
+impl FinalLayer {
+    pub fn forward(&self, x: Tensor<3>, c: Tensor<2>) -> Tensor<3> {
+        let [shift, scale] = self.adaLN_modulation.forward(c);
+        self.linear.forward(modulate(norm(x), shift, scale))
+    }
+}
+
+/// The DiT denoiser.
 #[derive(Module, Debug)]
 pub struct DiT {
     pub x_embedder: PatchEmbed,
@@ -155,6 +215,11 @@ pub struct DiT {
     pub out_channels: usize,
 }
 
+/// `LayerNorm(elementwise_affine=False, eps=1e-6)` over the channels of every token.
+fn norm(x: Tensor<3>) -> Tensor<3> {
+    layer_norm_dim(x, 2)
+}
+
 /// `x * (1 + scale) + shift` with `[N, D]` modulation broadcast over tokens.
 fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
     x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim(1)
@@ -162,29 +227,18 @@ fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
 
 impl DiT {
     pub fn new(cfg: &DiTConfig, device: &Device) -> Self {
-        let (d, p) = (cfg.hidden_size, cfg.patch_size);
-        let hidden = (d as f64 * cfg.mlp_ratio) as usize;
-        let lin = |i, o| Linear::new(i, o, true, Init::Xavier, device);
-        let pos = sincos_pos_embed_2d(d, cfg.grid());
-        let blocks = (0..cfg.depth)
-            .map(|_| DiTBlock {
-                attn: Attention { qkv: lin(d, 3 * d), proj: lin(d, d), heads: cfg.num_heads },
-                mlp: Mlp { fc1: lin(d, hidden), fc2: lin(hidden, d) },
-                adaLN_modulation: AdaLnModulation::new(d, 6, device),
-            })
-            .collect();
+        let (d, p, grid) = (cfg.hidden_size, cfg.patch_size, cfg.grid());
+        let mlp_hidden = (d as f64 * cfg.mlp_ratio) as usize;
+        let pos_embed = Tensor::<1>::from_floats(sincos_pos_embed_2d(d, grid).as_slice(), device);
+        // The blocks draw their random weights first, as they always have (same seed, same model).
+        let blocks = (0..cfg.depth).map(|_| DiTBlock::new(d, cfg.num_heads, mlp_hidden, device)).collect();
         Self {
             x_embedder: PatchEmbed {
-                proj: super::layers::Conv2d::new(cfg.in_channels, d, p, true, Init::Xavier, device),
+                proj: Conv2d::new(cfg.in_channels, d, p, true, Init::Xavier, device).with_stride(p),
             },
             t_embedder: TimestepEmbedder::new(d, device),
             y_embedder: LabelEmbedder::new(cfg.label_rows(), d, device),
-            pos_embed: Param::from_tensor(Tensor::<1>::from_floats(pos.as_slice(), device).reshape([
-                1,
-                cfg.grid() * cfg.grid(),
-                d,
-            ]))
-            .set_require_grad(false),
+            pos_embed: Param::from_tensor(pos_embed.reshape([1, grid * grid, d])).set_require_grad(false),
             blocks,
             final_layer: FinalLayer {
                 linear: Linear::new(d, p * p * cfg.out_channels(), true, Init::Zero, device),
@@ -195,43 +249,22 @@ impl DiT {
         }
     }
 
+    /// Denoiser output for latents `x`, timesteps `t` and labels `y`, as the reference
+    /// `DiT.forward`; T = H W / p^2 tokens of width D.
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
-        let [n, _, h, w] = x.dims();
-        let p = self.patch_size;
-        let conv = &self.x_embedder.proj;
-        let options = ConvOptions::new([p, p], [0, 0], [1, 1], 1);
-        let patches = burn::tensor::module::conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), options);
-        let [_, d, gh, gw] = patches.dims();
-        let mut x = patches.reshape([n, d, gh * gw]).swap_dims(1, 2) + self.pos_embed.val();
-        let c = self.t_embedder.forward(t) + self.y_embedder.forward(y);
-        for block in &self.blocks {
-            let [shift_a, scale_a, gate_a, shift_f, scale_f, gate_f] =
-                <[Tensor<2>; 6]>::try_from(block.adaLN_modulation.forward(c.clone(), 6)).expect("six chunks");
-            let a = block.attn.forward(modulate(layer_norm_dim(x.clone(), 2), shift_a, scale_a));
-            x = x + gate_a.unsqueeze_dim(1) * a;
-            let h = block.mlp.fc1.forward(modulate(layer_norm_dim(x.clone(), 2), shift_f, scale_f));
-            let m = block.mlp.fc2.forward(gelu(h, Gelu::Tanh));
-            x = x + gate_f.unsqueeze_dim(1) * m;
-        }
-        let [shift, scale] =
-            <[Tensor<2>; 2]>::try_from(self.final_layer.adaLN_modulation.forward(c, 2)).expect("two chunks");
-        let x = self.final_layer.linear.forward(modulate(layer_norm_dim(x, 2), shift, scale));
-        // unpatchify: (n, h, w, p, q, c) -> (n, c, h p, w q)
-        let co = self.out_channels;
-        x.reshape([n, gh, gw, p, p, co]).permute([0, 5, 1, 3, 2, 4]).reshape([n, co, h, w])
+        let x = self.x_embedder.forward(x) + self.pos_embed.val(); // (N, T, D)
+        let c = self.t_embedder.forward(t) + self.y_embedder.forward(y); // (N, D)
+        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, c.clone())); // (N, T, D)
+        let x = self.final_layer.forward(x, c); // (N, T, p p out_channels)
+        self.unpatchify(x) // (N, out_channels, H, W)
     }
-}
 
-impl Attention {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [n, t, d] = x.dims();
-        let hd = d / self.heads;
-        let qkv = self.qkv.forward(x).reshape([n, t, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([n, self.heads, t, hd]));
-        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let options = AttentionModuleOptions { scale: Some((hd as f64).powf(-0.5)), softcap: None, is_causal: false };
-        let out = attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([n, t, d]);
-        self.proj.forward(out)
+    /// `(N, T, p p C) -> (N, C, H, W)`: each token's p x p patch back in its place.
+    fn unpatchify(&self, x: Tensor<3>) -> Tensor<4> {
+        let [n, t, _] = x.dims();
+        let (p, c) = (self.patch_size, self.out_channels);
+        let g = (t as f64).sqrt() as usize;
+        x.reshape([n, g, g, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([n, c, g * p, g * p])
     }
 }
 

@@ -70,12 +70,15 @@ impl Linear {
     }
 }
 
-/// `nn.Conv2d` (stride 1, "same" padding for odd kernels) with the PyTorch weight layout.
+/// `nn.Conv2d` with the PyTorch weight layout and padding (k - stride) / 2: "same" for odd
+/// kernels at stride 1, none for non-overlapping patches (k = stride), so the output side is
+/// the input side over the stride either way.
 #[derive(Module, Debug)]
 pub struct Conv2d {
     pub weight: Param<Tensor<4>>,
     pub bias: Option<Param<Tensor<1>>>,
     pub groups: usize,
+    pub stride: usize,
 }
 
 impl Conv2d {
@@ -98,15 +101,33 @@ impl Conv2d {
 
     /// A conv holding computed weights (e.g. merged branches), detached from any graph.
     pub fn from_weights(weight: Tensor<4>, bias: Option<Tensor<1>>, groups: usize) -> Self {
-        Self { weight: Param::from_tensor(weight.detach()), bias: bias.map(|b| Param::from_tensor(b.detach())), groups }
+        let bias = bias.map(|b| Param::from_tensor(b.detach()));
+        Self { weight: Param::from_tensor(weight.detach()), bias, groups, stride: 1 }
+    }
+
+    /// The same conv applied every `stride` pixels; with a `stride`-sized kernel it embeds
+    /// non-overlapping patches (DiT's `PatchEmbed`).
+    pub fn with_stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
     }
 
     pub fn kernel_size(&self) -> usize {
         self.weight.dims()[3]
     }
 
+    /// The bias, or zeros for a bias-free conv (for folding convs into one).
+    pub fn bias_or_zeros(&self) -> Tensor<1> {
+        let zeros = || Tensor::zeros([self.weight.dims()[0]], &self.weight.device());
+        self.bias.as_ref().map(|b| b.val()).unwrap_or_else(zeros)
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d_same(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), self.groups)
+        let (weight, bias) = (self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        if self.stride == 1 {
+            return conv2d_same(x, weight, bias, self.groups);
+        }
+        let (s, pad) = (self.stride, self.kernel_size().saturating_sub(self.stride) / 2);
+        conv2d(x, weight, bias, ConvOptions::new([s, s], [pad, pad], [1, 1], self.groups))
     }
 }
 
@@ -208,9 +229,11 @@ impl AdaLnModulation {
         Self { __1: Linear::new(hidden, n * hidden, true, Init::Zero, device) }
     }
 
-    /// The `n` chunks (shift, scale, gate, ...) of `Linear(SiLU(c))`, each `[N, hidden]`.
-    pub fn forward(&self, c: Tensor<2>, n: usize) -> Vec<Tensor<2>> {
-        self.__1.forward(silu(c)).chunk(n, 1)
+    /// The `K` chunks (shift, scale, gate, ...) of `Linear(SiLU(c))`, each `[N, hidden]`;
+    /// `K` is the `n` the layer was built with.
+    pub fn forward<const K: usize>(&self, c: Tensor<2>) -> [Tensor<2>; K] {
+        let chunks = self.__1.forward(silu(c)).chunk(K, 1);
+        chunks.try_into().unwrap_or_else(|v: Vec<_>| panic!("{K} modulation chunks expected, got {}", v.len()))
     }
 }
 
@@ -274,7 +297,8 @@ pub fn pixel_shuffle(x: Tensor<4>, r: usize) -> Tensor<4> {
 }
 
 /// Records intermediate activations under the reference module names, so that tests can
-/// compare each stage with the PyTorch hooks in the fixtures. Off, it costs nothing.
+/// compare each stage with the PyTorch hooks in the fixtures. Off, it costs nothing but the
+/// names.
 #[derive(Default)]
 pub struct Trace {
     pub acts: Option<std::collections::BTreeMap<String, burn::tensor::TensorData>>,
@@ -289,9 +313,12 @@ impl Trace {
         Self { acts: Some(Default::default()) }
     }
 
-    pub fn record<const D: usize>(&mut self, name: impl Into<String>, x: &Tensor<D>) {
+    /// Records `x` under `name` (when on) and hands it back, so that a forward pass taps a
+    /// stage in the line that computes it.
+    pub fn tap<const D: usize>(&mut self, name: impl Into<String>, x: Tensor<D>) -> Tensor<D> {
         if let Some(acts) = &mut self.acts {
             acts.insert(name.into(), x.to_data());
         }
+        x
     }
 }

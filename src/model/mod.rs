@@ -19,6 +19,11 @@ pub use dit::{DiT, DiTConfig};
 pub use layers::Trace;
 pub use udit::{UDiT, UDiTConfig};
 
+/// Float tensors by name, as f32: a model's weights under their reference state-dict keys,
+/// or other named tensors such as denoiser inputs. Defined here, beside the modules whose
+/// keys it holds, so that `checkpoint` (the file formats) depends on `model` and not back.
+pub type StateDict = std::collections::BTreeMap<String, burn::tensor::TensorData>;
+
 /// A model configuration: the reference constructor arguments plus `"arch"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch")]
@@ -334,7 +339,7 @@ pub fn describe(cfg: &ModelConfig) -> String {
 
 /// The denoiser inputs `x`, `t`, `y` from a tensor file, checked against the model.
 pub fn inputs_from(
-    tensors: &crate::checkpoint::StateDict,
+    tensors: &StateDict,
     cfg: &ModelConfig,
     device: &Device,
 ) -> Result<(Tensor<4>, Tensor<1>, Tensor<1, Int>)> {
