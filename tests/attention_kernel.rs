@@ -6,7 +6,9 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use common::*;
-use udit::kernels::attention::{AttnSpec, attention_generic, grouped_attention};
+use udit::kernels::AttnSpec;
+use udit::kernels::attention::grouped_attention;
+use udit::kernels::generic::attention as attention_generic;
 
 /// Output and gradients (qkv, logit_scale) of `sum(attention(qkv) * weights)`.
 fn run(fused: bool, qkv: &Tensor<4>, logit_scale: &Tensor<3>, weights: &Tensor<4>, spec: AttnSpec) -> [TensorData; 3] {

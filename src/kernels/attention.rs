@@ -7,7 +7,7 @@
 //! (`model::cpu::GroupedAttention`) and autodiff keeps only its input; the backward recomputes
 //! each group's scores (flash-attention style) and returns the gradients of the `to_qkv` map
 //! and of the cosine attention's `logit_scale`. `tests/attention_kernel.rs` compares both with
-//! burn's generic ops ([`attention_generic`]).
+//! burn's generic ops ([`super::generic::attention`]).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -18,28 +18,13 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use rayon::prelude::*;
 
+use super::{AttnSpec, LOGIT_SCALE_MAX};
+use super::generic::rope2d_angles;
 use crate::model::cpu::{
     GroupedAttention, exp, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized,
 };
-
-/// Largest log temperature of cosine attention, ln(100) as the reference writes it.
-pub const LOGIT_SCALE_MAX: f32 = 4.6052;
-
-/// The shape of the attention: heads, the token-downsampling factor r (r*r groups of
-/// pixels (r*h+dh, r*w+dw)), RoPE2D on q and k, and cosine similarity times
-/// exp(min(logit_scale, ln 100)) or, without it, the dot product times `scale`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AttnSpec {
-    pub heads: usize,
-    pub r: usize,
-    pub rope: bool,
-    pub cosine: bool,
-    pub scale: f32,
-}
 
 /// `[B, 3D, H, W]` q, k, v channels (and `[heads, 1, 1]` logit scales, read only for cosine
 /// attention) -> `[B, D, H, W]`.
@@ -80,84 +65,6 @@ pub fn grouped_attention(qkv: Tensor<4>, logit_scale: Tensor<3>, spec: AttnSpec)
         scale,
     );
     Tensor::from_dispatch(out)
-}
-
-/// The same attention in burn's generic ops (the CUDA path, and the reference the fused
-/// kernels are tested against).
-pub fn attention_generic(qkv: Tensor<4>, logit_scale: Option<Tensor<3>>, spec: AttnSpec) -> Tensor<4> {
-    let [b, d3, h, w] = qkv.dims();
-    let (r, heads) = (spec.r, spec.heads);
-    let (hr, wr, d) = (h / r, w / r, d3 / 3);
-    let (n, hd) = (hr * wr, d / heads);
-    // 'b (slot he hd) (hr dh) (wr dw) -> (b dh dw) (slot he) (hr wr) hd': group r*dh + dw holds
-    // pixels (r*hr+dh, r*wr+dw), the reference `DownSampler` rearrange.
-    let qkv = qkv.reshape([b, 3 * heads, hd, hr, r, wr, r]).permute([0, 4, 6, 1, 3, 5, 2]).reshape([
-        b * r * r,
-        3 * heads,
-        n,
-        hd,
-    ]);
-    let part = |i: usize| qkv.clone().narrow(1, i * heads, heads);
-    let (mut q, mut k, v) = (part(0), part(1), part(2));
-    if spec.rope {
-        let (cos, sin) = rope2d_tables(hd, n, &q.device());
-        q = q.clone() * cos.clone() + swap_pairs(q) * sin.clone();
-        k = k.clone() * cos + swap_pairs(k) * sin;
-    }
-    let scale = match (spec.cosine, logit_scale) {
-        (true, Some(logit_scale)) => {
-            let temp = logit_scale.clamp_max(LOGIT_SCALE_MAX).exp().reshape([1, heads, 1, 1]);
-            q = l2_normalize(q) * temp;
-            k = l2_normalize(k);
-            1.0
-        }
-        _ => spec.scale as f64,
-    };
-    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-    let out = attention(q, k, v, None, None, options); // [b r r, heads, n, hd]
-    // 'b (dh dw) he (hr wr) hd -> b (he hd) (hr dh) (wr dw)'
-    out.reshape([b, r, r, heads, hr, wr, hd]).permute([0, 3, 6, 4, 1, 5, 2]).reshape([b, d, h, w])
-}
-
-/// Channel pair (2m, 2m+1) of the last dimension -> (-(2m+1), 2m): RoPE's rotation is then
-/// `x cos + swap(x) sin`.
-fn swap_pairs(x: Tensor<4>) -> Tensor<4> {
-    let [a, b, n, hd] = x.dims();
-    let pairs = x.reshape([a, b, n, hd / 2, 2]);
-    let (even, odd) = (pairs.clone().narrow(4, 0, 1), pairs.narrow(4, 1, 1));
-    Tensor::cat(vec![odd.neg(), even], 4).reshape([a, b, n, hd])
-}
-
-/// `F.normalize(x, dim=-1)`: x / max(||x||, 1e-12).
-pub fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
-    let norm = x.clone().square().sum_dim(3).sqrt().clamp_min(1e-12);
-    x / norm
-}
-
-/// RoPE2D angle of every (token, channel pair), `[n][hd/2]`: pair m = (2m, 2m+1) rotates
-/// by x*w_{m/2} for even m and y*w_{(m-1)/2} for odd m, with (x, y) = (n mod S, n div S),
-/// S = floor(sqrt(n)), w_j = 10000^(-4j/hd) (reference `precompute_freqs_cis_2d`).
-pub fn rope2d_angles(hd: usize, n: usize) -> Vec<f32> {
-    let side = (n as f64).sqrt() as usize;
-    let mut angles = Vec::with_capacity(n * hd / 2);
-    for token in 0..n {
-        let (x, y) = ((token % side) as f32, (token / side) as f32);
-        for m in 0..hd / 2 {
-            let freq = 1.0 / 10000f32.powf((4 * (m / 2)) as f32 / hd as f32);
-            angles.push(if m % 2 == 0 { x * freq } else { y * freq });
-        }
-    }
-    angles
-}
-
-/// cos/sin of the RoPE2D angles per channel, `[1, 1, n, hd]` (both channels of a pair).
-fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
-    let angles = rope2d_angles(hd, n);
-    let table = |f: fn(f32) -> f32| {
-        let v: Vec<f32> = angles.iter().flat_map(|&a| [f(a); 2]).collect();
-        Tensor::<1>::from_floats(v.as_slice(), device).reshape([1, 1, n, hd])
-    };
-    (table(f32::cos), table(f32::sin))
 }
 
 /// cos then sin of every (channel pair, token), `[2][hd/2][n]`, as the kernels read them.

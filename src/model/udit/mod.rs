@@ -13,7 +13,7 @@ pub mod ffn;
 use burn::module::Module;
 use burn::prelude::*;
 
-pub use attention::{DownSampleAttn, DownSampler, l2_normalize, rope2d_angles};
+pub use attention::{DownSampleAttn, DownSampler};
 pub use config::{AttnType, DownFactor, FfnType, PosEmbType, UDiTConfig};
 pub use ffn::{FeedForward, Mlp, RepFeedForward, SingleFeedForward};
 
