@@ -58,6 +58,16 @@ impl Stream {
     }
 }
 
+/// Runs `init` right after seeding the device's generator, which burn's CPU backend keeps
+/// process-wide: the lock keeps another thread's seeded initialisation from drawing in
+/// between, so a seed gives the same weights whatever else runs.
+pub fn seeded<R>(device: &Device, seed: u64, init: impl FnOnce() -> R) -> R {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    init()
+}
+
 /// A uniform integer in `0..n` (Lemire's multiply-shift; the bias is below 2^-40 for any n
 /// this project meets).
 pub fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {

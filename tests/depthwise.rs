@@ -9,7 +9,7 @@ use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use common::*;
-use udit::model::depthwise::depthwise_conv2d;
+use udit::kernels::depthwise::depthwise_conv2d;
 
 fn random<const D: usize>(shape: [usize; D], dev: &Device) -> Tensor<D> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), dev)

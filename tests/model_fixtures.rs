@@ -149,7 +149,7 @@ fn burn_ops_path_matches_reference_too() {
     let weights = read_weights(&fixture("udit_tiny.weights.safetensors"), None).unwrap();
     let m = load_denoiser(&config("udit_tiny"), &weights, &dev).unwrap();
     let (x, t, y) = (float::<4>(&io["x"], &dev), float::<1>(&io["t"], &dev), ints(&io["y"], &dev));
-    assert!(!udit::model::cpu::applies(&x));
+    assert!(!udit::kernels::cpu::applies(&x));
     let out_train = m.forward(x.clone(), t.clone(), y.clone());
     assert_close("out_train (burn ops)", &out_train.into_data(), &io["out_train"], TOL);
     let out_eval = m.merged().forward(x, t, y);

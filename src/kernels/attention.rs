@@ -4,7 +4,7 @@
 //! Under autodiff, burn's generic ops save every intermediate of the chain (group split,
 //! RoPE, normalisation, scores, softmax, value product, merge) and run each backward as
 //! strided copies and small batched matmuls. Here the forward is the fused inference kernel
-//! (`model::cpu::GroupedAttention`) and autodiff keeps only its input; the backward recomputes
+//! (`super::cpu::GroupedAttention`) and autodiff keeps only its input; the backward recomputes
 //! each group's scores (flash-attention style) and returns the gradients of the `to_qkv` map
 //! and of the cosine attention's `logit_scale`. `tests/attention_kernel.rs` compares both with
 //! burn's generic ops ([`super::generic::attention`]).
@@ -20,11 +20,9 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::{AttnSpec, LOGIT_SCALE_MAX};
+use super::cpu::{GroupedAttention, exp, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized};
 use super::generic::rope2d_angles;
-use crate::model::cpu::{
-    GroupedAttention, exp, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized,
-};
+use super::{AttnSpec, LOGIT_SCALE_MAX};
 
 /// `[B, 3D, H, W]` q, k, v channels (and `[heads, 1, 1]` logit scales, read only for cosine
 /// attention) -> `[B, D, H, W]`.

@@ -5,7 +5,27 @@ use burn::prelude::*;
 use burn::tensor::module::attention as sdpa;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use super::cpu::Gelu;
 use super::{AttnSpec, LOGIT_SCALE_MAX};
+use crate::model::layers::{layer_norm_2d, modulate_2d};
+
+/// GELU, exact or tanh-approximated (burn evaluates erf and tanh per element).
+pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
+    match kind {
+        Gelu::Erf => burn::tensor::activation::gelu(x),
+        Gelu::Tanh => burn::tensor::activation::gelu_approximate(x),
+    }
+}
+
+/// `modulate(LayerNorm2d(x), shift, scale)`, the adaLN pre-norm of every U-DiT pair.
+pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
+    modulate_2d(layer_norm_2d(x), shift, scale)
+}
+
+/// `x + gate * y`, gate `[N, C]` broadcast over the spatial dims (adaLN-Zero residual).
+pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
+    x + gate.unsqueeze_dims::<4>(&[2, 3]) * y
+}
 
 /// The same attention in burn's generic ops (the CUDA path, and the reference the fused
 /// kernels are tested against).
@@ -84,4 +104,3 @@ fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>)
     };
     (table(f32::cos), table(f32::sin))
 }
-

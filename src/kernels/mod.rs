@@ -6,9 +6,45 @@
 
 #[cfg(not(feature = "cuda"))]
 pub mod attention;
+pub mod cpu;
+#[cfg(not(feature = "cuda"))]
+pub mod depthwise;
 pub mod generic;
+#[cfg(not(feature = "cuda"))]
+pub mod pointwise;
 
 use burn::prelude::*;
+
+pub use cpu::Gelu;
+
+/// Which of the two implementations runs: the fused CPU kernel, or burn's generic ops.
+macro_rules! fused_or_generic {
+    ($fused:expr, $generic:expr) => {{
+        #[cfg(not(feature = "cuda"))]
+        {
+            $fused
+        }
+        #[cfg(feature = "cuda")]
+        {
+            $generic
+        }
+    }};
+}
+
+/// GELU, exact (the U-DiT FFN) or tanh-approximated (DiT's MLP, U-DiT's `basic` FFN).
+pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
+    fused_or_generic!(pointwise::gelu(x, kind), generic::gelu(x, kind))
+}
+
+/// `LayerNorm2d(x) * (1 + scale) + shift` with `[B, C]` shift and scale: adaLN's pre-norm.
+pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
+    fused_or_generic!(pointwise::norm_modulate(x, shift, scale), generic::norm_modulate(x, shift, scale))
+}
+
+/// `x + gate * y` with a `[B, C]` gate: adaLN-Zero's gated residual.
+pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
+    fused_or_generic!(pointwise::add_gated(x, gate, y), generic::add_gated(x, gate, y))
+}
 
 /// Largest log temperature of cosine attention, ln(100) as the reference writes it.
 pub const LOGIT_SCALE_MAX: f32 = 4.6052;
@@ -28,11 +64,11 @@ pub struct AttnSpec {
 /// U-DiT's downsampled-token attention on a `[B, 3D, H, W]` map of q, k, v channels ->
 /// `[B, D, H, W]`; `logit_scale` (`[heads, 1, 1]`) for cosine attention.
 pub fn attention(qkv: Tensor<4>, logit_scale: Option<Tensor<3>>, spec: AttnSpec) -> Tensor<4> {
-    #[cfg(not(feature = "cuda"))]
-    {
-        let logit_scale = logit_scale.unwrap_or_else(|| Tensor::zeros([spec.heads, 1, 1], &qkv.device()));
-        attention::grouped_attention(qkv, logit_scale, spec)
-    }
-    #[cfg(feature = "cuda")]
-    generic::attention(qkv, logit_scale, spec)
+    fused_or_generic!(
+        {
+            let logit_scale = logit_scale.unwrap_or_else(|| Tensor::zeros([spec.heads, 1, 1], &qkv.device()));
+            attention::grouped_attention(qkv, logit_scale, spec)
+        },
+        generic::attention(qkv, logit_scale, spec)
+    )
 }

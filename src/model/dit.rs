@@ -10,9 +10,9 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
-use super::cpu::Gelu;
-use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, gelu, layer_norm_dim};
+use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, layer_norm_dim};
 use super::{default_cfg_channels, defaults, flag, validate_common};
+use crate::kernels::{Gelu, gelu};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

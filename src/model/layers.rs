@@ -59,8 +59,8 @@ impl Linear {
 
     /// Applies the layer to the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if super::cpu::applies(&x) {
-            return super::cpu::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        if crate::kernels::cpu::applies(&x) {
+            return crate::kernels::cpu::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
         }
         let y = x.matmul(self.weight.val().transpose().unsqueeze());
         match &self.bias {
@@ -137,7 +137,7 @@ pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, gro
     #[cfg(not(feature = "cuda"))]
     if groups > 1 && groups == x.dims()[1] && weight.dims()[0] == groups {
         let bias = bias.unwrap_or_else(|| Tensor::zeros([groups], &x.device()));
-        return super::depthwise::depthwise_conv2d(x, weight, bias);
+        return crate::kernels::depthwise::depthwise_conv2d(x, weight, bias);
     }
     if weight.dims()[2] == 1 && groups == 1 && x.is_autodiff() {
         return pointwise_conv(x, weight, bias);
@@ -237,16 +237,6 @@ impl AdaLnModulation {
     }
 }
 
-/// GELU, on the vectorised CPU kernel where it applies.
-pub fn gelu<const D: usize>(x: Tensor<D>, kind: super::cpu::Gelu) -> Tensor<D> {
-    use super::cpu::{Gelu, applies};
-    match kind {
-        _ if applies(&x) => super::cpu::gelu(x, kind),
-        Gelu::Erf => burn::tensor::activation::gelu(x),
-        Gelu::Tanh => burn::tensor::activation::gelu_approximate(x),
-    }
-}
-
 /// LayerNorm over the channels of every pixel, eps 1e-6, no affine weights
 /// (`LayerNorm2d(affine=False)` of the reference).
 pub fn layer_norm_2d(x: Tensor<4>) -> Tensor<4> {
@@ -264,22 +254,6 @@ pub fn modulate_2d(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4
     let scale: Tensor<4> = scale.unsqueeze_dims(&[2, 3]);
     let shift: Tensor<4> = shift.unsqueeze_dims(&[2, 3]);
     x * (scale + 1.0) + shift
-}
-
-/// `modulate(LayerNorm2d(x), shift, scale)`, the adaLN pre-norm of every U-DiT pair.
-pub fn norm_modulate_2d(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
-    if super::cpu::applies(&x) {
-        return super::cpu::norm_modulate(x, shift, scale);
-    }
-    modulate_2d(layer_norm_2d(x), shift, scale)
-}
-
-/// `x + gate * y`, gate `[N, C]` broadcast over the spatial dims (adaLN-Zero residual).
-pub fn add_gated_2d(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
-    if super::cpu::applies(&x) {
-        return super::cpu::add_gated(x, gate, y);
-    }
-    x + gate.unsqueeze_dims::<4>(&[2, 3]) * y
 }
 
 /// `nn.PixelUnshuffle(r)`: channel c at pixel (r*h+i, r*w+j) goes to channel

@@ -2,9 +2,6 @@
 //! type that samplers and training call without knowing which network it is.
 
 pub mod choice;
-pub mod cpu;
-#[cfg(not(feature = "cuda"))]
-pub mod depthwise;
 pub mod dit;
 pub mod layers;
 pub mod udit;

@@ -31,8 +31,7 @@ impl TrainState {
     /// A fresh model (seeded initialisation) and optimizer on the autodiff device `device`.
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         config.validate()?;
-        device.seed(config.seed);
-        let model = Denoiser::new(&config.model, FfnForm::Train, device);
+        let model = crate::rng::seeded(device, config.seed, || Denoiser::new(&config.model, FfnForm::Train, device));
         let optim = OptimState::new(&model);
         Ok(Self { config, model, optim })
     }

@@ -6,9 +6,9 @@ use burn::module::Module;
 use burn::prelude::*;
 
 use super::{FfnType, UDiTConfig};
+use crate::kernels::{Gelu, gelu};
 use crate::model::FfnForm;
-use crate::model::cpu::Gelu;
-use crate::model::layers::{Conv2d, Init, conv2d_same, gelu};
+use crate::model::layers::{Conv2d, Init, conv2d_same};
 
 /// The FFN of a block, in whichever form the weights are in.
 #[derive(Module, Debug)]

@@ -19,9 +19,10 @@ pub use ffn::{FeedForward, Mlp, RepFeedForward, SingleFeedForward};
 
 use super::FfnForm;
 use super::layers::{
-    AdaLnModulation, Conv2d, Init, LabelEmbedder, TimestepEmbedder, Trace, add_gated_2d, layer_norm_2d, modulate_2d,
-    norm_modulate_2d, pixel_shuffle, pixel_unshuffle,
+    AdaLnModulation, Conv2d, Init, LabelEmbedder, TimestepEmbedder, Trace, layer_norm_2d, modulate_2d, pixel_shuffle,
+    pixel_unshuffle,
 };
+use crate::kernels;
 
 /// The U-DiT denoiser. Level 1 runs at width C = `hidden_size` on the H x W latent, level 2
 /// at 2C on H/2 x W/2, level 3 (`latent`) at 4C on H/4 x W/4; each level has its own
@@ -189,8 +190,8 @@ fn adaln_zero_pair(
     mlp: &FeedForward,
 ) -> Tensor<4> {
     let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = adaLN_modulation.forward(c);
-    let x = add_gated_2d(x.clone(), gate_msa, attn.forward(norm_modulate_2d(x, shift_msa, scale_msa)));
-    add_gated_2d(x.clone(), gate_mlp, mlp.forward(norm_modulate_2d(x, shift_mlp, scale_mlp)))
+    let x = kernels::add_gated(x.clone(), gate_msa, attn.forward(kernels::norm_modulate(x, shift_msa, scale_msa)));
+    kernels::add_gated(x.clone(), gate_mlp, mlp.forward(kernels::norm_modulate(x, shift_mlp, scale_mlp)))
 }
 
 /// `x_embedder`: a 3x3 conv from the latent channels to the model width; overlapping

@@ -267,11 +267,8 @@ pub enum Gelu {
     Tanh,
 }
 
-/// GELU on the CPU, vectorised (the generic ops evaluate erf and tanh one element at a time).
-pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
-    let dims = x.dims();
-    let device = x.device();
-    let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+/// GELU in place, vectorised (the generic ops evaluate erf and tanh one element at a time).
+pub(crate) fn gelu_in_place(v: &mut [f32], kind: Gelu) {
     v.par_chunks_mut(1 << 14).for_each(|chunk| {
         vectorized(
             #[inline(always)]
@@ -281,17 +278,22 @@ pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
             },
         )
     });
-    Tensor::from_data(TensorData::new(v, dims), &device)
 }
 
 /// 0.5 x (1 + erf(x / sqrt 2)), erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7).
 #[inline(always)]
 fn gelu_erf(x: f32) -> f32 {
+    x * normal_cdf(x)
+}
+
+/// Phi(x) = 0.5 (1 + erf(x / sqrt 2)).
+#[inline(always)]
+pub(crate) fn normal_cdf(x: f32) -> f32 {
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
     let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t + 0.254_829_6) * t;
     let erf_abs = 1.0 - poly * exp(-z * z);
-    0.5 * x * (1.0 + if x < 0.0 { -erf_abs } else { erf_abs })
+    0.5 * (1.0 + if x < 0.0 { -erf_abs } else { erf_abs })
 }
 
 /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with tanh u = 1 - 2 / (e^{2u} + 1).
@@ -325,18 +327,13 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
     Tensor::from_data(TensorData::new(out, dims), &device)
 }
 
-/// `LayerNorm2d(x) * (1 + scale) + shift`: per pixel, normalise over channels (eps 1e-6,
-/// no affine), then modulate with `[B, C]` shift and scale, in two passes over `x`.
-pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let device = x.device();
+/// `LayerNorm2d(x) * (1 + scale) + shift` in place on `[B, C, H, W]` `v`: per pixel,
+/// normalise over channels (eps 1e-6, no affine), then modulate with `[B, C]` shift and
+/// scale, in two passes over `x`.
+pub(crate) fn norm_modulate_in_place(v: &mut [f32], [b, c, h, w]: [usize; 4], shift: &[f32], scale: &[f32]) {
     let plane = h * w;
-    let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    let shift = shift.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    let scale = scale.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    // One task per (sample, block of pixels): the channel loop reads whole plane rows.
-    let block = 256.min(plane);
-    let tasks: Vec<(usize, usize)> = (0..b).flat_map(|bi| (0..plane).step_by(block).map(move |p0| (bi, p0))).collect();
+    let tasks = pixel_blocks(b, plane);
+    let block = PIXEL_BLOCK.min(plane);
     let ptr = SyncPtr(v.as_mut_ptr());
     tasks.par_iter().for_each(|&(bi, p0)| {
         let len = block.min(plane - p0);
@@ -347,7 +344,15 @@ pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor
             || norm_modulate_block(sample, plane, p0, len, &shift[bi * c..(bi + 1) * c], &scale[bi * c..(bi + 1) * c]),
         );
     });
-    Tensor::from_data(TensorData::new(v, [b, c, h, w]), &device)
+}
+
+/// Pixels per task of the per-pixel channel loops: whole plane rows are read per channel.
+pub(crate) const PIXEL_BLOCK: usize = 256;
+
+/// (sample, first pixel) of every task of [`PIXEL_BLOCK`] pixels.
+pub(crate) fn pixel_blocks(b: usize, plane: usize) -> Vec<(usize, usize)> {
+    let block = PIXEL_BLOCK.min(plane);
+    (0..b).flat_map(|bi| (0..plane).step_by(block).map(move |p0| (bi, p0))).collect()
 }
 
 #[inline(always)]
@@ -377,32 +382,25 @@ fn norm_modulate_block(x: &mut [f32], plane: usize, p0: usize, len: usize, shift
     }
 }
 
-/// `x + gate * y` with a `[B, C]` gate broadcast over pixels (the adaLN-Zero residual).
-pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
-    let dims = x.dims();
-    let [_, _, h, w] = dims;
-    let device = x.device();
-    let mut v = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    let y = y.into_data().convert::<f32>();
-    let y = y.as_slice::<f32>().expect("f32 data");
-    let gate = gate.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    v.par_chunks_mut(h * w).zip(y.par_chunks(h * w)).zip(gate.par_iter()).for_each(|((xs, ys), &g)| {
+/// `x += gate * y` with a `[B, C]` gate broadcast over the `plane` pixels of each channel
+/// (the adaLN-Zero residual).
+pub(crate) fn add_gated_in_place(x: &mut [f32], gate: &[f32], y: &[f32], plane: usize) {
+    x.par_chunks_mut(plane).zip(y.par_chunks(plane)).zip(gate.par_iter()).for_each(|((xs, ys), &g)| {
         vectorized(
             #[inline(always)]
             || xs.iter_mut().zip(ys).for_each(|(x, &y)| *x = g.mul_add(y, *x)),
         )
     });
-    Tensor::from_data(TensorData::new(v, dims), &device)
 }
 
 /// A raw pointer that rayon tasks may share; each task touches its own disjoint range.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: used only for disjoint writes, see the call sites.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 impl SyncPtr {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
