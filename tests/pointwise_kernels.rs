@@ -1,4 +1,4 @@
-//! The fused GELU, adaLN pre-norm and gated residual (forward and their own backward)
+//! The fused GELU, adaLN pre-norm, gated residual and 1x1 convolution (forward and their own backward)
 //! against the same ops in burn's generic tensor ops: output and every input gradient.
 
 mod common;
@@ -65,4 +65,18 @@ fn gated_residual_and_its_gradients() {
     let fused = run(&inputs, &weights, |t| pointwise::add_gated(t[0].clone(), g(&t[1]), t[2].clone()));
     let generic = run(&inputs, &weights, |t| generic::add_gated(t[0].clone(), g(&t[1]), t[2].clone()));
     compare("add_gated", fused, generic);
+}
+
+#[test]
+fn conv1x1_and_its_gradients() {
+    for ([b, c, h, w], o) in [([3, 5, 7, 4], 6), ([1, 8, 24, 24], 24)] {
+        let (x, weight, bias) = (normal([b, c, h, w]), normal([o, c, 1, 1]), normal([o, 1, 1, 1]));
+        let weights = normal([b, o, h, w]);
+        let inputs = [x.to_data(), weight.to_data(), bias.to_data()];
+        let bias1 = |t: &Tensor<4>| t.clone().reshape([o]);
+        let fused =
+            run(&inputs, &weights, |t| udit::kernels::conv1x1::conv1x1(t[0].clone(), t[1].clone(), bias1(&t[2])));
+        let generic = run(&inputs, &weights, |t| generic::conv1x1(t[0].clone(), t[1].clone(), bias1(&t[2])));
+        compare(&format!("conv1x1 {b}x{c}x{h}x{w} -> {o}"), fused, generic);
+    }
 }

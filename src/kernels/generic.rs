@@ -9,6 +9,15 @@ use super::cpu::Gelu;
 use super::{AttnSpec, LOGIT_SCALE_MAX};
 use crate::model::layers::{layer_norm_2d, modulate_2d};
 
+/// A 1x1 convolution as one batched matmul: its backward is two matmuls, where burn's
+/// generic conv backward takes a transposed convolution.
+pub fn conv1x1(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let o = weight.dims()[0];
+    let out = weight.reshape([1, o, c]).matmul(x.reshape([n, c, h * w])) + bias.reshape([1, o, 1]);
+    out.reshape([n, o, h, w])
+}
+
 /// GELU, exact or tanh-approximated (burn evaluates erf and tanh per element).
 pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
     match kind {

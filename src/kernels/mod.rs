@@ -6,6 +6,8 @@
 
 #[cfg(not(feature = "cuda"))]
 pub mod attention;
+#[cfg(not(feature = "cuda"))]
+pub mod conv1x1;
 pub mod cpu;
 #[cfg(not(feature = "cuda"))]
 pub mod depthwise;
@@ -29,6 +31,12 @@ macro_rules! fused_or_generic {
             $generic
         }
     }};
+}
+
+/// A 1x1 convolution `[B, C, H, W]` x `[O, C, 1, 1]` + `[O]` (projections of the map).
+pub fn conv1x1(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
+    fused_or_generic!(conv1x1::conv1x1(x, weight, bias), generic::conv1x1(x, weight, bias))
 }
 
 /// GELU, exact (the U-DiT FFN) or tanh-approximated (DiT's MLP, U-DiT's `basic` FFN).

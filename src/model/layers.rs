@@ -131,32 +131,19 @@ impl Conv2d {
     }
 }
 
-/// Stride-1 convolution with (k-1)/2 zero padding; depthwise ones take the CPU kernels of
-/// [`super::depthwise`] (forward and backward) unless the backend is CUDA.
+/// Stride-1 convolution with (k-1)/2 zero padding; depthwise and 1x1 ones run the ops of
+/// [`crate::kernels`] (fused CPU kernels with their own backward unless the backend is CUDA).
 pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, groups: usize) -> Tensor<4> {
     #[cfg(not(feature = "cuda"))]
     if groups > 1 && groups == x.dims()[1] && weight.dims()[0] == groups {
         let bias = bias.unwrap_or_else(|| Tensor::zeros([groups], &x.device()));
         return crate::kernels::depthwise::depthwise_conv2d(x, weight, bias);
     }
-    if weight.dims()[2] == 1 && groups == 1 && x.is_autodiff() {
-        return pointwise_conv(x, weight, bias);
+    if weight.dims()[2] == 1 && groups == 1 {
+        return crate::kernels::conv1x1(x, weight, bias);
     }
     let pad = (weight.dims()[3] - 1) / 2;
     conv2d(x, weight, bias, ConvOptions::new([1, 1], [pad, pad], [1, 1], groups))
-}
-
-/// A 1x1 convolution as one batched matmul: in training its backward is two matmuls, where
-/// the generic conv backward takes a transposed convolution.
-fn pointwise_conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
-    let [n, c, h, w] = x.dims();
-    let o = weight.dims()[0];
-    let out = weight.reshape([1, o, c]).matmul(x.reshape([n, c, h * w]));
-    let out = match bias {
-        Some(b) => out + b.reshape([1, o, 1]),
-        None => out,
-    };
-    out.reshape([n, o, h, w])
 }
 
 /// The 256-frequency sinusoid of GLIDE/ADM, cosines first (reference `timestep_embedding`).

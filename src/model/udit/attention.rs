@@ -3,8 +3,6 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 
 use super::UDiTConfig;
 use crate::kernels::{self, AttnSpec};
@@ -85,5 +83,5 @@ impl DownSampleAttn {
 /// groups: one call instead of one matmul per group.
 fn pointwise(x: Tensor<4>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<4> {
     let [o, i] = weight.dims();
-    conv2d(x, weight.reshape([o, i, 1, 1]), bias, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+    kernels::conv1x1(x, weight.reshape([o, i, 1, 1]), bias)
 }

@@ -1,0 +1,140 @@
+//! 1x1 convolutions (U-DiT's `to_qkv`, `to_out` and FFN projections) as single GEMMs in both
+//! directions, a burn backend extension on the CPU `flex` backend. On an NCHW map a 1x1 conv
+//! is, per sample, `[O, C] x [C, HW]`; its input gradient is `W^T x grad` and its weight
+//! gradient `grad x x^T` summed over the batch, all on the tensors as they lie, without the
+//! im2col, transposes and per-sample weight-gradient copies of the generic paths.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rayon::prelude::*;
+
+use super::cpu::{gemm_strided, sum};
+
+/// `[B, C, H, W]` x `[O, C, 1, 1]` + `[O]` -> `[B, O, H, W]`.
+#[backend_extension(Flex, Autodiff)]
+pub trait Conv1x1Ops: Backend {
+    fn conv1x1(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// d x, d weight, d bias of [`Conv1x1Ops::conv1x1`].
+pub trait Conv1x1Grads: Backend {
+    fn conv1x1_grads(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3];
+}
+
+pub fn conv1x1(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as Conv1x1Ops>::conv1x1(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
+}
+
+/// Samples run in parallel; with fewer samples than threads, each GEMM uses them all.
+fn inner_parallelism(batch: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if batch >= threads { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) }
+}
+
+fn f32_vec(t: FlexTensor) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    t.shape().dims()
+}
+
+impl Conv1x1Ops for Flex {
+    fn conv1x1(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let [b, c, h, w] = dims4(&x);
+        let o = dims4(&weight)[0];
+        let plane = h * w;
+        let (x, weight, bias) = (f32_vec(x), f32_vec(weight), f32_vec(bias));
+        let mut out: Vec<f32> = bias.iter().flat_map(|&v| std::iter::repeat_n(v, plane)).collect::<Vec<_>>().repeat(b);
+        let inner = inner_parallelism(b);
+        out.par_chunks_mut(o * plane).zip(x.par_chunks(c * plane)).for_each(|(ob, xb)| {
+            gemm_strided(o, plane, c, &weight, (c, 1), xb, (plane, 1), ob, (plane, 1), true, inner);
+        });
+        FlexTensor::from_data(TensorData::new(out, [b, o, h, w]))
+    }
+}
+
+impl Conv1x1Grads for Flex {
+    fn conv1x1_grads(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> [FlexTensor; 3] {
+        let [b, c, h, w] = dims4(&x);
+        let o = dims4(&weight)[0];
+        let plane = h * w;
+        let (x, weight, grad) = (f32_vec(x), f32_vec(weight), f32_vec(grad));
+        // d x_b = W^T g_b, per sample.
+        let inner = inner_parallelism(b);
+        let mut dx = vec![0f32; b * c * plane];
+        dx.par_chunks_mut(c * plane).zip(grad.par_chunks(o * plane)).for_each(|(dxb, gb)| {
+            gemm_strided(c, plane, o, &weight, (1, c), gb, (plane, 1), dxb, (plane, 1), false, inner);
+        });
+        // d W = sum_b g_b x_b^T: per sample in parallel, then summed; d bias = sum of g.
+        let per_sample: Vec<Vec<f32>> = grad
+            .par_chunks(o * plane)
+            .zip(x.par_chunks(c * plane))
+            .map(|(gb, xb)| {
+                let mut dw = vec![0f32; o * c];
+                gemm_strided(o, c, plane, gb, (plane, 1), xb, (1, plane), &mut dw, (c, 1), false, inner);
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; o * c];
+        for part in per_sample {
+            dw.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+        }
+        let mut db = vec![0f32; o];
+        for gb in grad.chunks(o * plane) {
+            for (d, row) in db.iter_mut().zip(gb.chunks(plane)) {
+                *d += sum(row);
+            }
+        }
+        [
+            FlexTensor::from_data(TensorData::new(dx, [b, c, h, w])),
+            FlexTensor::from_data(TensorData::new(dw, [o, c, 1, 1])),
+            FlexTensor::from_data(TensorData::new(db, [o])),
+        ]
+    }
+}
+
+impl<B: Backend + Conv1x1Ops + Conv1x1Grads, C: CheckpointStrategy> Conv1x1Ops for Autodiff<B, C> {
+    fn conv1x1(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Conv1x1Backward;
+
+        impl<B: Backend + Conv1x1Grads> Backward<B, 3> for Conv1x1Backward {
+            /// The input and the weight.
+            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight) = ops.state;
+                for (parent, g) in ops.parents.into_iter().zip(B::conv1x1_grads(x, weight, grad)) {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        let guards = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
+        let out = B::conv1x1(x.clone(), weight.clone(), bias);
+        match Conv1x1Backward.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x, weight), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
