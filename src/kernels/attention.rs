@@ -20,7 +20,9 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::cpu::{GroupedAttention, exp, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized};
+use super::cpu::{
+    GroupedAttention, exp, gather_group, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized,
+};
 use super::generic::rope2d_angles;
 use super::{AttnSpec, LOGIT_SCALE_MAX};
 
@@ -196,16 +198,8 @@ fn backward_head(
     let [out_q, out_k, out_v] = out;
     for dh in 0..r {
         for dw in 0..r {
-            for (t, px) in pixels.iter_mut().enumerate() {
-                *px = ((t / wr) * r + dh) * w + (t % wr) * r + dw;
-            }
+            gather_group(sample, [d, hd, h, w], head, [r, dh, dw], &mut pixels, [&mut q, &mut k, &mut v]);
             for c in 0..hd {
-                for (slot, buf) in [&mut q, &mut k, &mut v].into_iter().enumerate() {
-                    let src = &sample[(slot * d + head * hd + c) * plane..][..plane];
-                    for (x, &px) in buf[c * n..(c + 1) * n].iter_mut().zip(&pixels) {
-                        *x = src[px];
-                    }
-                }
                 let src = &grad[c * plane..(c + 1) * plane];
                 for (x, &px) in go[c * n..(c + 1) * n].iter_mut().zip(&pixels) {
                     *x = src[px];

@@ -76,18 +76,7 @@ impl GroupedAttention {
         let mut inv_sums = vec![0f32; n];
         for dh in 0..r {
             for dw in 0..r {
-                // Pixel of each token of this group: (r*th + dh, r*tw + dw).
-                for (t, p) in pixels.iter_mut().enumerate() {
-                    *p = ((t / wr) * r + dh) * w + (t % wr) * r + dw;
-                }
-                for c in 0..hd {
-                    for (slot, buf) in [&mut q, &mut k, &mut v].into_iter().enumerate() {
-                        let src = &sample[(slot * d + head * hd + c) * plane..][..plane];
-                        for (x, &p) in buf[c * n..(c + 1) * n].iter_mut().zip(&pixels) {
-                            *x = src[p];
-                        }
-                    }
-                }
+                gather_group(sample, [d, hd, h, w], head, [r, dh, dw], &mut pixels, [&mut q, &mut k, &mut v]);
                 if self.rope {
                     for m in 0..hd / 2 {
                         let (cos, sin) = (&rope[m * n..(m + 1) * n], &rope[(hd / 2 + m) * n..(hd / 2 + m + 1) * n]);
@@ -120,6 +109,32 @@ impl GroupedAttention {
                         dst[p] = x;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Group (dh, dw) of the r*r token groups: the pixel of each of its tokens,
+/// (r*th + dh, r*tw + dw), into `pixels`, and one head's q, k and v of those pixels from a
+/// `[3D, H, W]` sample, channel-major (`[hd][n]`).
+#[inline(always)]
+pub(crate) fn gather_group(
+    sample: &[f32],
+    [d, hd, h, w]: [usize; 4],
+    head: usize,
+    [r, dh, dw]: [usize; 3],
+    pixels: &mut [usize],
+    qkv: [&mut [f32]; 3],
+) {
+    let (n, wr, plane) = (pixels.len(), w / r, h * w);
+    for (t, p) in pixels.iter_mut().enumerate() {
+        *p = ((t / wr) * r + dh) * w + (t % wr) * r + dw;
+    }
+    for (slot, buf) in qkv.into_iter().enumerate() {
+        for c in 0..hd {
+            let src = &sample[(slot * d + head * hd + c) * plane..][..plane];
+            for (x, &p) in buf[c * n..(c + 1) * n].iter_mut().zip(pixels.iter()) {
+                *x = src[p];
             }
         }
     }

@@ -1,0 +1,74 @@
+//! The gradients of a whole U-DiT (every fused kernel's backward chained through blocks,
+//! downsampling and upsampling) against central finite differences of its loss.
+
+mod common;
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use common::*;
+use udit::checkpoint::{load_into, read_weights, state_dict};
+use udit::model::{Denoiser, FfnForm, ModelConfig};
+
+/// Replaces every parameter by its gradient, so that `state_dict` names the gradients.
+struct GradOf<'a>(&'a burn::optim::GradientsParams);
+
+impl burn::module::ModuleMapper for GradOf<'_> {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+        let grad = self.0.get::<D>(param.id);
+        param.map(|t| grad.unwrap_or_else(|| t.zeros_like()))
+    }
+}
+
+#[test]
+fn whole_model_gradients_match_finite_differences() {
+    let dev = Device::flex().autodiff();
+    let cfg = ModelConfig::from_file(&fixture("udit_tiny.json")).unwrap();
+    let weights = read_weights(&fixture("udit_tiny.weights.safetensors"), None).unwrap().tensors;
+    let fresh = || Denoiser::new(&cfg, FfnForm::Train, &dev);
+    let model = load_into(fresh(), &weights, &dev).unwrap();
+    let t = Tensor::<1>::from_floats([37.0, 810.0], &dev);
+    let y = Tensor::<1, Int>::from_ints([3, 7], &dev);
+    let (x, w) = udit::rng::seeded(&dev, 5, || {
+        let normal = Distribution::Normal(0.0, 1.0);
+        (Tensor::<4>::random([2, 4, 16, 16], normal, &dev), Tensor::<4>::random([2, 8, 16, 16], normal, &dev))
+    });
+    let loss = |m: &Denoiser| (m.forward(x.clone(), t.clone(), y.clone()) * w.clone()).sum();
+    let w_host = w.to_data().to_vec::<f32>().unwrap();
+
+    let grads = burn::optim::GradientsParams::from_grads(loss(&model).backward(), &model);
+    let analytic = state_dict(&model.clone().map(&mut GradOf(&grads)));
+    // One element of each kind of parameter: attention (qkv, out, logit scale, downsampler),
+    // FFN branches, adaLN, embedders, up/downsampling and the output layer.
+    let probes = [
+        "encoder_level_1.0.attn1.to_qkv.weight",
+        "latent.0.attn2.to_out.weight",
+        "encoder_level_2.0.attn1.logit_scale",
+        "decoder_level_1.0.attn1.downsampler.layer.weight",
+        "encoder_level_1.0.mlp1.dwconv.0.weight",
+        "latent.0.mlp2.project_in.0.weight",
+        "decoder_level_2.1.adaLN_modulation1.1.weight",
+        "t_embedder_2.mlp.0.weight",
+        "down1_2.body.0.weight",
+        "final_layer.out_proj.weight",
+    ];
+    let h = 1e-2f32;
+    for key in probes {
+        let g = analytic.get(key).unwrap_or_else(|| panic!("no gradient for {key}"));
+        let g = g.as_slice::<f32>().unwrap();
+        // The element with the largest gradient, so that the difference is well above rounding.
+        let (i, &gi) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
+        let at = |delta: f32| {
+            let mut w2 = weights.clone();
+            let mut v = w2[key].as_slice::<f32>().unwrap().to_vec();
+            v[i] += delta;
+            w2.insert(key.to_string(), TensorData::new(v, w2[key].shape().to_vec()));
+            // The loss summed in f64, so that its rounding stays far below the difference.
+            let out = load_into(fresh(), &w2, &dev).unwrap().forward(x.clone(), t.clone(), y.clone()).into_data();
+            let out = out.as_slice::<f32>().unwrap();
+            out.iter().zip(&w_host).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+        };
+        let numeric = ((at(h) - at(-h)) / (2.0 * h as f64)) as f32;
+        let err = (numeric - gi).abs() / gi.abs().max(1e-3);
+        assert!(err < 2e-2, "{key}[{i}]: autodiff {gi}, finite difference {numeric}");
+    }
+}
