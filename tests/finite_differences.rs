@@ -51,7 +51,7 @@ fn whole_model_gradients_match_finite_differences() {
         "down1_2.body.0.weight",
         "final_layer.out_proj.weight",
     ];
-    let h = 1e-2f32;
+    let h = 2e-2f32;
     for key in probes {
         let g = analytic.get(key).unwrap_or_else(|| panic!("no gradient for {key}"));
         let g = g.as_slice::<f32>().unwrap();
@@ -68,7 +68,11 @@ fn whole_model_gradients_match_finite_differences() {
             out.iter().zip(&w_host).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
         };
         let numeric = ((at(h) - at(-h)) / (2.0 * h as f64)) as f32;
-        let err = (numeric - gi).abs() / gi.abs().max(1e-3);
-        assert!(err < 2e-2, "{key}[{i}]: autodiff {gi}, finite difference {numeric}");
+        // 2% of the gradient, plus the noise floor of a difference of f32 forward passes at
+        // this step (measured: about 1e-3 here, for gradients from 0.03 to 4).
+        assert!(
+            (numeric - gi).abs() <= 2e-2 * gi.abs() + 2e-3,
+            "{key}[{i}]: autodiff {gi}, finite difference {numeric}"
+        );
     }
 }
