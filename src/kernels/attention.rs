@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use super::cpu::{
     GroupedAttention, exp, gather_group, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized,
 };
-use super::generic::rope2d_angles;
+use super::generic::rope_table;
 use super::{AttnSpec, LOGIT_SCALE_MAX};
 
 /// `[B, 3D, H, W]` q, k, v channels (and `[heads, 1, 1]` logit scales, read only for cosine
@@ -65,18 +65,6 @@ pub fn grouped_attention(qkv: Tensor<4>, logit_scale: Tensor<3>, spec: AttnSpec)
         scale,
     );
     Tensor::from_dispatch(out)
-}
-
-/// cos then sin of every (channel pair, token), `[2][hd/2][n]`, as the kernels read them.
-pub(crate) fn rope_table(hd: usize, n: usize) -> Vec<f32> {
-    let angles = rope2d_angles(hd, n);
-    let mut table = Vec::with_capacity(hd * n);
-    for f in [f32::cos, f32::sin] {
-        for m in 0..hd / 2 {
-            table.extend((0..n).map(|t| f(angles[t * hd / 2 + m])));
-        }
-    }
-    table
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {

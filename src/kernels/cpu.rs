@@ -47,7 +47,7 @@ impl GroupedAttention {
         let hd = d / self.heads;
         let mut out = vec![0f32; b * d * h * w];
         let n = (h / self.r) * (w / self.r);
-        let rope = if self.rope { crate::kernels::attention::rope_table(hd, n) } else { vec![] };
+        let rope = if self.rope { super::generic::rope_table(hd, n) } else { vec![] };
         out.par_chunks_mut(hd * h * w).enumerate().for_each(|(task, slice)| {
             let (bi, head) = (task / self.heads, task % self.heads);
             let sample = &input[bi * d3 * h * w..(bi + 1) * d3 * h * w];

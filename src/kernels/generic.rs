@@ -113,3 +113,15 @@ fn rope2d_tables(hd: usize, n: usize, device: &Device) -> (Tensor<4>, Tensor<4>)
     };
     (table(f32::cos), table(f32::sin))
 }
+
+/// cos then sin of every (channel pair, token), `[2][hd/2][n]`, as the kernels read them.
+pub(crate) fn rope_table(hd: usize, n: usize) -> Vec<f32> {
+    let angles = rope2d_angles(hd, n);
+    let mut table = Vec::with_capacity(hd * n);
+    for f in [f32::cos, f32::sin] {
+        for m in 0..hd / 2 {
+            table.extend((0..n).map(|t| f(angles[t * hd / 2 + m])));
+        }
+    }
+    table
+}
