@@ -327,12 +327,7 @@ impl<B: Backend + AttentionOps + AttentionGrads, C: CheckpointStrategy> Attentio
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let grad = grads.consume::<B>(&ops.node);
                 let (qkv, logit_scale) = ops.state;
-                let computed = B::grouped_attention_grads(qkv, logit_scale, grad, self.0);
-                for (parent, g) in ops.parents.into_iter().zip(computed) {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, g);
-                    }
-                }
+                register!(B, ops.parents, B::grouped_attention_grads(qkv, logit_scale, grad, self.0), grads);
             }
         }
 

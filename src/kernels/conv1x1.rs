@@ -121,11 +121,7 @@ impl<B: Backend + Conv1x1Ops + Conv1x1Grads, C: CheckpointStrategy> Conv1x1Ops f
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, weight) = ops.state;
-                for (parent, g) in ops.parents.into_iter().zip(B::conv1x1_grads(x, weight, grad)) {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, g);
-                    }
-                }
+                register!(B, ops.parents, B::conv1x1_grads(x, weight, grad), grads);
             }
         }
 

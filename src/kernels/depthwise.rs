@@ -99,12 +99,7 @@ impl<B: Backend + DepthwiseOps + DepthwiseGrads, C: CheckpointStrategy> Depthwis
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, weight) = ops.state;
-                let computed = B::depthwise_conv2d_grads(x, weight, grad);
-                for (parent, g) in ops.parents.into_iter().zip(computed) {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, g);
-                    }
-                }
+                register!(B, ops.parents, B::depthwise_conv2d_grads(x, weight, grad), grads);
             }
         }
 

@@ -4,6 +4,20 @@
 //! also callable by name so that tests compare the two). Model code calls these and never
 //! branches on the backend.
 
+/// Registers the `computed` gradients of the tracked `parents` of a backward step (a macro:
+/// the node type of burn's autodiff graph is not public). Defined before the kernel
+/// modules, which use it.
+#[cfg(not(feature = "cuda"))]
+macro_rules! register {
+    ($B:ty, $parents:expr, $computed:expr, $grads:expr) => {
+        for (parent, g) in $parents.into_iter().zip($computed) {
+            if let Some(node) = parent {
+                $grads.register::<$B>(node.id, g);
+            }
+        }
+    };
+}
+
 #[cfg(not(feature = "cuda"))]
 pub mod attention;
 #[cfg(not(feature = "cuda"))]

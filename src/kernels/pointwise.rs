@@ -247,18 +247,6 @@ fn norm_modulate_backward_block(
     (dshift, dscale)
 }
 
-/// Registers the `computed` gradients of the tracked parents of `ops` (a macro: the node
-/// type of burn's autodiff graph is not public).
-macro_rules! register {
-    ($B:ty, $parents:expr, $computed:expr, $grads:expr) => {
-        for (parent, g) in $parents.into_iter().zip($computed) {
-            if let Some(node) = parent {
-                $grads.register::<$B>(node.id, g);
-            }
-        }
-    };
-}
-
 impl<B: Backend + PointwiseOps + PointwiseGrads, C: CheckpointStrategy> PointwiseOps for Autodiff<B, C> {
     fn fused_gelu(x: FloatTensor<Self>, tanh: bool) -> FloatTensor<Self> {
         #[derive(Debug)]
