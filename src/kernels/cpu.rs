@@ -1,13 +1,10 @@
-//! Fused CPU kernels for inference on burn's `flex` backend.
-//!
-//! Burn's generic ops run U-DiT's downsampled attention as a chain of strided copies,
-//! a batched matmul with a 24-wide inner dimension and a scalar softmax, which together
-//! cost more than every linear layer of the model. Here one pass per (sample, head) reads
-//! q, k and v straight from the `to_qkv` feature map, does RoPE2D, cosine normalisation,
-//! softmax and the weighted sum, and writes the result back in NCHW. GELU gets a
-//! vectorisable erf. These kernels only run where autodiff is off and the tensors live on
-//! the CPU; training and GPUs use the burn ops, and tests compare the two. (Depthwise
-//! convolutions, which training needs fast too, have their own module, [`super::depthwise`].)
+//! The CPU kernels' building blocks on plain `f32` slices: the grouped attention's forward
+//! (one pass per (sample, head) that reads q, k and v straight from the `to_qkv` map, does
+//! RoPE2D, cosine normalisation, softmax and the weighted sum with GEMM, and writes back in
+//! NCHW), GELU with a vectorisable erf, the adaLN pre-norm and gated residual passes, strided
+//! GEMM and the vectorised reductions, all compiled for the widest vector extension the CPU
+//! has. The ops with their backward that use them are in the sibling modules; `linear` is
+//! the inference-only token-wise linear layer.
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -31,17 +28,8 @@ pub struct GroupedAttention {
 }
 
 impl GroupedAttention {
-    /// `[B, 3D, H, W]` -> `[B, D, H, W]`, heads back on channels, groups back on pixels.
-    pub fn forward(&self, qkv: Tensor<4>) -> Tensor<4> {
-        let dims = qkv.dims();
-        let [b, d3, h, w] = dims;
-        let device = qkv.device();
-        let data = qkv.into_data().convert::<f32>();
-        let out = self.forward_slice(data.as_slice::<f32>().expect("f32 data"), dims);
-        Tensor::from_data(TensorData::new(out, [b, d3 / 3, h, w]), &device)
-    }
-
-    /// The attention of a row-major `[B, 3D, H, W]` map, `[B, D, H, W]` out.
+    /// The attention of a row-major `[B, 3D, H, W]` map, `[B, D, H, W]` out: heads back on
+    /// channels, groups back on pixels.
     pub(crate) fn forward_slice(&self, input: &[f32], [b, d3, h, w]: [usize; 4]) -> Vec<f32> {
         let d = d3 / 3;
         let hd = d / self.heads;
