@@ -15,10 +15,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use rayon::prelude::*;
+
+use super::flex::{dims4, tensor, values};
 
 use super::cpu::{
     GroupedAttention, exp, gather_group, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized,
@@ -67,17 +68,9 @@ pub fn grouped_attention(qkv: Tensor<4>, logit_scale: Tensor<3>, spec: AttnSpec)
     Tensor::from_dispatch(out)
 }
 
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    t.shape().dims()
-}
-
-fn f32_vec(t: FlexTensor) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
-}
-
 /// exp(min(logit_scale, max)) per head, or the dot-product scale for every head.
 fn temperatures(logit_scale: FlexTensor, spec: &AttnSpec) -> Option<Vec<f32>> {
-    spec.cosine.then(|| f32_vec(logit_scale).into_iter().map(|s| s.min(LOGIT_SCALE_MAX).exp()).collect())
+    spec.cosine.then(|| values(logit_scale).into_iter().map(|s| s.min(LOGIT_SCALE_MAX).exp()).collect())
 }
 
 impl AttentionOps for Flex {
@@ -94,8 +87,8 @@ impl AttentionOps for Flex {
         let kernel = GroupedAttention { heads, r, rope, temperature: temperatures(logit_scale, &spec), scale };
         let dims = dims4(&qkv);
         let [b, d3, h, w] = dims;
-        let out = kernel.forward_slice(&f32_vec(qkv), dims);
-        FlexTensor::from_data(TensorData::new(out, [b, d3 / 3, h, w]))
+        let out = kernel.forward_slice(&values(qkv), dims);
+        tensor(out, [b, d3 / 3, h, w])
     }
 }
 
@@ -108,9 +101,9 @@ impl AttentionGrads for Flex {
     ) -> [FlexTensor; 2] {
         let [b, d3, h, w] = dims4(&qkv);
         let heads = spec.heads;
-        let ls = f32_vec(logit_scale.clone());
+        let ls = values(logit_scale.clone());
         let temps = temperatures(logit_scale, &spec);
-        let (qkv, grad) = (f32_vec(qkv), f32_vec(grad));
+        let (qkv, grad) = (values(qkv), values(grad));
         let (d, plane) = (d3 / 3, h * w);
         let hd = d / heads;
         let n = (h / spec.r) * (w / spec.r);
@@ -150,10 +143,7 @@ impl AttentionGrads for Flex {
                 _ => 0.0,
             })
             .collect();
-        [
-            FlexTensor::from_data(TensorData::new(grad_qkv, [b, d3, h, w])),
-            FlexTensor::from_data(TensorData::new(grad_ls, [heads, 1, 1])),
-        ]
+        [tensor(grad_qkv, [b, d3, h, w]), tensor(grad_ls, [heads, 1, 1])]
     }
 }
 

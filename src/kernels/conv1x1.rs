@@ -10,10 +10,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use rayon::prelude::*;
+
+use super::flex::{dims4, tensor, values};
 
 use super::cpu::{gemm_strided, sum};
 
@@ -46,26 +47,18 @@ fn inner_parallelism(batch: usize) -> gemm::Parallelism {
     if batch >= threads { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) }
 }
 
-fn f32_vec(t: FlexTensor) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
-}
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    t.shape().dims()
-}
-
 impl Conv1x1Ops for Flex {
     fn conv1x1(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let [b, c, h, w] = dims4(&x);
         let o = dims4(&weight)[0];
         let plane = h * w;
-        let (x, weight, bias) = (f32_vec(x), f32_vec(weight), f32_vec(bias));
+        let (x, weight, bias) = (values(x), values(weight), values(bias));
         let mut out: Vec<f32> = bias.iter().flat_map(|&v| std::iter::repeat_n(v, plane)).collect::<Vec<_>>().repeat(b);
         let inner = inner_parallelism(b);
         out.par_chunks_mut(o * plane).zip(x.par_chunks(c * plane)).for_each(|(ob, xb)| {
             gemm_strided(o, plane, c, &weight, (c, 1), xb, (plane, 1), ob, (plane, 1), true, inner);
         });
-        FlexTensor::from_data(TensorData::new(out, [b, o, h, w]))
+        tensor(out, [b, o, h, w])
     }
 }
 
@@ -74,7 +67,7 @@ impl Conv1x1Grads for Flex {
         let [b, c, h, w] = dims4(&x);
         let o = dims4(&weight)[0];
         let plane = h * w;
-        let (x, weight, grad) = (f32_vec(x), f32_vec(weight), f32_vec(grad));
+        let (x, weight, grad) = (values(x), values(weight), values(grad));
         // d x_b = W^T g_b, per sample.
         let inner = inner_parallelism(b);
         let mut dx = vec![0f32; b * c * plane];
@@ -101,11 +94,7 @@ impl Conv1x1Grads for Flex {
                 *d += sum(row);
             }
         }
-        [
-            FlexTensor::from_data(TensorData::new(dx, [b, c, h, w])),
-            FlexTensor::from_data(TensorData::new(dw, [o, c, 1, 1])),
-            FlexTensor::from_data(TensorData::new(db, [o])),
-        ]
+        [tensor(dx, [b, c, h, w]), tensor(dw, [o, c, 1, 1]), tensor(db, [o])]
     }
 }
 

@@ -15,10 +15,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use rayon::prelude::*;
+
+use super::flex::{dims4, tensor, values};
 
 use super::cpu::{dot, sum, vectorized};
 
@@ -50,9 +51,9 @@ impl DepthwiseOps for Flex {
     fn depthwise_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let [b, c, h, w] = dims4(&x);
         let k = dims4(&weight)[3];
-        let (x, weight, bias) = (f32_data(x), f32_data(weight), f32_data(bias));
-        let out = convolve_planes(slice(&x), [b, c, h, w], k, slice(&weight), slice(&bias));
-        FlexTensor::from_data(TensorData::new(out, [b, c, h, w]))
+        let (x, weight, bias) = (values(x), values(weight), values(bias));
+        let out = convolve_planes(&x, [b, c, h, w], k, &weight, &bias);
+        tensor(out, [b, c, h, w])
     }
 }
 
@@ -60,8 +61,8 @@ impl DepthwiseGrads for Flex {
     fn depthwise_conv2d_grads(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> [FlexTensor; 3] {
         let [b, c, h, w] = dims4(&x);
         let k = dims4(&weight)[3];
-        let (x, weight, grad) = (f32_data(x), f32_data(weight), f32_data(grad));
-        let (x, weight, grad) = (slice(&x), slice(&weight), slice(&grad));
+        let (x, weight, grad) = (values(x), values(weight), values(grad));
+        let (x, weight, grad) = (&x[..], &weight[..], &grad[..]);
         // Input gradient: the convolution of the output gradient by the flipped kernel.
         let flipped: Vec<f32> = weight.chunks(k * k).flat_map(|taps| taps.iter().rev().copied()).collect();
         let grad_x = convolve_planes(grad, [b, c, h, w], k, &flipped, &vec![0f32; c]);
@@ -79,11 +80,7 @@ impl DepthwiseGrads for Flex {
                 }
             },
         );
-        [
-            FlexTensor::from_data(TensorData::new(grad_x, [b, c, h, w])),
-            FlexTensor::from_data(TensorData::new(grad_w, [c, 1, k, k])),
-            FlexTensor::from_data(TensorData::new(grad_b, [c])),
-        ]
+        [tensor(grad_x, [b, c, h, w]), tensor(grad_w, [c, 1, k, k]), tensor(grad_b, [c])]
     }
 }
 
@@ -129,18 +126,6 @@ fn convolve_planes(src: &[f32], [b, c, h, w]: [usize; 4], k: usize, weight: &[f3
         },
     );
     out
-}
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    t.shape().dims()
-}
-
-fn f32_data(t: FlexTensor) -> TensorData {
-    t.into_data().convert::<f32>()
-}
-
-fn slice(data: &TensorData) -> &[f32] {
-    data.as_slice::<f32>().expect("f32 data")
 }
 
 /// One channel plane at a time, in a zero-bordered copy of row width w + k - 1, so that

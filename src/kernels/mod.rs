@@ -25,6 +25,8 @@ pub mod conv1x1;
 pub mod cpu;
 #[cfg(not(feature = "cuda"))]
 pub mod depthwise;
+#[cfg(not(feature = "cuda"))]
+mod flex;
 pub mod generic;
 #[cfg(not(feature = "cuda"))]
 pub mod pointwise;

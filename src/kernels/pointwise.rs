@@ -12,10 +12,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use rayon::prelude::*;
+
+use super::flex::{shape, tensor, values};
 
 use super::cpu::{
     Gelu, PIXEL_BLOCK, SyncPtr, add_gated_in_place, exp, gelu_in_place, norm_modulate_in_place, normal_cdf,
@@ -67,37 +68,25 @@ pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
     ))
 }
 
-fn f32_vec(t: FlexTensor) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
-}
-
-fn dims(t: &FlexTensor) -> Vec<usize> {
-    t.shape().to_vec()
-}
-
-fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
-
 impl PointwiseOps for Flex {
     fn fused_gelu(x: FlexTensor, tanh: bool) -> FlexTensor {
-        let shape = dims(&x);
-        let mut v = f32_vec(x);
+        let shape = shape(&x);
+        let mut v = values(x);
         gelu_in_place(&mut v, if tanh { Gelu::Tanh } else { Gelu::Erf });
         tensor(v, shape)
     }
 
     fn norm_modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor) -> FlexTensor {
-        let shape = dims(&x);
-        let mut v = f32_vec(x);
-        norm_modulate_in_place(&mut v, shape4(&shape), &f32_vec(shift), &f32_vec(scale));
+        let shape = shape(&x);
+        let mut v = values(x);
+        norm_modulate_in_place(&mut v, shape4(&shape), &values(shift), &values(scale));
         tensor(v, shape)
     }
 
     fn add_gated(x: FlexTensor, gate: FlexTensor, y: FlexTensor) -> FlexTensor {
-        let shape = dims(&x);
-        let mut v = f32_vec(x);
-        add_gated_in_place(&mut v, &f32_vec(gate), &f32_vec(y), shape[2] * shape[3]);
+        let shape = shape(&x);
+        let mut v = values(x);
+        add_gated_in_place(&mut v, &values(gate), &values(y), shape[2] * shape[3]);
         tensor(v, shape)
     }
 }
@@ -123,9 +112,9 @@ fn gelu_derivative(x: f32, tanh: bool) -> f32 {
 
 impl PointwiseGrads for Flex {
     fn gelu_grad(x: FlexTensor, grad: FlexTensor, tanh: bool) -> FlexTensor {
-        let shape = dims(&x);
-        let x = f32_vec(x);
-        let mut g = f32_vec(grad);
+        let shape = shape(&x);
+        let x = values(x);
+        let mut g = values(grad);
         g.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(gs, xs)| {
             vectorized(
                 #[inline(always)]
@@ -136,10 +125,10 @@ impl PointwiseGrads for Flex {
     }
 
     fn norm_modulate_grads(x: FlexTensor, scale: FlexTensor, grad: FlexTensor) -> [FlexTensor; 3] {
-        let shape = dims(&x);
+        let shape = shape(&x);
         let [b, c, h, w] = shape4(&shape);
         let plane = h * w;
-        let (x, scale, mut g) = (f32_vec(x), f32_vec(scale), f32_vec(grad));
+        let (x, scale, mut g) = (values(x), values(scale), values(grad));
         let tasks = pixel_blocks(b, plane);
         let block = PIXEL_BLOCK.min(plane);
         let ptr = SyncPtr(g.as_mut_ptr());
@@ -170,9 +159,9 @@ impl PointwiseGrads for Flex {
     }
 
     fn add_gated_grads(gate: FlexTensor, y: FlexTensor, grad: FlexTensor) -> [FlexTensor; 2] {
-        let shape = dims(&y);
+        let shape = shape(&y);
         let plane = shape[2] * shape[3];
-        let (gate, y, g) = (f32_vec(gate), f32_vec(y), f32_vec(grad));
+        let (gate, y, g) = (values(gate), values(y), values(grad));
         let mut dgate = vec![0f32; gate.len()];
         let mut dy = vec![0f32; y.len()];
         dy.par_chunks_mut(plane)

@@ -1,0 +1,23 @@
+//! Moving data in and out of burn's CPU tensors, for the kernels of the sibling modules.
+
+use burn::backend::TensorMetadata;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::TensorData;
+
+/// The values of `t` as `f32`, row-major.
+pub(crate) fn values(t: FlexTensor) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+}
+
+pub(crate) fn dims4(t: &FlexTensor) -> [usize; 4] {
+    t.shape().dims()
+}
+
+pub(crate) fn shape(t: &FlexTensor) -> Vec<usize> {
+    t.shape().to_vec()
+}
+
+/// A tensor of `values` with `shape`.
+pub(crate) fn tensor(values: Vec<f32>, shape: impl Into<Vec<usize>>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.into()))
+}
