@@ -110,7 +110,8 @@ impl Generator<'_> {
         self.codec.image_shape(self.config.in_channels(), self.config.input_size()).expect("validated")
     }
 
-    pub fn generate(&self, first: usize, count: usize, on_step: &mut dyn FnMut()) -> Result<Images> {
+    /// `on_step` is told after each denoiser call, with the current x_0 prediction (latents).
+    pub fn generate(&self, first: usize, count: usize, on_step: &mut dyn FnMut(&Tensor<4>)) -> Result<Images> {
         let s = &self.settings;
         let dev = &self.device;
         let (c, side) = (self.config.in_channels(), self.config.input_size());
@@ -151,7 +152,7 @@ fn sampling_progress(images: usize, steps: usize) -> Progress {
 fn generate_batch(g: &Generator, first: usize, n: usize, progress: &Progress) -> Result<Images> {
     let mut step = 0;
     progress.phase("sampling");
-    g.generate(first, n, &mut || {
+    g.generate(first, n, &mut |_| {
         step += 1;
         progress.inc(n as u64);
         if step == g.settings.steps {

@@ -62,7 +62,8 @@ impl Sampler {
     }
 
     /// Runs `steps` denoiser calls from x_T (usually `noise.next()`), returning x_0; `noise`
-    /// supplies the fresh noise of stochastic samplers. `on_step` is told after each call.
+    /// supplies the fresh noise of stochastic samplers. `on_step` is told after each call, with
+    /// the current prediction of x_0 (what a live preview shows).
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
@@ -72,7 +73,7 @@ impl Sampler {
         x: Tensor<4>,
         noise: &mut NoiseStreams,
         device: &Device,
-        on_step: &mut dyn FnMut(),
+        on_step: &mut dyn FnMut(&Tensor<4>),
     ) -> Result<Tensor<4>> {
         if steps == 0 {
             bail!("the number of sampling steps must be at least 1");
@@ -82,10 +83,11 @@ impl Sampler {
                 let d = base.respaced(&steps.to_string())?;
                 respaced_loop(&d, x, model, noise, device, on_step, |d, x, out, t, noise| {
                     let p = d.p_mean_variance(out, x, t);
-                    match t[0] {
+                    let next = match t[0] {
                         0 => p.mean,
                         _ => p.mean + (p.log_variance * 0.5).exp() * noise.next(device),
-                    }
+                    };
+                    (next, p.pred_xstart)
                 })
             }
             Self::Ddim { eta } => {
@@ -97,11 +99,12 @@ impl Sampler {
                     // f32 arithmetic on f32 coefficients, as the reference does it.
                     let (ab, abp) = (d.alphas_cumprod[t[0]] as f32, d.alphas_cumprod_prev[t[0]] as f32);
                     let sigma = eta as f32 * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
-                    let mean = p.pred_xstart * abp.sqrt() + eps * (1.0 - abp - sigma * sigma).sqrt();
-                    match t[0] {
+                    let mean = p.pred_xstart.clone() * abp.sqrt() + eps * (1.0 - abp - sigma * sigma).sqrt();
+                    let next = match t[0] {
                         i if i > 0 && stochastic => mean + noise.next(device) * sigma,
                         _ => mean,
-                    }
+                    };
+                    (next, p.pred_xstart)
                 })
             }
             Self::DpmSolverPp2M => dpm_solver_pp_2m(base, steps, x, model, device, on_step),
@@ -116,15 +119,16 @@ fn respaced_loop(
     model: &mut ModelFn,
     noise: &mut NoiseStreams,
     device: &Device,
-    on_step: &mut dyn FnMut(),
-    step: impl Fn(&GaussianDiffusion, Tensor<4>, Tensor<4>, &[usize], &mut NoiseStreams) -> Tensor<4>,
+    on_step: &mut dyn FnMut(&Tensor<4>),
+    step: impl Fn(&GaussianDiffusion, Tensor<4>, Tensor<4>, &[usize], &mut NoiseStreams) -> (Tensor<4>, Tensor<4>),
 ) -> Result<Tensor<4>> {
     let n = x.dims()[0];
     for i in (0..d.num_steps()).rev() {
         let t = vec![i; n];
         let out = model(x.clone(), d.model_timesteps(&t, device));
-        x = step(d, x, out, &t, noise);
-        on_step();
+        let (next, x0) = step(d, x, out, &t, noise);
+        on_step(&x0);
+        x = next;
     }
     Ok(x)
 }
@@ -138,7 +142,7 @@ fn dpm_solver_pp_2m(
     mut x: Tensor<4>,
     model: &mut ModelFn,
     device: &Device,
-    on_step: &mut dyn FnMut(),
+    on_step: &mut dyn FnMut(&Tensor<4>),
 ) -> Result<Tensor<4>> {
     let total = base.num_steps();
     let (n, c) = (x.dims()[0], x.dims()[1]);
@@ -152,7 +156,7 @@ fn dpm_solver_pp_2m(
         let model_t = Tensor::<1>::from_floats(vec![base.timestep_map[t] as f32; n].as_slice(), device);
         let eps = model(x.clone(), model_t).narrow(1, 0, c);
         let x0 = (x.clone() - eps * sigma(t)) / alpha(t);
-        on_step();
+        on_step(&x0);
         let Some(&next) = ts.get(i + 1) else {
             return Ok(x0);
         };
