@@ -110,8 +110,14 @@ impl Generator<'_> {
         self.codec.image_shape(self.config.in_channels(), self.config.input_size()).expect("validated")
     }
 
-    /// `on_step` is told after each denoiser call, with the current x_0 prediction (latents).
-    pub fn generate(&self, first: usize, count: usize, on_step: &mut dyn FnMut(&Tensor<4>)) -> Result<Images> {
+    /// `on_step` is told after each denoiser call, with the current x_0 prediction (latents);
+    /// an error from it (a cancelled job) stops the sampling.
+    pub fn generate(
+        &self,
+        first: usize,
+        count: usize,
+        on_step: &mut dyn FnMut(&Tensor<4>) -> Result<()>,
+    ) -> Result<Images> {
         let s = &self.settings;
         let dev = &self.device;
         let (c, side) = (self.config.in_channels(), self.config.input_size());
@@ -158,6 +164,7 @@ fn generate_batch(g: &Generator, first: usize, n: usize, progress: &Progress) ->
         if step == g.settings.steps {
             progress.phase("decoding");
         }
+        Ok(())
     })
 }
 

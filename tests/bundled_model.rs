@@ -36,7 +36,7 @@ fn bundled_model_draws_the_requested_garments() {
         },
         device: dev.clone(),
     };
-    let images = g.generate(0, 100, &mut |_| {}).unwrap();
+    let images = g.generate(0, 100, &mut |_| Ok(())).unwrap();
     assert_eq!((images.side, images.channels), (32, 1));
     let meter =
         Classifier::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/meter-classifier.safetensors"), &dev)

@@ -50,7 +50,7 @@ fn samples_have_the_right_shape_labels_and_spread() {
     let s = setup();
     let g = generator(&s, Sampler::DpmSolverPp2M, 10, 1.5, Classes::Listed(vec![3, 9]));
     g.validate().unwrap();
-    let images = g.generate(0, 3, &mut |_| {}).unwrap();
+    let images = g.generate(0, 3, &mut |_| Ok(())).unwrap();
     // 16x16 latents through a 3-level VAE (4x upsampling): 64x64 RGB.
     assert_eq!((images.side, images.channels), (64, 3));
     assert_eq!(images.pixels.len(), 3 * 64 * 64 * 3);
@@ -74,15 +74,15 @@ fn samples_do_not_depend_on_batch_size_or_split() {
     let s = setup();
     for (sampler, steps) in [(Sampler::Ancestral, 25), (Sampler::DpmSolverPp2M, 10), (Sampler::Ddim { eta: 0.5 }, 10)] {
         let g = generator(&s, sampler, steps, 1.5, Classes::Random);
-        let whole = g.generate(0, 4, &mut |_| {}).unwrap();
-        let mut split = g.generate(0, 1, &mut |_| {}).unwrap();
-        split.append(g.generate(1, 3, &mut |_| {}).unwrap());
+        let whole = g.generate(0, 4, &mut |_| Ok(())).unwrap();
+        let mut split = g.generate(0, 1, &mut |_| Ok(())).unwrap();
+        split.append(g.generate(1, 3, &mut |_| Ok(())).unwrap());
         assert_eq!(whole.labels, split.labels);
         // The same noise and labels; only float summation order may differ between batch
         // shapes, which can move a pixel by a level.
         assert!(max_diff(&whole, &split) <= 2, "{sampler:?}: max byte difference {}", max_diff(&whole, &split));
         let other_seed = Generator { settings: Settings { seed: 8, ..g.settings.clone() }, ..g };
-        assert!(max_diff(&whole, &other_seed.generate(0, 4, &mut |_| {}).unwrap()) > 50, "the seed matters");
+        assert!(max_diff(&whole, &other_seed.generate(0, 4, &mut |_| Ok(())).unwrap()) > 50, "the seed matters");
     }
 }
 
@@ -103,7 +103,7 @@ fn npz_runs_resume_and_shard() {
 
     // An interrupted run: one finished batch on disk, then a restart does only the rest.
     let run2 = NpzRun { npz: dir.path().join("t.npz"), num_samples: 5, batch: 2 };
-    run2.save_part(1, &g.generate(2, 2, &mut |_| {}).unwrap()).unwrap();
+    run2.save_part(1, &g.generate(2, 2, &mut |_| Ok(())).unwrap()).unwrap();
     assert_eq!(run2.pending(0, 1), vec![0, 2]);
     assert!(udit::sample::run_npz(&g, &run2, 0, 1).unwrap());
     let resumed = read_npz(&run2.npz).unwrap();

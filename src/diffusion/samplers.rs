@@ -63,7 +63,8 @@ impl Sampler {
 
     /// Runs `steps` denoiser calls from x_T (usually `noise.next()`), returning x_0; `noise`
     /// supplies the fresh noise of stochastic samplers. `on_step` is told after each call, with
-    /// the current prediction of x_0 (what a live preview shows).
+    /// the current prediction of x_0 (what a live preview shows); an error from it stops the
+    /// loop (a cancelled job) and is returned.
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
@@ -73,7 +74,7 @@ impl Sampler {
         x: Tensor<4>,
         noise: &mut NoiseStreams,
         device: &Device,
-        on_step: &mut dyn FnMut(&Tensor<4>),
+        on_step: &mut dyn FnMut(&Tensor<4>) -> Result<()>,
     ) -> Result<Tensor<4>> {
         if steps == 0 {
             bail!("the number of sampling steps must be at least 1");
@@ -119,7 +120,7 @@ fn respaced_loop(
     model: &mut ModelFn,
     noise: &mut NoiseStreams,
     device: &Device,
-    on_step: &mut dyn FnMut(&Tensor<4>),
+    on_step: &mut dyn FnMut(&Tensor<4>) -> Result<()>,
     step: impl Fn(&GaussianDiffusion, Tensor<4>, Tensor<4>, &[usize], &mut NoiseStreams) -> (Tensor<4>, Tensor<4>),
 ) -> Result<Tensor<4>> {
     let n = x.dims()[0];
@@ -127,7 +128,7 @@ fn respaced_loop(
         let t = vec![i; n];
         let out = model(x.clone(), d.model_timesteps(&t, device));
         let (next, x0) = step(d, x, out, &t, noise);
-        on_step(&x0);
+        on_step(&x0)?;
         x = next;
     }
     Ok(x)
@@ -142,7 +143,7 @@ fn dpm_solver_pp_2m(
     mut x: Tensor<4>,
     model: &mut ModelFn,
     device: &Device,
-    on_step: &mut dyn FnMut(&Tensor<4>),
+    on_step: &mut dyn FnMut(&Tensor<4>) -> Result<()>,
 ) -> Result<Tensor<4>> {
     let total = base.num_steps();
     let (n, c) = (x.dims()[0], x.dims()[1]);
@@ -156,7 +157,7 @@ fn dpm_solver_pp_2m(
         let model_t = Tensor::<1>::from_floats(vec![base.timestep_map[t] as f32; n].as_slice(), device);
         let eps = model(x.clone(), model_t).narrow(1, 0, c);
         let x0 = (x.clone() - eps * sigma(t)) / alpha(t);
-        on_step(&x0);
+        on_step(&x0)?;
         let Some(&next) = ts.get(i + 1) else {
             return Ok(x0);
         };

@@ -200,7 +200,7 @@ impl Trainer {
             device: inner,
         };
         g.validate()?;
-        let images = g.generate(0, list.len(), &mut |_| {})?;
+        let images = g.generate(0, list.len(), &mut |_| Ok(()))?;
         crate::io::images::write_grid(path, &images, per_class, &self.data.class_names())
     }
 
