@@ -51,6 +51,10 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Steps of linear lr warm-up from 0 (0 = constant lr, the reference).
     pub warmup_steps: u64,
+    /// Steps of linear lr decay to 0 that end the run (0 = constant lr to the end, the
+    /// reference): a short run's last weights then settle instead of jittering at full lr.
+    #[serde(default)]
+    pub cooldown_steps: u64,
     /// Max global L2 norm of the gradients (None = no clipping, the reference).
     pub grad_clip: Option<f64>,
     pub adamw: AdamW,
@@ -82,6 +86,7 @@ impl TrainConfig {
             grad_accum: 1,
             lr: 1e-4,
             warmup_steps: 0,
+            cooldown_steps: 0,
             grad_clip: None,
             adamw: AdamW::default(),
             ema_decay: 0.9999,
@@ -117,15 +122,31 @@ impl TrainConfig {
         if self.grad_clip.is_some_and(|c| !(c > 0.0)) {
             bail!("the gradient clipping norm must be positive");
         }
+        if self.warmup_steps + self.cooldown_steps > self.steps {
+            bail!(
+                "the warm-up ({}) and cool-down ({}) steps must fit in the run's {} steps",
+                self.warmup_steps,
+                self.cooldown_steps,
+                self.steps
+            );
+        }
         if self.log_every == 0 || self.ckpt_every == 0 {
             bail!("the log and checkpoint intervals must be positive");
         }
         Ok(())
     }
 
-    /// Learning rate of step `step` (1-based).
+    /// Learning rate of step `step` (1-based): linear warm-up from 0, constant, then a linear
+    /// cool-down that reaches 0 after the last step.
     pub fn lr_at(&self, step: u64) -> f64 {
-        if step < self.warmup_steps { self.lr * step as f64 / self.warmup_steps as f64 } else { self.lr }
+        let cooldown_start = self.steps.saturating_sub(self.cooldown_steps);
+        if step < self.warmup_steps {
+            self.lr * step as f64 / self.warmup_steps as f64
+        } else if step > cooldown_start {
+            self.lr * (self.steps + 1 - step) as f64 / (self.cooldown_steps + 1) as f64
+        } else {
+            self.lr
+        }
     }
 }
 
@@ -181,6 +202,9 @@ pub struct RecipeOverrides {
     /// Steps of linear learning-rate warm-up from 0 [recipe default: 0].
     #[arg(long)]
     pub warmup_steps: Option<u64>,
+    /// Steps of linear learning-rate decay to 0 at the end of the run [recipe default: 0].
+    #[arg(long)]
+    pub cooldown_steps: Option<u64>,
     /// Clip the gradients' global L2 norm to this [recipe default: no clipping].
     #[arg(long)]
     pub grad_clip: Option<f64>,
@@ -208,6 +232,7 @@ impl RecipeOverrides {
             || self.global_batch.is_some()
             || self.lr.is_some()
             || self.warmup_steps.is_some()
+            || self.cooldown_steps.is_some()
             || self.grad_clip.is_some()
             || self.weight_decay.is_some()
             || self.ema_decay.is_some()
@@ -243,6 +268,7 @@ impl RecipeOverrides {
         set(&mut cfg.global_batch, self.global_batch);
         set(&mut cfg.lr, self.lr);
         set(&mut cfg.warmup_steps, self.warmup_steps);
+        set(&mut cfg.cooldown_steps, self.cooldown_steps);
         set(&mut cfg.adamw.weight_decay, self.weight_decay);
         set(&mut cfg.ema_decay, self.ema_decay);
         set(&mut cfg.seed, self.seed);
