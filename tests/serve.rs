@@ -320,6 +320,22 @@ fn jobs_nobody_watches_stop() {
 }
 
 #[test]
+fn a_failed_job_says_why_and_the_next_one_runs() {
+    let s = Server::start(&tiny_model());
+    // A file where the output folder was: the job cannot make its folder.
+    std::fs::remove_dir(s.out.path()).unwrap();
+    std::fs::write(s.out.path(), b"in the way").unwrap();
+    let (_, job) = s.post("/api/generate", r#"{"steps": 1, "num_images": 1}"#);
+    let job = s.wait_for(&id_of(&job), 60, |j| j["state"] != "queued" && j["state"] != "running");
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["message"].as_str().unwrap().starts_with("cannot create "), "{job}");
+    std::fs::remove_file(s.out.path()).unwrap();
+    std::fs::create_dir(s.out.path()).unwrap();
+    let (_, job) = s.post("/api/generate", r#"{"steps": 1, "num_images": 1}"#);
+    s.wait_for(&id_of(&job), 60, |j| j["state"] == "done");
+}
+
+#[test]
 fn serving_beyond_loopback_needs_a_flag_and_warns() {
     let (ok, _, err) = udit(&["serve", "--addr", "0.0.0.0:0"]);
     assert!(!ok && err.trim().lines().count() == 1 && err.contains("needs --allow-remote"), "{err}");

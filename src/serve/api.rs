@@ -103,24 +103,45 @@ impl GenerateRequest {
 }
 
 /// A job as `GET /api/jobs/{id}` and its event stream show it.
-pub fn status(job: &Job, position: Option<usize>, names: &ClassNames) -> Value {
-    let p = job.progress();
-    let images: Vec<String> = (0..p.images_done).map(|k| format!("/api/jobs/{}/images/{k}.png", job.id)).collect();
-    let class_names: Vec<String> = job.labels.iter().map(|&c| class_name(names, c as usize)).collect();
-    json!({
-        "id": job.id,
-        "state": p.state,
-        "position": if p.state == State::Queued { position } else { None },
-        "step": p.step,
-        "steps_total": job.steps_total(),
-        "decoding": p.decoding,
-        "images": images,
-        "labels": job.labels,
-        "class_names": class_names,
-        "settings": job.request,
-        "message": p.message,
-        "elapsed_s": p.elapsed.map(|d| d.as_secs_f64()),
-    })
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    id: String,
+    state: State,
+    /// Jobs ahead of it while it waits (0 = next).
+    position: Option<usize>,
+    /// Denoiser calls done, of `steps_total` (one sampling run per batch of images).
+    step: usize,
+    steps_total: usize,
+    /// The last batch is going through the codec.
+    decoding: bool,
+    /// URLs of the images written so far.
+    images: Vec<String>,
+    labels: Vec<i64>,
+    class_names: Vec<String>,
+    settings: JobSettings,
+    /// Why it failed or was cancelled.
+    message: Option<String>,
+    elapsed_s: Option<f64>,
+}
+
+impl JobStatus {
+    pub fn of(job: &Job, position: Option<usize>, names: &ClassNames) -> Self {
+        let p = job.progress();
+        Self {
+            id: job.id.clone(),
+            state: p.state,
+            position: position.filter(|_| p.state == State::Queued),
+            step: p.step,
+            steps_total: job.steps_total(),
+            decoding: p.decoding,
+            images: (0..p.images_done).map(|k| format!("/api/jobs/{}/images/{k}.png", job.id)).collect(),
+            labels: job.labels.clone(),
+            class_names: job.labels.iter().map(|&c| class_name(names, c as usize)).collect(),
+            settings: job.request.clone(),
+            message: p.message,
+            elapsed_s: p.elapsed.map(|d| d.as_secs_f64()),
+        }
+    }
 }
 
 /// A class as people read it: its first name, else its index.

@@ -302,18 +302,28 @@ impl Worker {
         }
         *lock(&job.started) = Some(Instant::now());
         job.update(|p| p.state = State::Running);
-        let (state, message) = match self.sample(job) {
-            Ok(()) => (State::Done, None),
-            Err(e) => match e.downcast_ref::<Stopped>() {
+        // A panic fails this job only: the worker lives on for the jobs behind it.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sample(job)));
+        let (state, message) = match outcome {
+            Ok(Ok(())) => (State::Done, None),
+            Ok(Err(e)) => match e.downcast_ref::<Stopped>() {
                 Some(Stopped(reason)) => (State::Cancelled, Some(reason.clone())),
                 None => (State::Failed, Some(format!("{e:#}"))),
             },
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned());
+                (State::Failed, Some(format!("sampling panicked: {}", what.unwrap_or_default())))
+            }
         };
         job.finish(state, message);
         let p = job.progress();
         let why = p.message.map(|m| format!(": {m}")).unwrap_or_default();
         let secs = p.elapsed.unwrap_or_default().as_secs_f64();
-        eprintln!("job {} {:?} after {} of {} steps, {secs:.1} s{why}", job.id, state, p.step, job.steps_total());
+        let state = format!("{state:?}").to_lowercase();
+        eprintln!("job {}: {state} after {} of {} steps, {secs:.1} s{why}", job.id, p.step, job.steps_total());
     }
 
     /// Samples the job's images batch by batch into its folder, as `udit sample` does.

@@ -40,7 +40,7 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 
 pub use api::Limits;
-use api::{ApiError, GenerateRequest};
+use api::{ApiError, GenerateRequest, JobStatus};
 use jobs::{Job, Queue, Worker};
 
 use crate::classes::ClassNames;
@@ -133,12 +133,12 @@ impl App {
         jobs.get(id).cloned().ok_or_else(|| ApiError::not_found(format!("no job {id:?}")))
     }
 
-    fn status(&self, job: &Job) -> Value {
-        api::status(job, self.queue.position(&job.id), &self.names)
+    fn status(&self, job: &Job) -> JobStatus {
+        JobStatus::of(job, self.queue.position(&job.id), &self.names)
     }
 }
 
-async fn generate(State(app): Shared, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn generate(State(app): Shared, body: Bytes) -> Result<(StatusCode, Json<JobStatus>), ApiError> {
     let request = GenerateRequest::parse(&body).map_err(ApiError::bad_request)?;
     let (shown, settings) = request.resolve(&app.config, &app.names, app.limits).map_err(ApiError::bad_request)?;
     let labels = settings.labels(0, shown.num_images, app.config.num_classes());
@@ -154,7 +154,7 @@ async fn generate(State(app): Shared, body: Bytes) -> Result<(StatusCode, Json<V
     Ok((StatusCode::ACCEPTED, Json(app.status(&job))))
 }
 
-async fn status(State(app): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn status(State(app): Shared, Path(id): Path<String>) -> Result<Json<JobStatus>, ApiError> {
     let job = app.job(&id)?;
     job.touch();
     Ok(Json(app.status(&job)))
@@ -162,7 +162,7 @@ async fn status(State(app): Shared, Path(id): Path<String>) -> Result<Json<Value
 
 /// Cancels a waiting or running job (a running one stops at its next step); a finished job
 /// stays as it is. Answers with the job's status.
-async fn cancel(State(app): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn cancel(State(app): Shared, Path(id): Path<String>) -> Result<Json<JobStatus>, ApiError> {
     let job = app.job(&id)?;
     job.request_cancel();
     if app.queue.withdraw(&id) {
