@@ -17,6 +17,7 @@ pub mod model;
 pub mod progress;
 pub mod rng;
 pub mod sample;
+pub mod serve;
 pub mod train;
 pub mod vae;
 

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use udit::commands::{self, eval, sample, train};
+use udit::commands::{self, eval, sample, serve, train};
 
 #[derive(Parser)]
 #[command(name = "udit", version, about = "U-DiT: U-shaped diffusion transformers with downsampled tokens")]
@@ -25,6 +25,8 @@ enum Command {
     Bench(commands::BenchArgs),
     /// Generate images from a checkpoint: PNGs and a labelled grid, or an ADM `.npz`.
     Sample(sample::SampleArgs),
+    /// A web page and JSON API for generating images with one model (loopback by default).
+    Serve(serve::ServeArgs),
     /// Merge the finished batches of a sharded `sample --npz` run into the `.npz`.
     MergeNpz(sample::MergeArgs),
     /// FID, sFID, Inception Score, precision and recall of an ADM `.npz` against a reference;
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert(a),
         Command::Bench(a) => commands::bench(a),
         Command::Sample(a) => sample::sample(a),
+        Command::Serve(a) => serve::serve(a),
         Command::MergeNpz(a) => sample::merge_npz(a),
         Command::Eval(a) => eval::eval(a),
         Command::TrainClassifier(a) => eval::train_classifier(a),

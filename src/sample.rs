@@ -68,6 +68,75 @@ pub struct Settings {
     pub classes: Classes,
 }
 
+impl Settings {
+    /// Checks the settings against a model and its `total`-step diffusion process.
+    pub fn validate(&self, config: &ModelConfig, total: usize) -> Result<()> {
+        if self.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        self.sampler.check_steps(total, self.steps)?;
+        if let Sampler::Ddim { eta } = self.sampler
+            && !(0.0..=1.0).contains(&eta)
+        {
+            bail!("--eta must be between 0 and 1, got {eta}");
+        }
+        if !(self.cfg_scale >= 1.0) {
+            bail!("--cfg-scale must be at least 1 (1 = no guidance), got {}", self.cfg_scale);
+        }
+        if self.cfg_scale > 1.0 && !config.has_null_class() {
+            bail!(
+                "this model was trained without label dropout (no null class), so it cannot be guided: use --cfg-scale 1"
+            );
+        }
+        let classes = config.num_classes();
+        if let Classes::Listed(list) = &self.classes {
+            if list.is_empty() {
+                bail!("no classes given");
+            }
+            if let Some(bad) = list.iter().find(|&&c| c >= classes) {
+                bail!("class {bad} does not exist: the model has classes 0..{}", classes - 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// The class of each of samples `first..first + count`.
+    pub fn labels(&self, first: usize, count: usize, num_classes: usize) -> Vec<i64> {
+        (first..first + count).map(|i| self.classes.label(self.seed, i, num_classes) as i64).collect()
+    }
+}
+
+/// A model ready to sample: the denoiser (FFN merged), its configuration, codec and class names.
+pub struct SamplingModel {
+    pub model: Denoiser,
+    pub config: ModelConfig,
+    pub codec: Codec,
+    pub names: ClassNames,
+}
+
+impl SamplingModel {
+    /// A generator of `settings` on the diffusion process of the published models.
+    pub fn generator(&self, settings: Settings, device: Device) -> Generator<'_> {
+        Generator {
+            model: &self.model,
+            config: &self.config,
+            codec: &self.codec,
+            diffusion: GaussianDiffusion::reference(),
+            settings,
+            device,
+        }
+    }
+
+    /// Side and channels of the images, or why the codec does not fit the model.
+    pub fn image_shape(&self) -> Result<(usize, usize)> {
+        self.codec.image_shape(self.config.in_channels(), self.config.input_size())
+    }
+}
+
+/// Samples per batch of `udit sample` (by default) and `udit serve`. Batch shapes change
+/// float rounding, so the same batches are what make the two give the same bytes.
+pub const DEFAULT_BATCH: usize = 8;
+
 /// Draws samples `first..first + count` with one batched run.
 pub struct Generator<'a> {
     pub model: &'a Denoiser,
@@ -81,27 +150,7 @@ pub struct Generator<'a> {
 impl Generator<'_> {
     /// Checks the settings against the model before any work starts.
     pub fn validate(&self) -> Result<()> {
-        let s = &self.settings;
-        if s.steps == 0 {
-            bail!("--steps must be at least 1");
-        }
-        if !(s.cfg_scale >= 1.0) {
-            bail!("--cfg-scale must be at least 1 (1 = no guidance), got {}", s.cfg_scale);
-        }
-        if s.cfg_scale > 1.0 && !self.config.has_null_class() {
-            bail!(
-                "this model was trained without label dropout (no null class), so it cannot be guided: use --cfg-scale 1"
-            );
-        }
-        let classes = self.config.num_classes();
-        if let Classes::Listed(list) = &s.classes {
-            if list.is_empty() {
-                bail!("no classes given");
-            }
-            if let Some(bad) = list.iter().find(|&&c| c >= classes) {
-                bail!("class {bad} does not exist: the model has classes 0..{}", classes - 1);
-            }
-        }
+        self.settings.validate(self.config, self.diffusion.num_steps())?;
         self.codec.image_shape(self.config.in_channels(), self.config.input_size())?;
         Ok(())
     }
@@ -121,8 +170,7 @@ impl Generator<'_> {
         let s = &self.settings;
         let dev = &self.device;
         let (c, side) = (self.config.in_channels(), self.config.input_size());
-        let labels: Vec<i64> =
-            (first..first + count).map(|i| s.classes.label(s.seed, i, self.config.num_classes()) as i64).collect();
+        let labels = s.labels(first, count, self.config.num_classes());
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [count]), dev);
         let null = Tensor::<1, Int>::full([count], self.config.num_classes() as i64, dev);
         let guided = self.config.guided_channels();
@@ -139,12 +187,17 @@ impl Generator<'_> {
         let mut noise = NoiseStreams::new(s.seed, first, count, [c, side, side]);
         let x_t = noise.next(dev);
         let z = s.sampler.sample(&self.diffusion, s.steps, &mut model, x_t, &mut noise, dev, on_step)?;
+        Ok(self.decode(z, labels))
+    }
+
+    /// Model space (a finished sample, or a step's x_0 prediction) -> uint8 images.
+    pub fn decode(&self, z: Tensor<4>, labels: Vec<i64>) -> Images {
         let pixels = self.codec.decode(z);
         let [_, channels, h, _] = pixels.dims();
         // (x + 1) * 127.5, rounded and clamped, as the reference `sample_ddp.py`.
         let bytes = (pixels * 127.5 + 128.0).clamp(0.0, 255.0).permute([0, 2, 3, 1]).into_data();
         let pixels = bytes.convert::<f32>().as_slice::<f32>().expect("f32").iter().map(|&v| v as u8).collect();
-        Ok(Images { pixels, labels, side: h, channels })
+        Images { pixels, labels, side: h, channels }
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod eval;
 pub mod sample;
+pub mod serve;
 pub mod train;
 
 use std::path::PathBuf;

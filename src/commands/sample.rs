@@ -3,20 +3,21 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use burn::prelude::Device;
 use clap::Args;
 
-use crate::checkpoint::{self, read_weights};
+use crate::checkpoint::{self, Weights, read_weights};
 use crate::classes::ClassNames;
 use crate::codec::{Codec, codec_spec};
-use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::Sampler;
 use crate::io::npz::{NpzRun, parse_shard};
-use crate::model::ModelChoice;
+use crate::model::{ModelChoice, ModelConfig};
 use crate::progress::plural;
-use crate::sample::{Classes, Generator, Settings, default_cfg_scale, run_npz, run_pngs};
+use crate::sample::{Classes, DEFAULT_BATCH, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs};
 
+/// The model flags of `udit sample` and `udit serve`: weights, configuration and codec.
 #[derive(Args)]
-pub struct SampleArgs {
+pub struct ModelArgs {
     #[command(flatten)]
     pub model: ModelChoice,
     /// Weights: .safetensors, .pt, or hf://OWNER/REPO/FILE. Default: the bundled
@@ -31,6 +32,46 @@ pub struct SampleArgs {
     /// hf://stabilityai/sd-vae-ft-ema.
     #[arg(long)]
     pub vae: Option<String>,
+}
+
+/// Weights read, with their configuration and class names, before the network and codec are
+/// built: settings can be refused first, before the slow part (and any VAE download).
+pub struct ReadModel {
+    weights: Weights,
+    pub config: ModelConfig,
+    pub names: ClassNames,
+    codec: String,
+}
+
+impl ModelArgs {
+    /// Reads the weights (the bundled model by default) with their stored configuration
+    /// (unless one is named), class names and codec.
+    pub fn read(&self) -> Result<ReadModel> {
+        let ckpt = match &self.ckpt {
+            Some(c) => crate::hub::resolve(c, &[])?,
+            None => PathBuf::from(crate::BUNDLED_MODEL),
+        };
+        let weights = read_weights(&ckpt, self.entry.as_deref())?;
+        let config = self.model.resolve(weights.config.as_ref())?;
+        let names = ClassNames::for_model(&weights.metadata, config.num_classes())?;
+        let codec = codec_spec(self.vae.as_deref(), weights.codec.as_deref(), config.in_channels());
+        Ok(ReadModel { weights, config, names, codec })
+    }
+}
+
+impl ReadModel {
+    /// Builds the denoiser (FFN merged) and opens the codec.
+    pub fn load(self, device: &Device) -> Result<SamplingModel> {
+        let model = checkpoint::load_denoiser(&self.config, &self.weights, device)?.merged();
+        let codec = Codec::open(&self.codec, device)?;
+        Ok(SamplingModel { model, config: self.config, codec, names: self.names })
+    }
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Classes, comma-separated indices or names (cycled over the samples), or `random`.
     /// The bundled model's: t-shirt/top, trouser, pullover, dress, coat, sandal, shirt,
     /// sneaker, bag, ankle boot (0-9); ImageNet models take lemmas such as "golden retriever".
@@ -53,7 +94,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Samples per batch (does not change the samples, only speed and memory).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
     /// How many samples.
     #[arg(long, default_value_t = 16)]
@@ -77,13 +118,7 @@ pub struct SampleArgs {
 /// configuration, codec and class names, then writes PNGs and a grid, or an `.npz` shard.
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = crate::default_device();
-    let ckpt = match &a.ckpt {
-        Some(c) => crate::hub::resolve(c, &[])?,
-        None => PathBuf::from(crate::BUNDLED_MODEL),
-    };
-    let weights = read_weights(&ckpt, a.entry.as_deref())?;
-    let cfg = a.model.resolve(weights.config.as_ref())?;
-    let names = ClassNames::for_model(&weights.metadata, cfg.num_classes())?;
+    let read = a.model.read()?;
     let sampler = Sampler::named(&a.sampler, a.eta)?;
     let (shard, shards) = parse_shard(&a.shard)?;
     if a.batch == 0 || a.num_samples == 0 {
@@ -92,20 +127,12 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let settings = Settings {
         steps: a.steps.unwrap_or(sampler.default_steps()),
         sampler,
-        cfg_scale: a.cfg_scale.unwrap_or(default_cfg_scale(&cfg)),
+        cfg_scale: a.cfg_scale.unwrap_or(default_cfg_scale(&read.config)),
         seed: a.seed,
-        classes: Classes::parse(&a.classes, &names, cfg.num_classes())?,
+        classes: Classes::parse(&a.classes, &read.names, read.config.num_classes())?,
     };
-    let model = checkpoint::load_denoiser(&cfg, &weights, &device)?.merged();
-    let codec = Codec::open(&codec_spec(a.vae.as_deref(), weights.codec.as_deref(), cfg.in_channels()), &device)?;
-    let g = Generator {
-        model: &model,
-        config: &cfg,
-        codec: &codec,
-        diffusion: GaussianDiffusion::reference(),
-        settings,
-        device,
-    };
+    let loaded = read.load(&device)?;
+    let g = loaded.generator(settings, device);
     g.validate()?;
     match a.npz {
         Some(npz) => {
@@ -117,7 +144,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             }
         }
         None => {
-            run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols, &names)?;
+            run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols, &loaded.names)?;
             eprintln!("wrote {} and grid.png to {}", plural(a.num_samples, "PNG"), a.out.display());
         }
     }

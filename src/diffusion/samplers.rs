@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 use burn::prelude::*;
 
-use super::GaussianDiffusion;
+use super::{GaussianDiffusion, space_timesteps};
 use crate::rng::NoiseStreams;
 
 /// A denoiser call: x_t `[N, C, H, W]` and model timesteps `[N]` -> output whose first C
@@ -49,6 +49,16 @@ impl Sampler {
         match self {
             Self::Ancestral => 250,
             _ => 25,
+        }
+    }
+
+    /// Whether `steps` denoiser calls can be taken from a `total`-step process: the
+    /// respacing of the ancestral and DDIM samplers exists (DDIM needs equal strides).
+    pub fn check_steps(&self, total: usize, steps: usize) -> Result<()> {
+        match self {
+            Self::Ancestral => space_timesteps(total, &steps.to_string()).map(drop),
+            Self::Ddim { .. } => space_timesteps(total, &format!("ddim{steps}")).map(drop),
+            Self::DpmSolverPp2M => Ok(()),
         }
     }
 
