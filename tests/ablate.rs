@@ -220,7 +220,10 @@ fn bad_plans_are_one_line_errors_before_any_training() {
         (edit(&|p| p["entries"][0]["seed"] = json!(1)), "unknown field `seed`"),
         // Models the codec cannot feed from 1x32x32 images.
         (
-            edit(&|p| p["entries"][1]["model"]["in_channels"] = json!(3)),
+            edit(&|p| {
+                p["entries"][1]["model"]["in_channels"] = json!(2);
+                p["entries"][1]["model"]["cfg_channels"] = json!(2);
+            }),
             "unshuffle2 needs model channels divisible by 4",
         ),
         (edit(&|p| p["entries"][1]["model"]["input_size"] = json!(8)), "the data's samples are [1, 32, 32]"),
@@ -302,4 +305,47 @@ fn the_shipped_plans_are_valid() {
     }
     assert_eq!(Spread::of(&[1.0, 2.0, 3.0]).sd, Some(1.0));
     assert_eq!(Spread::of(&[2.5]).sd, None);
+}
+
+#[test]
+fn the_adm_evaluator_scores_as_udit_eval_does() {
+    let s = Scratch(tempfile::tempdir().unwrap());
+    // A reference batch of five Fashion-MNIST test images; the coarse fixture Inception.
+    let test = udit::data::fashion_mnist::FashionMnist::load(
+        Path::new(udit::data::fashion_mnist::DEFAULT_DIR),
+        udit::data::fashion_mnist::Split::Test,
+    )
+    .unwrap();
+    let idx: Vec<usize> = (0..5).collect();
+    let reference = udit::io::Images {
+        pixels: test.padded(&idx),
+        labels: idx.iter().map(|&i| test.labels[i] as i64).collect(),
+        side: 32,
+        channels: 1,
+    };
+    udit::io::npz::write_npz(&s.p("reference.npz"), &reference).unwrap();
+    let inception = fixture("inception_fid_coarse.weights.safetensors");
+    let mut p = plan();
+    p["entries"].as_array_mut().unwrap().truncate(1);
+    p["recipe"]["seeds"] = json!([0]);
+    p["recipe"]["steps"] = json!(2);
+    p["meter"] = json!({"samples": 5, "steps": 2, "cfg_scales": [1.5], "classes": "random", "batch": 5,
+                        "reference": s.p("reference.npz"), "inception": inception});
+    let (ok, table, err) = s.ablate("plan.json", &p, "out");
+    assert!(ok, "{err}");
+    assert!(table.contains("| FID, guidance 1.5 |\n") && !table.contains("class accuracy"), "{table}");
+    let score = &json_of(&s.p("out/results.json"))["entries"][0]["runs"][0]["scores"][0];
+    assert!(score["class_accuracy"].is_null(), "{score}");
+    let samples = s.p("out/full-attention/seed-0/meter/cfg-1.5.npz");
+    let (ok, eval, err) = udit(&[
+        "eval",
+        samples.to_str().unwrap(),
+        s.p("reference.npz").to_str().unwrap(),
+        "--inception",
+        inception.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let eval: Value = serde_json::from_str(&eval).unwrap();
+    assert!((score["fid"].as_f64().unwrap() - eval["fid"].as_f64().unwrap()).abs() < 1e-9, "{score} {eval}");
 }
