@@ -35,18 +35,20 @@ fn draw(results: &Results, buffer: &mut [u8], size: (u32, u32)) -> Result<(), Bo
         })
     });
     let (y0, y1) = padded(bars, 0.1);
+    // Enough decimals that the FID ticks differ: one more per decade below 100.
+    let decimals = (2.0 - (y1 - y0).log10().floor()).clamp(0.0, 4.0) as usize;
     let mut chart = ChartBuilder::on(&root)
         .caption("FID against forward GMACs", ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(40)
-        .y_label_area_size(60)
+        .y_label_area_size(80)
         .build_cartesian_2d(x0.max(0.0)..x1, y0.max(0.0)..y1)?;
     chart
         .configure_mesh()
         .x_desc("forward GMACs (batch 1)")
         .y_desc("FID (lower is better)")
         .x_label_formatter(&|v| format!("{v:.3}"))
-        .y_label_formatter(&|v| format!("{v:.1}"))
+        .y_label_formatter(&|v| format!("{v:.decimals$}"))
         .draw()?;
     for (k, &cfg_scale) in results.protocol.cfg_scales.iter().enumerate() {
         let colour = COLOURS[k % COLOURS.len()];
