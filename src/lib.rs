@@ -1,6 +1,7 @@
 //! U-DiT in Rust: the U-shaped diffusion transformers of Tian et al. (NeurIPS 2024) and the
 //! DiT baseline, loadable from the reference PyTorch checkpoints.
 
+pub mod ablate;
 pub mod bench;
 pub mod checkpoint;
 pub mod classes;
@@ -23,6 +24,9 @@ pub mod vae;
 
 /// The U-DiT trained on Fashion-MNIST that ships with the project (`assets/README.md`).
 pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion-mnist-udit.safetensors");
+
+/// The offline meter's Fashion-MNIST classifier that ships with the project.
+pub const BUNDLED_METER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/meter-classifier.safetensors");
 
 /// The device tensors run on: burn's CPU `flex` backend, or CUDA with `--features cuda`.
 pub fn default_device() -> burn::prelude::Device {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use udit::commands::{self, eval, sample, serve, train};
+use udit::commands::{self, ablate, eval, sample, serve, train};
 
 #[derive(Parser)]
 #[command(name = "udit", version, about = "U-DiT: U-shaped diffusion transformers with downsampled tokens")]
@@ -40,6 +40,8 @@ enum Command {
     ExtractFeatures(train::ExtractArgs),
     /// Draw the loss curve of a training log (`log.jsonl`) as a PNG.
     PlotLoss(commands::PlotArgs),
+    /// Train, sample and score every model of an ablation plan; tabulate and plot (resumable).
+    Ablate(ablate::AblateArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::ExtractFeatures(a) => train::extract_features(a),
         Command::PlotLoss(a) => commands::plot_loss(a),
+        Command::Ablate(a) => ablate::ablate(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

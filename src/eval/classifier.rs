@@ -12,6 +12,7 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 
+use super::metrics::{Stats, frechet_distance};
 use crate::data::fashion_mnist::{FashionMnist, SIDE, to_model_space};
 use crate::model::layers::{Conv2d, Init, Linear};
 
@@ -143,21 +144,36 @@ pub struct MeterScores {
     pub class_accuracy: f64,
 }
 
-/// Scores uint8 32x32 grayscale samples with their requested labels.
+/// Scores uint8 32x32 grayscale samples with their requested labels against the test split.
 pub fn meter(
     model: &Classifier,
     samples: &crate::io::Images,
     test: &FashionMnist,
     device: &Device,
 ) -> Result<MeterScores> {
+    score(model, samples, &reference_stats(model, test, device)?, device)
+}
+
+/// The meter's reference: feature statistics of the whole test split (computed once for
+/// many sample sets).
+pub fn reference_stats(model: &Classifier, test: &FashionMnist, device: &Device) -> Result<Stats> {
+    let all: Vec<usize> = (0..test.len()).collect();
+    let (ref_feats, _) = model.run(&test.padded(&all), device);
+    Stats::from_features(&ref_feats, FEATURES)
+}
+
+/// As [`meter`], against reference statistics from [`reference_stats`].
+pub fn score(
+    model: &Classifier,
+    samples: &crate::io::Images,
+    reference: &Stats,
+    device: &Device,
+) -> Result<MeterScores> {
     if (samples.side, samples.channels) != (SIDE, 1) {
         bail!("the Fashion-MNIST meter takes 32x32 grayscale images, got {0}x{0}x{1}", samples.side, samples.channels);
     }
     let (feats, preds) = model.run(&samples.pixels, device);
-    let all: Vec<usize> = (0..test.len()).collect();
-    let (ref_feats, _) = model.run(&test.padded(&all), device);
-    use super::metrics::{Stats, frechet_distance};
-    let fid = frechet_distance(&Stats::from_features(&feats, FEATURES)?, &Stats::from_features(&ref_feats, FEATURES)?)?;
+    let fid = frechet_distance(&Stats::from_features(&feats, FEATURES)?, reference)?;
     if samples.labels.iter().any(|&l| !(0..10).contains(&l)) {
         bail!("class accuracy needs the requested labels (arr_1) in 0..10");
     }

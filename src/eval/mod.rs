@@ -53,6 +53,21 @@ pub fn activations(
     Ok(out)
 }
 
+/// [`activations`] with a progress display naming `what` the images are.
+pub fn activations_shown(
+    net: &InceptionV3,
+    images: &Images,
+    batch: usize,
+    device: &Device,
+    what: &str,
+) -> Result<Activations> {
+    let progress =
+        crate::progress::Progress::new(&format!("Inception features of {what}"), images.labels.len() as u64, "images");
+    let out = activations(net, images, batch, device, &mut |m| progress.inc(m as u64));
+    progress.finish();
+    out
+}
+
 /// What a reference batch provides: FID and sFID statistics, and pool features for
 /// precision/recall when it has images (or saved features).
 pub struct Reference {
@@ -68,6 +83,23 @@ impl Reference {
             stats_spatial: Stats::from_features(&a.spatial, SPATIAL_DIM)?,
             pool3: Some(a.pool3.clone()),
         })
+    }
+
+    /// The reference batch at `path`: its stored statistics (plus the pool features of its
+    /// images, where it has images, for precision/recall), or else the statistics of its
+    /// images. `features` computes the Inception activations of a set of images.
+    pub fn open(path: &Path, features: &mut dyn FnMut(&Images) -> Result<Activations>) -> Result<Self> {
+        match Self::read_stats(path)? {
+            Some(mut r) => {
+                if r.pool3.is_none()
+                    && let Ok(images) = crate::io::npz::read_npz(path)
+                {
+                    r.pool3 = Some(features(&images)?.pool3);
+                }
+                Ok(r)
+            }
+            None => Self::from_activations(&features(&crate::io::npz::read_npz(path)?)?),
+        }
     }
 
     /// Reads precomputed `mu`, `sigma`, `mu_s`, `sigma_s` (and `pool3` if saved) from an

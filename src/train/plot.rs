@@ -1,4 +1,5 @@
-//! `udit plot-loss`: the loss curve of a training log as a PNG.
+//! `udit plot-loss`: the loss curve of a training log as a PNG; and the font and PNG
+//! helpers of every plot (`udit ablate` draws its FID-vs-GMACs figure with them).
 
 use std::path::Path;
 
@@ -25,15 +26,29 @@ pub fn plot_loss(log: &Path, out: &Path, font: &Path) -> Result<()> {
     if lines.len() < 2 {
         bail!("{} has {} entries; a curve needs at least 2", log.display(), lines.len());
     }
+    register_font(font)?;
+    write_png(out, (900, 540), |buffer, size| draw(&lines, buffer, size))
+}
+
+/// Makes `font` the "sans-serif" of the plots' labels.
+pub fn register_font(font: &Path) -> Result<()> {
     let font_bytes = std::fs::read(font).with_context(|| {
         format!("cannot read the font {} (install fonts-dejavu-core, or give another TrueType font)", font.display())
     })?;
     let font_bytes: &'static [u8] = Box::leak(font_bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font_bytes)
-        .map_err(|_| anyhow::anyhow!("{} is not a TrueType font", font.display()))?;
-    let (w, h) = (900u32, 540u32);
+        .map_err(|_| anyhow::anyhow!("{} is not a TrueType font", font.display()))
+}
+
+/// Draws a `size` plot with `draw` and writes it to `out` as a PNG, atomically.
+pub fn write_png(
+    out: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<()> {
+    let (w, h) = size;
     let mut buffer = vec![0u8; (w * h * 3) as usize];
-    draw(&lines, &mut buffer, (w, h)).map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
+    draw(&mut buffer, size).map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
     let mut png = Vec::new();
     image::ImageEncoder::write_image(
         image::codecs::png::PngEncoder::new(&mut png),
