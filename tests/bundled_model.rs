@@ -30,7 +30,7 @@ fn bundled_model_draws_the_requested_garments() {
         settings: Settings {
             sampler: Sampler::DpmSolverPp2M,
             steps: 25,
-            cfg_scale: 4.0,
+            cfg_scale: 1.5,
             seed: 3,
             classes: Classes::Listed((0..10).collect()),
         },
@@ -43,8 +43,8 @@ fn bundled_model_draws_the_requested_garments() {
             .unwrap();
     let (_, preds) = meter.run(&images.pixels, &dev);
     let hits = preds.iter().zip(&images.labels).filter(|(p, l)| **p as i64 == **l).count();
-    // 100 samples, 10 per class, at the README's guidance 4; the README reports the rate on
-    // 1,000 (0.906), the issue asks for 85%.
+    // 100 samples, 10 per class, at the paper's guidance 1.5: 92 are of the requested class
+    // today; the README reports 0.906 on 1,000 DDIM samples (the previous model drew 0.78).
     assert!(hits >= 85, "only {hits} of 100 samples are of the requested class");
 }
 
