@@ -10,6 +10,7 @@ pub mod cost;
 pub mod data;
 pub mod diffusion;
 pub mod eval;
+pub mod guidance;
 pub mod hub;
 pub mod io;
 pub mod kernels;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use burn::prelude::*;
 use clap::Args;
 
 use crate::checkpoint::{self, read_weights};
@@ -10,13 +11,15 @@ use crate::classes::ClassNames;
 use crate::codec::{Codec, codec_spec};
 use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::Sampler;
+use crate::guidance::{Guidance, GuidanceInterval, parse_cfg_channels};
 use crate::io::npz::{NpzRun, parse_shard};
-use crate::model::ModelChoice;
+use crate::model::{Denoiser, ModelChoice, ModelConfig};
 use crate::progress::plural;
 use crate::sample::{Classes, Generator, Settings, default_cfg_scale, run_npz, run_pngs};
 
+/// Which weights to sample from, and how they become pixels (shared by `sample` and `sweep`).
 #[derive(Args)]
-pub struct SampleArgs {
+pub struct WeightsArgs {
     #[command(flatten)]
     pub model: ModelChoice,
     /// Weights: .safetensors, .pt, or hf://OWNER/REPO/FILE. Default: the bundled
@@ -31,21 +34,73 @@ pub struct SampleArgs {
     /// hf://stabilityai/sd-vae-ft-ema.
     #[arg(long)]
     pub vae: Option<String>,
-    /// Classes, comma-separated indices or names (cycled over the samples), or `random`.
-    /// The bundled model's: t-shirt/top, trouser, pullover, dress, coat, sandal, shirt,
-    /// sneaker, bag, ankle boot (0-9); ImageNet models take lemmas such as "golden retriever".
+}
+
+/// A model ready to sample: configuration, class names, merged network and codec.
+pub struct Loaded {
+    pub config: ModelConfig,
+    pub names: ClassNames,
+    pub model: Denoiser,
+    pub codec: Codec,
+}
+
+impl WeightsArgs {
+    /// Loads the weights (the bundled model by default) with their stored configuration, codec
+    /// and class names.
+    pub fn load(&self, device: &Device) -> Result<Loaded> {
+        let ckpt = match &self.ckpt {
+            Some(c) => crate::hub::resolve(c, &[])?,
+            None => PathBuf::from(crate::BUNDLED_MODEL),
+        };
+        let weights = read_weights(&ckpt, self.entry.as_deref())?;
+        let config = self.model.resolve(weights.config.as_ref())?;
+        let names = ClassNames::for_model(&weights.metadata, config.num_classes())?;
+        let model = checkpoint::load_denoiser(&config, &weights, device)?.merged();
+        let spec = codec_spec(self.vae.as_deref(), weights.codec.as_deref(), config.in_channels());
+        let codec = Codec::open(&spec, device)?;
+        Ok(Loaded { config, names, model, codec })
+    }
+}
+
+/// `--cfg-channels` resolved against the model (None: its configuration's).
+pub fn cfg_channels(text: Option<&str>, config: &ModelConfig) -> Result<Option<usize>> {
+    text.map(|t| parse_cfg_channels(t, config.in_channels())).transpose()
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    /// Classes, comma-separated indices or names (cycled over the samples), `all` (every class
+    /// in turn), or `random`. The bundled model's: t-shirt/top, trouser, pullover, dress, coat,
+    /// sandal, shirt, sneaker, bag, ankle boot (0-9); ImageNet models take lemmas such as
+    /// "golden retriever".
     #[arg(long = "class", default_value = "random")]
     pub classes: String,
     /// Classifier-free guidance scale (1 = none). Default 1.5, the paper's, for models with
     /// a null class.
     #[arg(long)]
     pub cfg_scale: Option<f64>,
-    /// ancestral (the reference, 250 steps), ddim, or dpm++ (DPM-Solver++(2M), 25 steps).
+    /// Guide only at noise levels sigma = sqrt((1 - abar) / abar) in (LO, HI]; elsewhere the
+    /// conditional batch runs alone, at half the cost. `none`: at every step (the reference's
+    /// protocol). The default is Kynkäänniemi et al. 2024's interval for DiT-XL/2.
+    #[arg(long, value_name = "LO,HI", default_value = crate::guidance::PAPER_INTERVAL)]
+    pub guidance_interval: String,
+    /// Output channels guidance mixes: a count (3 is the reference's choice for its 4-channel
+    /// latent models) or `all`. Default: the model configuration's `cfg_channels`.
+    #[arg(long, value_name = "N")]
+    pub cfg_channels: Option<String>,
+    /// ancestral (the reference, 250 steps), ddim, dpm++ (DPM-Solver++(2M)), unipc (UniPC,
+    /// 3rd-order predictor + corrector) or heun (EDM's 2nd-order method, 2 calls per step).
     #[arg(long, default_value = "ancestral")]
     pub sampler: String,
-    /// Denoiser calls (default: 250 for ancestral, 25 otherwise).
+    /// Sampler steps (default: 250 for ancestral, 13 for heun (25 calls), 25 otherwise).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Time steps of ddim, dpm++, unipc and heun: time-uniform, logsnr or karras. Default:
+    /// karras for heun, time-uniform for the others (ddim's is the reference's respacing).
+    #[arg(long)]
+    pub schedule: Option<String>,
     /// DDIM eta (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
@@ -77,30 +132,29 @@ pub struct SampleArgs {
 /// configuration, codec and class names, then writes PNGs and a grid, or an `.npz` shard.
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = crate::default_device();
-    let ckpt = match &a.ckpt {
-        Some(c) => crate::hub::resolve(c, &[])?,
-        None => PathBuf::from(crate::BUNDLED_MODEL),
-    };
-    let weights = read_weights(&ckpt, a.entry.as_deref())?;
-    let cfg = a.model.resolve(weights.config.as_ref())?;
-    let names = ClassNames::for_model(&weights.metadata, cfg.num_classes())?;
     let sampler = Sampler::named(&a.sampler, a.eta)?;
+    let schedule = a.schedule.as_deref().map(str::parse).transpose()?;
+    let interval = GuidanceInterval::parse(&a.guidance_interval)?;
     let (shard, shards) = parse_shard(&a.shard)?;
     if a.batch == 0 || a.num_samples == 0 {
         bail!("--batch and --num-samples must be at least 1");
     }
+    let Loaded { config, names, model, codec } = a.weights.load(&device)?;
     let settings = Settings {
         steps: a.steps.unwrap_or(sampler.default_steps()),
         sampler,
-        cfg_scale: a.cfg_scale.unwrap_or(default_cfg_scale(&cfg)),
+        schedule,
+        guidance: Guidance {
+            scale: a.cfg_scale.unwrap_or(default_cfg_scale(&config)),
+            interval,
+            channels: cfg_channels(a.cfg_channels.as_deref(), &config)?,
+        },
         seed: a.seed,
-        classes: Classes::parse(&a.classes, &names, cfg.num_classes())?,
+        classes: Classes::parse(&a.classes, &names, config.num_classes())?,
     };
-    let model = checkpoint::load_denoiser(&cfg, &weights, &device)?.merged();
-    let codec = Codec::open(&codec_spec(a.vae.as_deref(), weights.codec.as_deref(), cfg.in_channels()), &device)?;
     let g = Generator {
         model: &model,
-        config: &cfg,
+        config: &config,
         codec: &codec,
         diffusion: GaussianDiffusion::reference(),
         settings,

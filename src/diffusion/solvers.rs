@@ -140,11 +140,10 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
         let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).expect("rows");
         a.swap(col, pivot);
         b.swap(col, pivot);
+        let pivot_row = a[col].clone();
         for row in col + 1..n {
-            let f = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= f * a[col][k];
-            }
+            let f = a[row][col] / pivot_row[col];
+            a[row].iter_mut().zip(&pivot_row).skip(col).for_each(|(v, p)| *v -= f * p);
             b[row] -= f * b[col];
         }
     }
