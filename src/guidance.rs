@@ -44,6 +44,14 @@ impl GuidanceInterval {
         Ok(Self::Between(lo, hi))
     }
 
+    /// For people: "every step" or "(lo, hi]".
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Everywhere => "every step".to_string(),
+            Self::Between(lo, hi) => format!("({lo}, {hi}]"),
+        }
+    }
+
     pub fn contains(&self, sigma: f64) -> bool {
         match *self {
             Self::Everywhere => true,
@@ -52,6 +60,7 @@ impl GuidanceInterval {
     }
 }
 
+/// As `--guidance-interval` takes it: `none` or `LO,HI`.
 impl std::fmt::Display for GuidanceInterval {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

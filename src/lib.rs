@@ -18,11 +18,15 @@ pub mod model;
 pub mod progress;
 pub mod rng;
 pub mod sample;
+pub mod sweep;
 pub mod train;
 pub mod vae;
 
 /// The U-DiT trained on Fashion-MNIST that ships with the project (`assets/README.md`).
 pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion-mnist-udit.safetensors");
+
+/// The offline meter's classifier that ships with the project (`assets/README.md`).
+pub const BUNDLED_METER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/meter-classifier.safetensors");
 
 /// The device tensors run on: burn's CPU `flex` backend, or CUDA with `--features cuda`.
 pub fn default_device() -> burn::prelude::Device {

@@ -75,6 +75,7 @@ pub struct Settings {
 }
 
 /// Draws samples `first..first + count` with one batched run.
+#[derive(Clone)]
 pub struct Generator<'a> {
     pub model: &'a Denoiser,
     pub config: &'a ModelConfig,

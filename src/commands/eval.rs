@@ -38,7 +38,7 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    use crate::eval::{Reference, activations, inception::InceptionV3, score};
+    use crate::eval::{Reference, activations_shown, inception::InceptionV3, score};
     let device = crate::default_device();
     if let Some(path) = &a.features {
         use crate::data::fashion_mnist::{FashionMnist, Split};
@@ -60,26 +60,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("pt_inception-2015-12-05-6726825d.pth"));
     let net = InceptionV3::load(&weights, &device)?;
     let samples = crate::io::npz::read_npz(&a.samples)?;
-    let features = |images: &crate::io::Images, what: &str| {
-        let n = images.labels.len();
-        let progress = Progress::new(&format!("Inception features of {what}"), n as u64, "images");
-        let out = activations(&net, images, a.batch, &device, &mut |m| progress.inc(m as u64));
-        progress.finish();
-        out
-    };
-    let reference = match Reference::read_stats(&reference_path)? {
-        Some(mut r) => {
-            // FID uses the stored statistics; precision/recall need the images' features.
-            if r.pool3.is_none()
-                && let Ok(images) = crate::io::npz::read_npz(&reference_path)
-            {
-                r.pool3 = Some(features(&images, "the reference")?.pool3);
-            }
-            r
-        }
-        None => Reference::from_activations(&features(&crate::io::npz::read_npz(&reference_path)?, "the reference")?)?,
-    };
-    let acts = features(&samples, "the samples")?;
+    let reference = Reference::load(&reference_path, &net, a.batch, &device)?;
+    let acts = activations_shown(&net, &samples, a.batch, &device, "the samples")?;
     if let Some(path) = &a.save_stats {
         Reference::from_activations(&acts)?.write_stats(path)?;
     }

@@ -4,6 +4,7 @@
 
 pub mod eval;
 pub mod sample;
+pub mod sweep;
 pub mod train;
 
 use std::path::PathBuf;
@@ -235,7 +236,7 @@ pub struct PlotArgs {
     #[arg(long, default_value = "loss.png")]
     pub out: PathBuf,
     /// A TrueType font for the labels.
-    #[arg(long, default_value = crate::train::plot::DEFAULT_FONT)]
+    #[arg(long, default_value = crate::io::plot::DEFAULT_FONT)]
     pub font: PathBuf,
 }
 

@@ -13,6 +13,7 @@ use burn::prelude::*;
 use self::inception::{InceptionV3, preprocess};
 use self::metrics::{Stats, frechet_distance, inception_score, precision_recall};
 use crate::io::Images;
+use crate::progress::Progress;
 
 /// Inception outputs of a set of images, row-major.
 pub struct Activations {
@@ -51,6 +52,20 @@ pub fn activations(
         on_batch(m);
     }
     Ok(out)
+}
+
+/// [`activations`] of `images` with a progress bar naming `what` they are.
+pub fn activations_shown(
+    net: &InceptionV3,
+    images: &Images,
+    batch: usize,
+    device: &Device,
+    what: &str,
+) -> Result<Activations> {
+    let progress = Progress::new(&format!("Inception features of {what}"), images.labels.len() as u64, "images");
+    let out = activations(net, images, batch, device, &mut |m| progress.inc(m as u64));
+    progress.finish();
+    out
 }
 
 /// What a reference batch provides: FID and sFID statistics, and pool features for
@@ -101,6 +116,24 @@ impl Reference {
             None => None,
         };
         Ok(Some(Self { stats: Stats { mu, sigma }, stats_spatial: Stats { mu: mu_s, sigma: sigma_s }, pool3 }))
+    }
+
+    /// A reference `.npz`: precomputed statistics (with the images' pool features when it has
+    /// images too, for precision and recall), or images whose features are computed here.
+    pub fn load(path: &Path, net: &InceptionV3, batch: usize, device: &Device) -> Result<Self> {
+        let features = |images: &Images| activations_shown(net, images, batch, device, "the reference");
+        match Self::read_stats(path)? {
+            Some(mut r) => {
+                // FID uses the stored statistics; precision/recall need the images' features.
+                if r.pool3.is_none()
+                    && let Ok(images) = crate::io::npz::read_npz(path)
+                {
+                    r.pool3 = Some(features(&images)?.pool3);
+                }
+                Ok(r)
+            }
+            None => Self::from_activations(&features(&crate::io::npz::read_npz(path)?)?),
+        }
     }
 
     /// Saves the statistics (and pool features) for reuse as a reference.
