@@ -27,7 +27,7 @@ fn tiny_model(dir: &Path) -> String {
     path.display().to_string()
 }
 
-fn sweep(ckpt: &str, out: &Path, samples: &str) -> (bool, String) {
+fn sweep(ckpt: &str, out: &Path, samples: &str, steps: &str) -> (bool, String) {
     let out = out.display().to_string();
     let args = [
         "sweep",
@@ -36,7 +36,7 @@ fn sweep(ckpt: &str, out: &Path, samples: &str) -> (bool, String) {
         "--samplers",
         "ddim,unipc:logsnr",
         "--steps",
-        "6",
+        steps,
         "--cfg-scale",
         "2",
         "--guidance-interval",
@@ -63,7 +63,7 @@ fn a_tiny_sweep_writes_its_table_and_plot_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = tiny_model(dir.path());
     let out = dir.path().join("sweep");
-    let (ok, err) = sweep(&ckpt, &out, "6");
+    let (ok, err) = sweep(&ckpt, &out, "6", "6");
     assert!(ok, "{err}");
     assert!(err.contains("[1/2] ddim time-uniform, guidance 2, 6 steps: 6 calls, NFE 12 per image"), "{err}");
     assert!(err.contains("[2/2] unipc logsnr, guidance 2, 6 steps"), "{err}");
@@ -90,7 +90,7 @@ fn a_tiny_sweep_writes_its_table_and_plot_and_resumes() {
     let result = out.join(&first[1].dir).join("result.json");
     let kept = std::fs::metadata(out.join(&first[0].dir).join("result.json")).unwrap().modified().unwrap();
     std::fs::remove_file(&result).unwrap();
-    let (ok, err) = sweep(&ckpt, &out, "6");
+    let (ok, err) = sweep(&ckpt, &out, "6", "6");
     assert!(ok, "{err}");
     assert!(err.contains("[1/2] ddim time-uniform, guidance 2, 6 steps: done before, FID"), "{err}");
     assert!(err.contains("[2/2] unipc logsnr, guidance 2, 6 steps: scoring") && !err.contains("sampling:"), "{err}");
@@ -99,8 +99,16 @@ fn a_tiny_sweep_writes_its_table_and_plot_and_resumes() {
     assert_eq!(second[0], first[0]);
     assert_eq!((second[1].fid, second[1].seconds_per_image), (first[1].fid, None), "same samples, no new timing");
 
+    // Other step counts add to the folder's table, which lists every finished combination.
+    let (ok, err) = sweep(&ckpt, &out, "6", "4");
+    assert!(ok, "{err}");
+    let all = rows(&out);
+    let order: Vec<(&str, usize)> = all.iter().map(|r| (r.sampler.as_str(), r.steps)).collect();
+    assert_eq!(order, [("ddim", 4), ("ddim", 6), ("unipc", 4), ("unipc", 6)]);
+    assert_eq!(all[1], first[0]);
+
     // Other settings in the same folder are refused.
-    let (ok, err) = sweep(&ckpt, &out, "8");
+    let (ok, err) = sweep(&ckpt, &out, "8", "6");
     assert!(!ok && err.trim().lines().count() == 1 && err.contains("holds a sweep with other settings"), "{err}");
 }
 

@@ -203,6 +203,32 @@ pub struct Sweep<'a> {
     pub out: PathBuf,
 }
 
+/// Every combination finished in `dir`, ordered by sampler (as `--samplers` lists them in
+/// its help), schedule, guidance and steps.
+pub fn finished(dir: &Path) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let result = entry?.path().join(RESULT_FILE);
+        if result.exists() {
+            rows.push(read_row(&result)?);
+        }
+    }
+    let rank = |r: &Row| ["ancestral", "ddim", "dpm++", "unipc", "heun"].iter().position(|s| *s == r.sampler);
+    rows.sort_by(|a, b| {
+        (rank(a), &a.schedule)
+            .cmp(&(rank(b), &b.schedule))
+            .then(a.cfg_scale.total_cmp(&b.cfg_scale))
+            .then(a.interval.cmp(&b.interval))
+            .then(a.steps.cmp(&b.steps))
+    });
+    Ok(rows)
+}
+
+fn read_row(path: &Path) -> Result<Row> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a sweep result: remove it to redo", path.display()))
+}
+
 /// The file that records a folder's [`SweepSettings`].
 const SETTINGS_FILE: &str = "sweep-settings.json";
 /// A finished combination's [`Row`], in its folder.
@@ -258,7 +284,8 @@ impl Sweep<'_> {
     }
 
     /// Runs what is missing of every combination, scored by `meter`, then writes `sweep.json`,
-    /// `sweep.md` and `fid-vs-nfe.png`; returns the rows.
+    /// `sweep.md` and `fid-vs-nfe.png` of every finished combination in the folder (earlier
+    /// runs' too, so sweeps with other lists add to one table); returns this run's rows.
     pub fn run(&self, meter: &Meter, font: &Path) -> Result<Vec<Row>> {
         self.validate(meter.kind())?;
         crate::checkpoint::write_atomic(
@@ -274,9 +301,7 @@ impl Sweep<'_> {
             let what = format!("[{}/{total}] {}, {} steps", i + 1, c.series(), c.steps);
             let result = dir.join(RESULT_FILE);
             if result.exists() {
-                let text = std::fs::read_to_string(&result)?;
-                let row: Row = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not a sweep result: remove it to redo", result.display()))?;
+                let row = read_row(&result)?;
                 eprintln!("{what}: done before, {}", report::summary(&row));
                 rows.push(row);
                 continue;
@@ -317,7 +342,7 @@ impl Sweep<'_> {
             eprintln!("{what}: {}", report::summary(&row));
             rows.push(row);
         }
-        report::write(&self.out, &self.settings, &rows, font)?;
+        report::write(&self.out, &self.settings, &finished(&self.out)?, font)?;
         Ok(rows)
     }
 }
