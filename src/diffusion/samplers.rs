@@ -8,7 +8,7 @@ use burn::prelude::*;
 
 use super::GaussianDiffusion;
 use super::schedule::{Grid, Schedule};
-use super::solvers;
+use super::solvers::{self, Calls};
 use crate::rng::NoiseStreams;
 
 /// A denoiser call: x_t `[N, C, H, W]` and model timesteps `[N]` -> output whose first C
@@ -177,13 +177,15 @@ impl Plan {
         device: &Device,
         on_step: &mut OnStep,
     ) -> Result<Tensor<4>> {
-        let g = &self.grid;
+        let mut calls = Calls { model, grid: &self.grid, device };
         match self.sampler {
-            Sampler::Ancestral => ancestral(self.respaced.as_ref().expect("planned"), x, model, noise, device, on_step),
-            Sampler::Ddim { eta } => ddim(g, eta, x, model, noise, device, on_step),
-            Sampler::DpmSolverPp2M => solvers::dpm_solver_pp_2m(g, x, model, device, on_step),
-            Sampler::UniPc => solvers::unipc(g, x, model, device, on_step),
-            Sampler::Heun => solvers::heun(g, x, model, device, on_step),
+            Sampler::Ancestral => {
+                ancestral(self.respaced.as_ref().expect("planned"), x, calls.model, noise, device, on_step)
+            }
+            Sampler::Ddim { eta } => ddim(&mut calls, eta, x, noise, on_step),
+            Sampler::DpmSolverPp2M => solvers::dpm_solver_pp_2m(&mut calls, x, on_step),
+            Sampler::UniPc => solvers::unipc(&mut calls, x, on_step),
+            Sampler::Heun => solvers::heun(&mut calls, x, on_step),
         }
     }
 }
@@ -221,17 +223,15 @@ fn ancestral(
 /// reference's `p_mean_variance` and `_predict_eps_from_xstart` compute them, then the step to
 /// the next abar (1 after the last) with noise of eta's size. f32 coefficients, as there.
 fn ddim(
-    grid: &Grid,
+    calls: &mut Calls,
     eta: f64,
     mut x: Tensor<4>,
-    model: &mut ModelFn,
     noise: &mut NoiseStreams,
-    device: &Device,
     on_step: &mut OnStep,
 ) -> Result<Tensor<4>> {
-    let (n, c) = (x.dims()[0], x.dims()[1]);
+    let grid = calls.grid;
     for i in 0..grid.len() {
-        let eps = model(x.clone(), times(grid.t[i], n, device)).narrow(1, 0, c);
+        let eps = calls.eps(x.clone(), i);
         let (ab, abp) = (grid.abar[i], grid.abar.get(i + 1).copied().unwrap_or(1.0));
         let (recip, recipm1) = ((1.0 / ab).sqrt() as f32, (1.0 / ab - 1.0).sqrt() as f32);
         let x0 = x.clone() * recip - eps * recipm1;
@@ -241,7 +241,7 @@ fn ddim(
         let mean = x0.clone() * abp.sqrt() + eps * (1.0 - abp - sigma * sigma).sqrt();
         on_step(&x0)?;
         x = match i + 1 < grid.len() && eta > 0.0 {
-            true => mean + noise.next(device) * sigma,
+            true => mean + noise.next(calls.device) * sigma,
             false => mean,
         };
     }

@@ -11,20 +11,34 @@ use burn::prelude::*;
 use super::samplers::{ModelFn, OnStep, times};
 use super::schedule::Grid;
 
+/// The denoiser as the solvers call it: at the grid's noise levels, on a batch of x_T's shape.
+pub struct Calls<'a, 'm> {
+    pub model: &'a mut ModelFn<'m>,
+    pub grid: &'a Grid,
+    pub device: &'a Device,
+}
+
+impl Calls<'_, '_> {
+    /// eps of x at noise level i (the leading channels of the output).
+    pub fn eps(&mut self, x: Tensor<4>, i: usize) -> Tensor<4> {
+        let [n, c, _, _] = x.dims();
+        (self.model)(x, times(self.grid.t[i], n, self.device)).narrow(1, 0, c)
+    }
+
+    /// The data prediction x_0 = (x_t - sigma_t eps) / alpha_t at noise level i.
+    pub fn x0(&mut self, x: Tensor<4>, i: usize) -> Tensor<4> {
+        let eps = self.eps(x.clone(), i);
+        (x - eps * self.grid.noise(i)) / self.grid.alpha(i)
+    }
+}
+
 /// DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): the exact linear part and a second-order
 /// multistep data term; the first step is first order.
-pub fn dpm_solver_pp_2m(
-    grid: &Grid,
-    mut x: Tensor<4>,
-    model: &mut ModelFn,
-    device: &Device,
-    on_step: &mut OnStep,
-) -> Result<Tensor<4>> {
-    let (n, c) = (x.dims()[0], x.dims()[1]);
+pub fn dpm_solver_pp_2m(calls: &mut Calls, mut x: Tensor<4>, on_step: &mut OnStep) -> Result<Tensor<4>> {
+    let grid = calls.grid;
     let mut previous: Option<(Tensor<4>, f64)> = None; // (x_0 prediction, step size h)
     for i in 0..grid.len() {
-        let eps = model(x.clone(), times(grid.t[i], n, device)).narrow(1, 0, c);
-        let x0 = (x.clone() - eps * grid.noise(i)) / grid.alpha(i);
+        let x0 = calls.x0(x.clone(), i);
         on_step(&x0)?;
         if i + 1 == grid.len() {
             return Ok(x0);
@@ -51,19 +65,9 @@ const UNIPC_ORDER: usize = 3;
 /// prediction). Each step: the UniP predictor from the last x_0 predictions, a call at the
 /// predicted point, then the UniC corrector with that call's x_0 (which the next step reuses).
 /// The last call's x_0 is the sample.
-pub fn unipc(
-    grid: &Grid,
-    mut x: Tensor<4>,
-    model: &mut ModelFn,
-    device: &Device,
-    on_step: &mut OnStep,
-) -> Result<Tensor<4>> {
-    let (n, c) = (x.dims()[0], x.dims()[1]);
-    let mut call = |x: Tensor<4>, i: usize| {
-        let eps = model(x.clone(), times(grid.t[i], n, device)).narrow(1, 0, c);
-        (x - eps * grid.noise(i)) / grid.alpha(i)
-    };
-    let first = call(x.clone(), 0);
+pub fn unipc(calls: &mut Calls, mut x: Tensor<4>, on_step: &mut OnStep) -> Result<Tensor<4>> {
+    let grid = calls.grid;
+    let first = calls.x0(x.clone(), 0);
     on_step(&first)?;
     // The newest x_0 predictions with their lambda, newest last.
     let mut history = vec![(first, grid.lambda(0))];
@@ -86,7 +90,7 @@ pub fn unipc(
             Some(res) => linear.clone() - res * (alpha * b_h),
             None => linear.clone(),
         };
-        let mt = call(predicted, i);
+        let mt = calls.x0(predicted, i);
         on_step(&mt)?;
         if i + 1 == grid.len() {
             return Ok(mt);
@@ -159,17 +163,11 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
 /// alpha_t follows dy/dsigma = (y - x_0(y)) / sigma = eps. An Euler step to the next noise
 /// level, a second call there, the trapezoidal average of the two slopes; after the last noise
 /// level, the x_0 prediction.
-pub fn heun(
-    grid: &Grid,
-    x: Tensor<4>,
-    model: &mut ModelFn,
-    device: &Device,
-    on_step: &mut OnStep,
-) -> Result<Tensor<4>> {
-    let (n, c) = (x.dims()[0], x.dims()[1]);
+pub fn heun(calls: &mut Calls, x: Tensor<4>, on_step: &mut OnStep) -> Result<Tensor<4>> {
+    let grid = calls.grid;
     // eps at y on noise level i, after telling on_step its x_0 = y - sigma eps.
     let mut slope = |y: &Tensor<4>, i: usize, on_step: &mut OnStep| -> Result<Tensor<4>> {
-        let eps = model(y.clone() * grid.alpha(i), times(grid.t[i], n, device)).narrow(1, 0, c);
+        let eps = calls.eps(y.clone() * grid.alpha(i), i);
         on_step(&(y.clone() - eps.clone() * grid.sigma(i)))?;
         Ok(eps)
     };
