@@ -1,6 +1,7 @@
 //! U-DiT in Rust: the U-shaped diffusion transformers of Tian et al. (NeurIPS 2024) and the
 //! DiT baseline, loadable from the reference PyTorch checkpoints.
 
+pub mod ablate;
 pub mod bench;
 pub mod checkpoint;
 pub mod classes;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod progress;
 pub mod rng;
 pub mod sample;
+pub mod serve;
 pub mod sweep;
 pub mod train;
 pub mod vae;

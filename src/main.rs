@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use udit::commands::{self, eval, sample, sweep, train};
+use udit::commands::{self, ablate, eval, sample, serve, sweep, train};
 
 #[derive(Parser)]
 #[command(name = "udit", version, about = "U-DiT: U-shaped diffusion transformers with downsampled tokens")]
@@ -25,6 +25,8 @@ enum Command {
     Bench(commands::BenchArgs),
     /// Generate images from a checkpoint: PNGs and a labelled grid, or an ADM `.npz`.
     Sample(sample::SampleArgs),
+    /// A web page and JSON API for generating images with one model (loopback by default).
+    Serve(serve::ServeArgs),
     /// Merge the finished batches of a sharded `sample --npz` run into the `.npz`.
     MergeNpz(sample::MergeArgs),
     /// Sample quality against network evaluations over samplers, step counts and guidance:
@@ -41,6 +43,8 @@ enum Command {
     ExtractFeatures(train::ExtractArgs),
     /// Draw the loss curve of a training log (`log.jsonl`) as a PNG.
     PlotLoss(commands::PlotArgs),
+    /// Train, sample and score every model of an ablation plan; tabulate and plot (resumable).
+    Ablate(ablate::AblateArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert(a),
         Command::Bench(a) => commands::bench(a),
         Command::Sample(a) => sample::sample(a),
+        Command::Serve(a) => serve::serve(a),
         Command::MergeNpz(a) => sample::merge_npz(a),
         Command::Sweep(a) => sweep::sweep(a),
         Command::Eval(a) => eval::eval(a),
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::ExtractFeatures(a) => train::extract_features(a),
         Command::PlotLoss(a) => commands::plot_loss(a),
+        Command::Ablate(a) => ablate::ablate(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

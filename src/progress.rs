@@ -17,6 +17,8 @@ pub struct Progress {
 }
 
 struct Plain {
+    /// What the work is part of (e.g. one run of an ablation), shown before the phase.
+    label: String,
     phase: String,
     unit: &'static str,
     pos: u64,
@@ -43,6 +45,17 @@ impl Progress {
             bar
         });
         Self { bar, lines: !terminal, plain: Mutex::new(Plain::new(phase, len, unit)) }
+    }
+
+    /// Names what the work is part of, before every phase (e.g. "[3/14] slim, seed 1").
+    pub fn with_label(self, label: &str) -> Self {
+        let phase = {
+            let mut p = self.plain.lock().expect("progress lock");
+            p.label = format!("{label} ");
+            p.phase.clone()
+        };
+        self.phase(&phase);
+        self
     }
 
     /// Shows nothing (library callers that report no progress).
@@ -87,10 +100,10 @@ impl Progress {
 
     /// Names what runs now (e.g. "decoding"); a plain log gets a line at once.
     pub fn phase(&self, phase: &str) {
-        if let Some(bar) = &self.bar {
-            bar.set_prefix(phase.to_string());
-        }
         let mut p = self.plain.lock().expect("progress lock");
+        if let Some(bar) = &self.bar {
+            bar.set_prefix(format!("{}{phase}", p.label));
+        }
         if p.phase != phase {
             p.phase = phase.to_string();
             if self.lines {
@@ -120,7 +133,8 @@ impl Plain {
     fn new(phase: &str, len: u64, unit: &'static str) -> Self {
         let now = Instant::now();
         let phase = phase.to_string();
-        Self { phase, unit, pos: 0, len, msg: String::new(), start: now, last_line: now, last_twentieth: 0 }
+        let (label, msg) = (String::new(), String::new());
+        Self { label, phase, unit, pos: 0, len, msg, start: now, last_line: now, last_twentieth: 0 }
     }
 
     fn maybe_print(&mut self) {
@@ -140,7 +154,8 @@ impl Plain {
         let pct = if self.len == 0 { 0 } else { self.pos * 100 / self.len };
         let msg = if self.msg.is_empty() { String::new() } else { format!(", {}", self.msg) };
         eprintln!(
-            "{}: {}/{} {} ({pct}%), {}:{:02}:{:02} elapsed{msg}",
+            "{}{}: {}/{} {} ({pct}%), {}:{:02}:{:02} elapsed{msg}",
+            self.label,
             self.phase,
             self.pos,
             self.len,

@@ -74,6 +74,91 @@ pub struct Settings {
     pub classes: Classes,
 }
 
+impl Settings {
+    /// Checks the settings against a model and its diffusion process.
+    pub fn validate(&self, config: &ModelConfig, diffusion: &GaussianDiffusion) -> Result<()> {
+        if self.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        self.plan(diffusion)?;
+        if let Sampler::Ddim { eta } = self.sampler
+            && !(0.0..=1.0).contains(&eta)
+        {
+            bail!("--eta must be between 0 and 1, got {eta}");
+        }
+        let scale = self.guidance.scale;
+        if !(scale >= 1.0) {
+            bail!("--cfg-scale must be at least 1 (1 = no guidance), got {scale}");
+        }
+        if scale > 1.0 && !config.has_null_class() {
+            bail!(
+                "this model was trained without label dropout (no null class), so it cannot be guided: use --cfg-scale 1"
+            );
+        }
+        let c = config.in_channels();
+        let guided = self.guided_channels(config);
+        if !(1..=c).contains(&guided) {
+            bail!("guidance can mix 1 to {c} channels of this model, not {guided}");
+        }
+        let classes = config.num_classes();
+        if let Classes::Listed(list) = &self.classes {
+            if list.is_empty() {
+                bail!("no classes given");
+            }
+            if let Some(bad) = list.iter().find(|&&c| c >= classes) {
+                bail!("class {bad} does not exist: the model has classes 0..{}", classes - 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the sampler calls the model on `diffusion`.
+    pub fn plan(&self, diffusion: &GaussianDiffusion) -> Result<Plan> {
+        self.sampler.plan(diffusion, self.steps, self.schedule)
+    }
+
+    /// The channels guidance mixes: the asked-for ones, else the model's.
+    fn guided_channels(&self, config: &ModelConfig) -> usize {
+        self.guidance.channels.unwrap_or(config.guided_channels())
+    }
+
+    /// The class of each of samples `first..first + count`.
+    pub fn labels(&self, first: usize, count: usize, num_classes: usize) -> Vec<i64> {
+        (first..first + count).map(|i| self.classes.label(self.seed, i, num_classes) as i64).collect()
+    }
+}
+
+/// A model ready to sample: the denoiser (FFN merged), its configuration, codec and class names.
+pub struct SamplingModel {
+    pub model: Denoiser,
+    pub config: ModelConfig,
+    pub codec: Codec,
+    pub names: ClassNames,
+}
+
+impl SamplingModel {
+    /// A generator of `settings` on the diffusion process of the published models.
+    pub fn generator(&self, settings: Settings, device: Device) -> Generator<'_> {
+        Generator {
+            model: &self.model,
+            config: &self.config,
+            codec: &self.codec,
+            diffusion: GaussianDiffusion::reference(),
+            settings,
+            device,
+        }
+    }
+
+    /// Side and channels of the images, or why the codec does not fit the model.
+    pub fn image_shape(&self) -> Result<(usize, usize)> {
+        self.codec.image_shape(self.config.in_channels(), self.config.input_size())
+    }
+}
+
+/// Samples per batch of `udit sample` (by default) and `udit serve`. Batch shapes change
+/// float rounding, so the same batches are what make the two give the same bytes.
+pub const DEFAULT_BATCH: usize = 8;
+
 /// Draws samples `first..first + count` with one batched run.
 #[derive(Clone)]
 pub struct Generator<'a> {
@@ -88,33 +173,7 @@ pub struct Generator<'a> {
 impl Generator<'_> {
     /// Checks the settings against the model before any work starts.
     pub fn validate(&self) -> Result<()> {
-        let s = &self.settings;
-        if s.steps == 0 {
-            bail!("--steps must be at least 1");
-        }
-        self.plan()?;
-        let scale = s.guidance.scale;
-        if !(scale >= 1.0) {
-            bail!("--cfg-scale must be at least 1 (1 = no guidance), got {scale}");
-        }
-        if scale > 1.0 && !self.config.has_null_class() {
-            bail!(
-                "this model was trained without label dropout (no null class), so it cannot be guided: use --cfg-scale 1"
-            );
-        }
-        let c = self.config.in_channels();
-        if !(1..=c).contains(&self.guided_channels()) {
-            bail!("guidance can mix 1 to {c} channels of this model, not {}", self.guided_channels());
-        }
-        let classes = self.config.num_classes();
-        if let Classes::Listed(list) = &s.classes {
-            if list.is_empty() {
-                bail!("no classes given");
-            }
-            if let Some(bad) = list.iter().find(|&&c| c >= classes) {
-                bail!("class {bad} does not exist: the model has classes 0..{}", classes - 1);
-            }
-        }
+        self.settings.validate(self.config, &self.diffusion)?;
         self.codec.image_shape(self.config.in_channels(), self.config.input_size())?;
         Ok(())
     }
@@ -125,17 +184,12 @@ impl Generator<'_> {
 
     /// Where the sampler calls the model.
     pub fn plan(&self) -> Result<Plan> {
-        let s = &self.settings;
-        s.sampler.plan(&self.diffusion, s.steps, s.schedule)
+        self.settings.plan(&self.diffusion)
     }
 
     /// Network evaluations per image.
     pub fn evaluations(&self) -> Result<Evaluations> {
         Ok(self.settings.guidance.evaluations(&self.plan()?, &self.diffusion))
-    }
-
-    fn guided_channels(&self) -> usize {
-        self.settings.guidance.channels.unwrap_or(self.config.guided_channels())
     }
 
     /// Latents of samples `first..first + count` and their labels. `on_step` is told after
@@ -145,15 +199,14 @@ impl Generator<'_> {
         let s = &self.settings;
         let dev = &self.device;
         let (c, side) = (self.config.in_channels(), self.config.input_size());
-        let labels: Vec<i64> =
-            (first..first + count).map(|i| s.classes.label(s.seed, i, self.config.num_classes()) as i64).collect();
+        let labels = s.labels(first, count, self.config.num_classes());
         let mut network = |x, t, y| self.model.forward(x, t, y);
         let mut denoiser = GuidedDenoiser {
             network: &mut network,
             labels: Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [count]), dev),
             null_class: self.config.num_classes(),
             guidance: &s.guidance,
-            channels: self.guided_channels(),
+            channels: s.guided_channels(self.config),
             process: &self.diffusion,
         };
         let mut noise = NoiseStreams::new(s.seed, first, count, [c, side, side]);
@@ -165,12 +218,17 @@ impl Generator<'_> {
     /// Samples `first..first + count` as uint8 images (see [`Self::generate_latents`]).
     pub fn generate(&self, first: usize, count: usize, on_step: &mut OnStep) -> Result<Images> {
         let (z, labels) = self.generate_latents(first, count, on_step)?;
+        Ok(self.decode(z, labels))
+    }
+
+    /// Model space (a finished sample, or a step's x_0 prediction) -> uint8 images.
+    pub fn decode(&self, z: Tensor<4>, labels: Vec<i64>) -> Images {
         let pixels = self.codec.decode(z);
         let [_, channels, h, _] = pixels.dims();
         // (x + 1) * 127.5, rounded and clamped, as the reference `sample_ddp.py`.
         let bytes = (pixels * 127.5 + 128.0).clamp(0.0, 255.0).permute([0, 2, 3, 1]).into_data();
         let pixels = bytes.convert::<f32>().as_slice::<f32>().expect("f32").iter().map(|&v| v as u8).collect();
-        Ok(Images { pixels, labels, side: h, channels })
+        Images { pixels, labels, side: h, channels }
     }
 }
 

@@ -124,6 +124,7 @@ fn impossible_training_options_are_one_line_errors() {
         ("--model U-DiT-S --dataset latents", "--data-dir"),
         ("--model U-DiT-S --dataset fashion-mnist --devices 2", "--features cuda"),
         ("--model U-DiT-S --dataset fashion-mnist --global-batch 6 --grad-accum 4", "multiple"),
+        ("--model U-DiT-S --dataset fashion-mnist --steps 5 --cooldown-steps 6", "cool-down"),
         ("--resume", "no checkpoints"),
     ] {
         let (ok, err) = s.udit(&format!("train --out {out} {args}"));

@@ -214,3 +214,17 @@ fn resume_continues_bit_for_bit() {
         a.state.optim.params[ema_key].ema.to_data().try_to_vec::<f32>().unwrap()
     );
 }
+
+/// Warm-up, constant and cool-down phases of the learning rate, at hand-computed steps.
+#[test]
+fn lr_schedule_warms_up_holds_and_cools_down_to_zero() {
+    let mut cfg = tiny_recipe(std::path::Path::new("unused"), 10);
+    cfg.lr = 1.0;
+    cfg.warmup_steps = 2;
+    cfg.cooldown_steps = 4;
+    let lrs: Vec<f64> = (1..=10).map(|s| cfg.lr_at(s)).collect();
+    assert_eq!(lrs, [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2]);
+    cfg.cooldown_steps = 9;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("cool-down (9)") && err.contains("10 steps"), "{err}");
+}

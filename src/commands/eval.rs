@@ -54,11 +54,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         return Ok(());
     }
     let reference_path = a.reference.clone().context("give a REFERENCE .npz (or --features for the offline meter)")?;
-    let weights = a
-        .inception
-        .or_else(|| std::env::var_os("UDIT_INCEPTION").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("pt_inception-2015-12-05-6726825d.pth"));
-    let net = InceptionV3::load(&weights, &device)?;
+    let net = InceptionV3::load(&crate::eval::inception::weights_path(a.inception.as_deref()), &device)?;
     let samples = crate::io::npz::read_npz(&a.samples)?;
     let reference = Reference::load(&reference_path, &net, a.batch, &device)?;
     let acts = activations_shown(&net, &samples, a.batch, &device, "the samples")?;

@@ -2,8 +2,10 @@
 //! one function that runs it. `main.rs` only parses the command line and calls these; the
 //! rules they apply live in the library modules they call.
 
+pub mod ablate;
 pub mod eval;
 pub mod sample;
+pub mod serve;
 pub mod sweep;
 pub mod train;
 

@@ -3,23 +3,23 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use burn::prelude::*;
+use burn::prelude::Device;
 use clap::Args;
 
-use crate::checkpoint::{self, read_weights};
+use crate::checkpoint::{self, Weights, read_weights};
 use crate::classes::ClassNames;
 use crate::codec::{Codec, codec_spec};
-use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::Sampler;
 use crate::guidance::{Guidance, GuidanceInterval, parse_cfg_channels};
 use crate::io::npz::{NpzRun, parse_shard};
-use crate::model::{Denoiser, ModelChoice, ModelConfig};
+use crate::model::{ModelChoice, ModelConfig};
 use crate::progress::plural;
-use crate::sample::{Classes, Generator, Settings, default_cfg_scale, run_npz, run_pngs};
+use crate::sample::{Classes, DEFAULT_BATCH, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs};
 
-/// Which weights to sample from, and how they become pixels (shared by `sample` and `sweep`).
+/// The model flags of `udit sample`, `udit serve` and `udit sweep`: weights, configuration
+/// and codec.
 #[derive(Args)]
-pub struct WeightsArgs {
+pub struct ModelArgs {
     #[command(flatten)]
     pub model: ModelChoice,
     /// Weights: .safetensors, .pt, or hf://OWNER/REPO/FILE. Default: the bundled
@@ -36,18 +36,19 @@ pub struct WeightsArgs {
     pub vae: Option<String>,
 }
 
-/// A model ready to sample: configuration, class names, merged network and codec.
-pub struct Loaded {
+/// Weights read, with their configuration and class names, before the network and codec are
+/// built: settings can be refused first, before the slow part (and any VAE download).
+pub struct ReadModel {
+    weights: Weights,
     pub config: ModelConfig,
     pub names: ClassNames,
-    pub model: Denoiser,
-    pub codec: Codec,
+    codec: String,
 }
 
-impl WeightsArgs {
-    /// Loads the weights (the bundled model by default) with their stored configuration, codec
-    /// and class names.
-    pub fn load(&self, device: &Device) -> Result<Loaded> {
+impl ModelArgs {
+    /// Reads the weights (the bundled model by default) with their stored configuration
+    /// (unless one is named), class names and codec.
+    pub fn read(&self) -> Result<ReadModel> {
         let ckpt = match &self.ckpt {
             Some(c) => crate::hub::resolve(c, &[])?,
             None => PathBuf::from(crate::BUNDLED_MODEL),
@@ -55,10 +56,17 @@ impl WeightsArgs {
         let weights = read_weights(&ckpt, self.entry.as_deref())?;
         let config = self.model.resolve(weights.config.as_ref())?;
         let names = ClassNames::for_model(&weights.metadata, config.num_classes())?;
-        let model = checkpoint::load_denoiser(&config, &weights, device)?.merged();
-        let spec = codec_spec(self.vae.as_deref(), weights.codec.as_deref(), config.in_channels());
-        let codec = Codec::open(&spec, device)?;
-        Ok(Loaded { config, names, model, codec })
+        let codec = codec_spec(self.vae.as_deref(), weights.codec.as_deref(), config.in_channels());
+        Ok(ReadModel { weights, config, names, codec })
+    }
+}
+
+impl ReadModel {
+    /// Builds the denoiser (FFN merged) and opens the codec.
+    pub fn load(self, device: &Device) -> Result<SamplingModel> {
+        let model = checkpoint::load_denoiser(&self.config, &self.weights, device)?.merged();
+        let codec = Codec::open(&self.codec, device)?;
+        Ok(SamplingModel { model, config: self.config, codec, names: self.names })
     }
 }
 
@@ -70,7 +78,7 @@ pub fn cfg_channels(text: Option<&str>, config: &ModelConfig) -> Result<Option<u
 #[derive(Args)]
 pub struct SampleArgs {
     #[command(flatten)]
-    pub weights: WeightsArgs,
+    pub model: ModelArgs,
     /// Classes, comma-separated indices or names (cycled over the samples), `all` (every class
     /// in turn), or `random`. The bundled model's: t-shirt/top, trouser, pullover, dress, coat,
     /// sandal, shirt, sneaker, bag, ankle boot (0-9); ImageNet models take lemmas such as
@@ -108,7 +116,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Samples per batch (does not change the samples, only speed and memory).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
     /// How many samples.
     #[arg(long, default_value_t = 16)]
@@ -132,6 +140,7 @@ pub struct SampleArgs {
 /// configuration, codec and class names, then writes PNGs and a grid, or an `.npz` shard.
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = crate::default_device();
+    let read = a.model.read()?;
     let sampler = Sampler::named(&a.sampler, a.eta)?;
     let schedule = a.schedule.as_deref().map(str::parse).transpose()?;
     let interval = GuidanceInterval::parse(&a.guidance_interval)?;
@@ -139,27 +148,20 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     if a.batch == 0 || a.num_samples == 0 {
         bail!("--batch and --num-samples must be at least 1");
     }
-    let Loaded { config, names, model, codec } = a.weights.load(&device)?;
     let settings = Settings {
         steps: a.steps.unwrap_or(sampler.default_steps()),
         sampler,
         schedule,
         guidance: Guidance {
-            scale: a.cfg_scale.unwrap_or(default_cfg_scale(&config)),
+            scale: a.cfg_scale.unwrap_or(default_cfg_scale(&read.config)),
             interval,
-            channels: cfg_channels(a.cfg_channels.as_deref(), &config)?,
+            channels: cfg_channels(a.cfg_channels.as_deref(), &read.config)?,
         },
         seed: a.seed,
-        classes: Classes::parse(&a.classes, &names, config.num_classes())?,
+        classes: Classes::parse(&a.classes, &read.names, read.config.num_classes())?,
     };
-    let g = Generator {
-        model: &model,
-        config: &config,
-        codec: &codec,
-        diffusion: GaussianDiffusion::reference(),
-        settings,
-        device,
-    };
+    let loaded = read.load(&device)?;
+    let g = loaded.generator(settings, device);
     g.validate()?;
     match a.npz {
         Some(npz) => {
@@ -171,7 +173,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             }
         }
         None => {
-            run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols, &names)?;
+            run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols, &loaded.names)?;
             eprintln!("wrote {} and grid.png to {}", plural(a.num_samples, "PNG"), a.out.display());
         }
     }

@@ -5,19 +5,18 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::sample::{Loaded, WeightsArgs, cfg_channels};
+use super::sample::{ModelArgs, cfg_channels};
 use crate::data::fashion_mnist::{FashionMnist, Split};
-use crate::diffusion::GaussianDiffusion;
 use crate::eval::Reference;
 use crate::eval::inception::InceptionV3;
 use crate::guidance::{Guidance, GuidanceInterval};
-use crate::sample::{Classes, Generator, Settings, default_cfg_scale};
+use crate::sample::{Classes, Settings, default_cfg_scale};
 use crate::sweep::{Meter, MeterKind, SamplerSpec, Sweep, SweepSettings, combinations, parse_list};
 
 #[derive(Args)]
 pub struct SweepArgs {
     #[command(flatten)]
-    pub weights: WeightsArgs,
+    pub model: ModelArgs,
     /// Samplers, comma-separated: NAME or NAME:SCHEDULE (ancestral, ddim, dpm++, unipc, heun;
     /// schedules time-uniform, logsnr, karras; without one, the sampler's own).
     #[arg(long, value_name = "LIST", default_value = "ddim,dpm++,unipc,heun")]
@@ -81,29 +80,26 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         parse_list(&a.steps, "--steps", |s| s.parse::<usize>().with_context(|| format!("{s:?} is not a step count")))?;
     let intervals: Vec<GuidanceInterval> =
         a.guidance_interval.iter().map(|i| GuidanceInterval::parse(i)).collect::<Result<_>>()?;
-    let Loaded { config, names, model, codec } = a.weights.load(&device)?;
+    let loaded = a.model.read()?.load(&device)?;
+    let config = &loaded.config;
     let scales = match &a.cfg_scale {
         Some(list) => {
             parse_list(list, "--cfg-scale", |s| s.parse::<f64>().with_context(|| format!("{s:?} is not a scale")))?
         }
-        None => vec![default_cfg_scale(&config)],
+        None => vec![default_cfg_scale(config)],
     };
-    let channels = cfg_channels(a.cfg_channels.as_deref(), &config)?;
-    let base = Generator {
-        model: &model,
-        config: &config,
-        codec: &codec,
-        diffusion: GaussianDiffusion::reference(),
-        settings: Settings {
+    let channels = cfg_channels(a.cfg_channels.as_deref(), config)?;
+    let base = loaded.generator(
+        Settings {
             sampler: specs[0].sampler,
             schedule: None,
             steps: 1,
             guidance: Guidance::everywhere(1.0),
             seed: a.seed,
-            classes: Classes::parse(&a.classes, &names, config.num_classes())?,
+            classes: Classes::parse(&a.classes, &loaded.names, loaded.config.num_classes())?,
         },
-        device: device.clone(),
-    };
+        device.clone(),
+    );
     let meter_name = match &a.reference {
         Some(r) => format!("the FID Inception against {}", r.display()),
         None => match &a.features {
@@ -112,7 +108,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         },
     };
     let settings = SweepSettings {
-        model: a.weights.ckpt.clone().unwrap_or_else(|| "the bundled model".to_string()),
+        model: a.model.ckpt.clone().unwrap_or_else(|| "the bundled model".to_string()),
         num_samples: a.num_samples,
         batch: a.batch,
         seed: a.seed,
@@ -132,12 +128,7 @@ fn load_meter(a: &SweepArgs, device: &burn::prelude::Device) -> Result<Meter> {
     use crate::eval::classifier::{Classifier, Meter as ClassifierMeter};
     match &a.reference {
         Some(reference) => {
-            let weights = a
-                .inception
-                .clone()
-                .or_else(|| std::env::var_os("UDIT_INCEPTION").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("pt_inception-2015-12-05-6726825d.pth"));
-            let net = InceptionV3::load(&weights, device)?;
+            let net = InceptionV3::load(&crate::eval::inception::weights_path(a.inception.as_deref()), device)?;
             let reference = Reference::load(reference, &net, INCEPTION_BATCH, device)?;
             Ok(Meter::Inception { net: Box::new(net), reference, batch: INCEPTION_BATCH })
         }

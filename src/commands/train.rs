@@ -55,8 +55,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     a.run_fields.apply(&mut state.config);
     state.config.validate()?;
     eprintln!("{}", crate::model::describe(&state.config.model));
-    let progress = Progress::new("training", state.config.steps, "steps");
-    progress.set_position(state.optim.step);
+    let progress = crate::train::progress(&state);
     let trainer = crate::train::train(state, &run, &devices, &progress)?;
     eprintln!(
         "trained to step {}; EMA model in {}, log in {}",

@@ -8,6 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use super::{Dataset, Space};
 
+/// The crop side of the paper's ImageNet runs.
+pub const ADM_IMAGE_SIZE: usize = 256;
+
 /// File extensions read as images (case-insensitive), torchvision's list minus the rare ones.
 const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "webp", "ppm"];
 

@@ -18,6 +18,15 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
 use crate::model::layers::{Init, Linear};
 
+/// pytorch-fid's FID Inception weights: `given`, else `$UDIT_INCEPTION`, else its release's
+/// file name in the current directory.
+pub fn weights_path(given: Option<&Path>) -> std::path::PathBuf {
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("UDIT_INCEPTION").map(Into::into))
+        .unwrap_or_else(|| "pt_inception-2015-12-05-6726825d.pth".into())
+}
+
 /// Conv without bias, BatchNorm (eps 1e-3, running statistics), ReLU.
 #[derive(Module, Debug)]
 pub struct BasicConv2d {

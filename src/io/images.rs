@@ -24,6 +24,11 @@ impl Images {
         self.labels.extend(other.labels);
     }
 
+    /// Each sample's pixels (uint8 HWC).
+    pub fn each(&self) -> std::slice::ChunksExact<'_, u8> {
+        self.pixels.chunks_exact(self.side * self.side * self.channels)
+    }
+
     /// Keeps the first `n` samples.
     pub fn truncate(&mut self, n: usize) {
         self.pixels.truncate(n * self.side * self.side * self.channels);
@@ -31,26 +36,34 @@ impl Images {
     }
 }
 
+/// The file name of sample `index`: `NNNNNN.png`.
+pub fn png_name(index: usize) -> String {
+    format!("{index:06}.png")
+}
+
 /// Writes `NNNNNN.png` for each sample (index from `first`) into `dir`.
 pub fn write_pngs(dir: &Path, first: usize, images: &Images) -> Result<()> {
-    let per = images.side * images.side * images.channels;
-    for (i, px) in images.pixels.chunks_exact(per).enumerate() {
-        write_png(&dir.join(format!("{:06}.png", first + i)), px, images.side, images.side, images.channels)?;
+    for (i, px) in images.each().enumerate() {
+        write_png(&dir.join(png_name(first + i)), px, images.side, images.side, images.channels)?;
     }
     Ok(())
 }
 
 pub fn write_png(path: &Path, pixels: &[u8], w: usize, h: usize, channels: usize) -> Result<()> {
+    let bytes = png_bytes(pixels, w, h, channels).with_context(|| format!("cannot encode {}", path.display()))?;
+    crate::checkpoint::write_atomic(path, &bytes)
+}
+
+/// The PNG file of a uint8 image (1 channel: grayscale, 3: RGB).
+pub fn png_bytes(pixels: &[u8], w: usize, h: usize, channels: usize) -> Result<Vec<u8>> {
     let color = match channels {
         1 => image::ExtendedColorType::L8,
         3 => image::ExtendedColorType::Rgb8,
         other => bail!("cannot write a {other}-channel image as PNG"),
     };
     let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(pixels, w as u32, h as u32, color)
-        .with_context(|| format!("cannot encode {}", path.display()))?;
-    crate::checkpoint::write_atomic(path, &bytes)
+    image::codecs::png::PngEncoder::new(&mut bytes).write_image(pixels, w as u32, h as u32, color)?;
+    Ok(bytes)
 }
 
 /// A grid of the samples, `cols` per row, each with its class printed above it: the name
@@ -65,7 +78,7 @@ pub fn write_grid(path: &Path, images: &Images, cols: usize, names: &ClassNames)
     let (cell_w, cell_h) = (s + pad, s + pad + label_h);
     let (gw, gh) = (cols * cell_w + pad, rows * cell_h + pad);
     let mut grid = vec![255u8; gw * gh * c];
-    for (i, (px, &label)) in images.pixels.chunks_exact(s * s * c).zip(&images.labels).enumerate() {
+    for (i, (px, &label)) in images.each().zip(&images.labels).enumerate() {
         let (x0, y0) = (pad + (i % cols) * cell_w, pad + (i / cols) * cell_h);
         let text = names.short(label as usize).map_or_else(|| label.to_string(), str::to_uppercase);
         for (k, line) in wrap(&text, s / GLYPH_ADVANCE, lines).iter().enumerate() {

@@ -42,8 +42,12 @@ pub struct TrainConfig {
     pub data: DataSpec,
     /// Pixels <-> model space: `unshuffle2`, `none` or a VAE directory (`hf://` allowed).
     pub codec: String,
-    /// Optimizer steps in all.
+    /// Optimizer steps in all (with a budget: at most).
     pub steps: u64,
+    /// Wall-clock budget in seconds: the run ends at the first step that reaches it, which
+    /// then becomes its last (None = train all `steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_s: Option<f64>,
     /// Samples per optimizer step, over all devices and accumulation rounds (reference 256).
     pub global_batch: usize,
     /// Forward/backward rounds per step (the global batch is split evenly).
@@ -51,6 +55,10 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Steps of linear lr warm-up from 0 (0 = constant lr, the reference).
     pub warmup_steps: u64,
+    /// Steps of linear lr decay to 0 that end the run (0 = constant lr to the end, the
+    /// reference): a short run's last weights then settle instead of jittering at full lr.
+    #[serde(default)]
+    pub cooldown_steps: u64,
     /// Max global L2 norm of the gradients (None = no clipping, the reference).
     pub grad_clip: Option<f64>,
     pub adamw: AdamW,
@@ -78,10 +86,12 @@ impl TrainConfig {
             data,
             codec,
             steps: 400_000,
+            budget_s: None,
             global_batch: 256,
             grad_accum: 1,
             lr: 1e-4,
             warmup_steps: 0,
+            cooldown_steps: 0,
             grad_clip: None,
             adamw: AdamW::default(),
             ema_decay: 0.9999,
@@ -100,6 +110,9 @@ impl TrainConfig {
         if self.steps == 0 {
             bail!("a run needs at least 1 training step");
         }
+        if self.budget_s.is_some_and(|b| b.is_nan() || b <= 0.0) {
+            bail!("a wall-clock budget must be positive");
+        }
         if self.global_batch == 0 || self.grad_accum == 0 || self.global_batch % self.grad_accum != 0 {
             bail!(
                 "the global batch ({}) must be a positive multiple of the accumulation rounds ({})",
@@ -117,15 +130,31 @@ impl TrainConfig {
         if self.grad_clip.is_some_and(|c| !(c > 0.0)) {
             bail!("the gradient clipping norm must be positive");
         }
+        if self.warmup_steps + self.cooldown_steps > self.steps {
+            bail!(
+                "the warm-up ({}) and cool-down ({}) steps must fit in the run's {} steps",
+                self.warmup_steps,
+                self.cooldown_steps,
+                self.steps
+            );
+        }
         if self.log_every == 0 || self.ckpt_every == 0 {
             bail!("the log and checkpoint intervals must be positive");
         }
         Ok(())
     }
 
-    /// Learning rate of step `step` (1-based).
+    /// Learning rate of step `step` (1-based): linear warm-up from 0, constant, then a linear
+    /// cool-down that reaches 0 after the last step.
     pub fn lr_at(&self, step: u64) -> f64 {
-        if step < self.warmup_steps { self.lr * step as f64 / self.warmup_steps as f64 } else { self.lr }
+        let cooldown_start = self.steps.saturating_sub(self.cooldown_steps);
+        if step < self.warmup_steps {
+            self.lr * step as f64 / self.warmup_steps as f64
+        } else if step > cooldown_start {
+            self.lr * (self.steps + 1 - step) as f64 / (self.cooldown_steps + 1) as f64
+        } else {
+            self.lr
+        }
     }
 }
 
@@ -166,7 +195,7 @@ pub struct RecipeOverrides {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Crop size of image-folder data.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = crate::data::image_folder::ADM_IMAGE_SIZE)]
     pub image_size: usize,
     /// Pixels <-> model space: a VAE (directory or hf://), `unshuffle2` or `none`. Default:
     /// hf://stabilityai/sd-vae-ft-ema for 4-channel models, else none.
@@ -181,6 +210,9 @@ pub struct RecipeOverrides {
     /// Steps of linear learning-rate warm-up from 0 [recipe default: 0].
     #[arg(long)]
     pub warmup_steps: Option<u64>,
+    /// Steps of linear learning-rate decay to 0 at the end of the run [recipe default: 0].
+    #[arg(long, value_name = "STEPS")]
+    pub cooldown_steps: Option<u64>,
     /// Clip the gradients' global L2 norm to this [recipe default: no clipping].
     #[arg(long)]
     pub grad_clip: Option<f64>,
@@ -208,6 +240,7 @@ impl RecipeOverrides {
             || self.global_batch.is_some()
             || self.lr.is_some()
             || self.warmup_steps.is_some()
+            || self.cooldown_steps.is_some()
             || self.grad_clip.is_some()
             || self.weight_decay.is_some()
             || self.ema_decay.is_some()
@@ -218,46 +251,61 @@ impl RecipeOverrides {
     /// The recipe of a new run: `base` (a recipe file) or else the reference recipe of the
     /// named model and dataset, with the given fields over it.
     pub fn recipe(&self, base: Option<TrainConfig>) -> Result<TrainConfig> {
-        let data = |name: &str| DataSpec::named(name, self.data_dir.clone(), self.image_size);
-        let mut cfg = match base {
+        let cfg = match base {
             Some(mut cfg) => {
                 if self.model.is_given() {
                     cfg.model = self.model.resolve(None)?;
                 }
                 if let Some(d) = &self.dataset {
-                    cfg.data = data(d)?;
+                    cfg.data = self.data(d)?;
                 }
                 if let Some(c) = &self.codec {
                     cfg.codec = c.clone();
                 }
                 cfg
             }
-            None => {
-                let model = self.model.resolve(None)?;
-                let name =
-                    self.dataset.as_deref().context("say what to train on: fashion-mnist, image-folder or latents")?;
-                let codec = crate::codec::codec_spec(self.codec.as_deref(), None, model.in_channels());
-                TrainConfig::recipe(model, data(name)?, codec)
-            }
+            None => return self.recipe_of(self.model.resolve(None)?),
         };
+        Ok(self.over(cfg))
+    }
+
+    /// The reference recipe of `model` on the named dataset, with the given fields over it.
+    pub fn recipe_of(&self, model: ModelConfig) -> Result<TrainConfig> {
+        let name = self.dataset.as_deref().context("say what to train on: fashion-mnist, image-folder or latents")?;
+        let codec = crate::codec::codec_spec(self.codec.as_deref(), None, model.in_channels());
+        Ok(self.over(TrainConfig::recipe(model, self.data(name)?, codec)))
+    }
+
+    fn data(&self, name: &str) -> Result<DataSpec> {
+        DataSpec::named(name, self.data_dir.clone(), self.image_size)
+    }
+
+    /// `cfg` with the given optimizer and seed fields over it.
+    fn over(&self, mut cfg: TrainConfig) -> TrainConfig {
         set(&mut cfg.global_batch, self.global_batch);
         set(&mut cfg.lr, self.lr);
         set(&mut cfg.warmup_steps, self.warmup_steps);
+        set(&mut cfg.cooldown_steps, self.cooldown_steps);
         set(&mut cfg.adamw.weight_decay, self.weight_decay);
         set(&mut cfg.ema_decay, self.ema_decay);
         set(&mut cfg.seed, self.seed);
         cfg.grad_clip = self.grad_clip.or(cfg.grad_clip);
         cfg.hflip &= !self.no_hflip;
-        Ok(cfg)
+        cfg
     }
 }
 
 /// Fields of how a run proceeds, which a resumed run may change too.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RunOverrides {
-    /// Optimizer steps to train to (at least 1) [recipe default: 400000].
+    /// Optimizer steps to train to (at least 1; with --budget-minutes, at most)
+    /// [recipe default: 400000].
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Wall-clock budget: stop (checkpoint, sample grid, export) at the first step that has
+    /// trained this long, counted over resumes [recipe default: none, train all steps].
+    #[arg(long, value_name = "MINUTES")]
+    pub budget_minutes: Option<f64>,
     /// Split each step into this many forward/backward rounds (same result, less memory)
     /// [recipe default: 1].
     #[arg(long)]
@@ -279,6 +327,7 @@ pub struct RunOverrides {
 impl RunOverrides {
     pub fn apply(&self, cfg: &mut TrainConfig) {
         set(&mut cfg.steps, self.steps);
+        cfg.budget_s = self.budget_minutes.map(|m| m * 60.0).or(cfg.budget_s);
         set(&mut cfg.grad_accum, self.grad_accum);
         set(&mut cfg.log_every, self.log_every);
         set(&mut cfg.ckpt_every, self.ckpt_every);

@@ -99,6 +99,7 @@ pub struct LogLine {
     pub lr: f64,
     pub steps_per_s: f64,
     pub samples_per_s: f64,
+    /// Wall-clock seconds of training up to this step, over resumes.
     pub elapsed_s: f64,
 }
 
@@ -186,7 +187,6 @@ impl Peers {
 /// `log.jsonl`: the statistics of each window of `log_every` steps, averaged.
 struct Log {
     file: std::fs::File,
-    start: Instant,
     window_start: Instant,
     window: u64,
     sums: StepStats,
@@ -196,8 +196,7 @@ impl Log {
     fn open(run: &RunDir, step: u64) -> Result<Self> {
         run.truncate_log(step)?;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(run.log())?;
-        let now = Instant::now();
-        Ok(Self { file, start: now, window_start: now, window: 0, sums: StepStats::default() })
+        Ok(Self { file, window_start: Instant::now(), window: 0, sums: StepStats::default() })
     }
 
     fn add(&mut self, stats: &StepStats) {
@@ -207,8 +206,9 @@ impl Log {
         self.window += 1;
     }
 
-    /// Writes the window's line for `step` and starts a new window.
-    fn write(&mut self, step: u64, cfg: &TrainConfig) -> Result<()> {
+    /// Writes the window's line for `step`, `elapsed_s` seconds into the run, and starts a
+    /// new window.
+    fn write(&mut self, step: u64, elapsed_s: f64, cfg: &TrainConfig) -> Result<()> {
         let secs = self.window_start.elapsed().as_secs_f64();
         let (n, s) = (self.window as f64, &self.sums);
         let line = LogLine {
@@ -220,7 +220,7 @@ impl Log {
             lr: cfg.lr_at(step),
             steps_per_s: n / secs,
             samples_per_s: n * cfg.global_batch as f64 / secs,
-            elapsed_s: self.start.elapsed().as_secs_f64(),
+            elapsed_s,
         };
         writeln!(self.file, "{}", serde_json::to_string(&line)?)?;
         self.file.flush()?;
@@ -229,10 +229,28 @@ impl Log {
     }
 }
 
+/// The progress display of a run: its steps, or with a wall-clock budget its seconds.
+pub fn progress(state: &TrainState) -> Progress {
+    let p = match state.config.budget_s {
+        Some(budget) => Progress::new("training", budget.ceil() as u64, "s"),
+        None => Progress::new("training", state.config.steps, "steps"),
+    };
+    show(&p, state);
+    p
+}
+
+fn show(p: &Progress, state: &TrainState) {
+    match state.config.budget_s {
+        Some(_) => p.set_position(state.seconds as u64),
+        None => p.set_position(state.optim.step),
+    }
+}
+
 /// Trains until `state.config.steps` on `devices` (autodiff devices; several = data-parallel
 /// replicas, each taking an equal share of every global batch, with gradients averaged by
 /// burn's collective all-reduce), writing checkpoints, the log, sample grids and at the end
-/// the exported EMA model into `run`, reporting steps and phases to `progress`.
+/// the exported EMA model into `run`, reporting steps and phases to `progress` (made by
+/// [`progress`]). With a wall-clock budget the run ends at the first step that reaches it.
 pub fn train(state: TrainState, run: &RunDir, devices: &[Device], progress: &Progress) -> Result<Trainer> {
     // Setup: data, replicas, loader; only a run that could start leaves files behind.
     let cfg = state.config.clone();
@@ -262,22 +280,28 @@ pub fn train(state: TrainState, run: &RunDir, devices: &[Device], progress: &Pro
     std::fs::create_dir_all(run.0.join("samples"))?;
     checkpoint::write_atomic(&run.0.join("recipe.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     let mut log = Log::open(run, trainer.state.optim.step)?;
+    let (start, seconds_before) = (Instant::now(), trainer.state.seconds);
     std::thread::scope(|scope| -> Result<Trainer> {
         let peers = Peers::spawn(scope, replicas, &devices[1..], &data, share);
-        while trainer.state.optim.step < cfg.steps {
+        while trainer.state.optim.step < trainer.state.config.steps {
             // One step of every replica on the step's batch.
             let stats = peers.step(Arc::new(loader.next_batch()?), |batch| trainer.step(batch, 0, share))?;
             let step = trainer.state.optim.step;
             if !stats.loss.is_finite() {
                 bail!("the loss is {} at step {step}: training diverged", stats.loss);
             }
-            progress.inc(1);
-            progress.set_message(format!("loss {:.4}", stats.loss));
+            trainer.state.seconds = seconds_before + start.elapsed().as_secs_f64();
+            // A step past the budget becomes the run's last, so its checkpoint says finished.
+            if cfg.budget_s.is_some_and(|b| trainer.state.seconds >= b) {
+                trainer.state.config.steps = step;
+            }
+            show(progress, &trainer.state);
+            progress.set_message(format!("step {step}, loss {:.4}", stats.loss));
             // Log, checkpoint and sample on their schedules (and after the last step).
-            let last = step == cfg.steps;
+            let last = step == trainer.state.config.steps;
             log.add(&stats);
             if step % cfg.log_every == 0 || last {
-                log.write(step, &cfg)?;
+                log.write(step, trainer.state.seconds, &cfg)?;
             }
             if step % cfg.ckpt_every == 0 || last {
                 progress.phase("checkpoint");

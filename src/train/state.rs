@@ -1,6 +1,6 @@
 //! What a checkpoint holds: model, EMA and AdamW moments under the reference key names
 //! (`model.`, `ema.`, `opt.exp_avg.`, `opt.exp_avg_sq.`), plus the step and the recipe in the
-//! safetensors metadata; and reading it back.
+//! safetensors metadata, with the seconds of training so far; and reading it back.
 
 use std::path::Path;
 
@@ -18,6 +18,9 @@ pub struct TrainState {
     pub config: TrainConfig,
     pub model: Denoiser,
     pub optim: OptimState,
+    /// Wall-clock seconds of training so far, over resumes (the log's `elapsed_s`; what a
+    /// budget counts).
+    pub seconds: f64,
 }
 
 const MODEL: &str = "model.";
@@ -26,6 +29,7 @@ const EXP_AVG: &str = "opt.exp_avg.";
 const EXP_AVG_SQ: &str = "opt.exp_avg_sq.";
 const TRAIN_METADATA_KEY: &str = "udit_train";
 const STEP_METADATA_KEY: &str = "udit_step";
+const SECONDS_METADATA_KEY: &str = "udit_seconds";
 
 impl TrainState {
     /// A fresh model (seeded initialisation) and optimizer on the autodiff device `device`.
@@ -33,7 +37,7 @@ impl TrainState {
         config.validate()?;
         let model = crate::rng::seeded(device, config.seed, || Denoiser::new(&config.model, FfnForm::Train, device));
         let optim = OptimState::new(&model);
-        Ok(Self { config, model, optim })
+        Ok(Self { config, model, optim, seconds: 0.0 })
     }
 
     /// A copy on another (autodiff) device, for data-parallel training.
@@ -45,7 +49,7 @@ impl TrainState {
                 *t = t.clone().to_device(&inner);
             }
         }
-        Self { config: self.config.clone(), model: self.model.clone().fork(device), optim }
+        Self { config: self.config.clone(), model: self.model.clone().fork(device), optim, seconds: self.seconds }
     }
 
     /// The EMA weights as a model of the training form.
@@ -88,6 +92,7 @@ impl TrainState {
         let mut meta = checkpoint::model_metadata(&self.config.model, Some(&self.config.codec), &Default::default())?;
         meta.push((TRAIN_METADATA_KEY.into(), serde_json::to_string(&self.config)?));
         meta.push((STEP_METADATA_KEY.into(), self.optim.step.to_string()));
+        meta.push((SECONDS_METADATA_KEY.into(), self.seconds.to_string()));
         checkpoint::write_safetensors(path, &tensors, meta)
     }
 
@@ -98,6 +103,8 @@ impl TrainState {
         let config: TrainConfig = serde_json::from_str(w.metadata.get(TRAIN_METADATA_KEY).with_context(bad)?)
             .with_context(|| format!("{}: invalid training configuration", path.display()))?;
         let step: u64 = w.metadata.get(STEP_METADATA_KEY).and_then(|s| s.parse().ok()).with_context(bad)?;
+        // Checkpoints from before the time was recorded count from zero.
+        let seconds = w.metadata.get(SECONDS_METADATA_KEY).and_then(|s| s.parse().ok()).unwrap_or(0.0);
         let model = checkpoint::load_into(Denoiser::new(&config.model, FfnForm::Train, device), &w.tensors, device)?;
         let all = checkpoint::read_weights(path, Some("opt"))?;
         let ema = checkpoint::read_weights(path, Some("ema"))?.tensors;
@@ -121,6 +128,6 @@ impl TrainState {
                 },
             );
         }
-        Ok(Self { config, model, optim: OptimState { step, params } })
+        Ok(Self { config, model, optim: OptimState { step, params }, seconds })
     }
 }

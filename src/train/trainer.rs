@@ -57,6 +57,26 @@ pub struct StepStats {
     pub grad_norm: Option<f64>,
 }
 
+/// Checks that `data` can feed the model of `cfg` through `codec`: the samples' shape and
+/// the number of classes.
+pub fn check_fit(cfg: &TrainConfig, data: &dyn Dataset, codec: &Codec) -> Result<()> {
+    let (c, s) = (cfg.model.in_channels(), cfg.model.input_size());
+    let want = match data.space() {
+        Space::Model => [c, s, s],
+        Space::Pixels => {
+            let (channels, side) = codec.image_shape(c, s)?;
+            [channels, side, side]
+        }
+    };
+    if data.shape() != want {
+        bail!("the data's samples are {:?} but the model (through the codec) needs {want:?}", data.shape());
+    }
+    if data.num_classes() > cfg.model.num_classes() {
+        bail!("the data has {} classes but the model only {}", data.num_classes(), cfg.model.num_classes());
+    }
+    Ok(())
+}
+
 /// Runs the optimizer steps of a training run on one device.
 pub struct Trainer {
     pub state: TrainState,
@@ -76,22 +96,8 @@ impl Trainer {
 
     /// As [`Trainer::new`], with the dataset already open.
     pub fn with_data(state: TrainState, data: Arc<dyn Dataset>, device: &Device) -> Result<Self> {
-        let cfg = &state.config;
-        let codec = Codec::open(&cfg.codec, &device.clone().inner())?;
-        let (c, s) = (cfg.model.in_channels(), cfg.model.input_size());
-        let want = match data.space() {
-            Space::Model => [c, s, s],
-            Space::Pixels => {
-                let (channels, side) = codec.image_shape(c, s)?;
-                [channels, side, side]
-            }
-        };
-        if data.shape() != want {
-            bail!("the data's samples are {:?} but the model (through the codec) needs {want:?}", data.shape());
-        }
-        if data.num_classes() > cfg.model.num_classes() {
-            bail!("the data has {} classes but the model only {}", data.num_classes(), cfg.model.num_classes());
-        }
+        let codec = Codec::open(&state.config.codec, &device.clone().inner())?;
+        check_fit(&state.config, data.as_ref(), &codec)?;
         Ok(Self { state, data, codec, diffusion: GaussianDiffusion::reference(), device: device.clone() })
     }
 

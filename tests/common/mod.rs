@@ -3,6 +3,7 @@
 
 mod mt19937;
 mod regen;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 

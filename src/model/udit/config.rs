@@ -165,6 +165,9 @@ impl UDiTConfig {
         );
         self.downsampler_kernel()?;
         anyhow::ensure!(self.mlp_ratio > 0.0, "mlp_ratio must be positive");
+        // The first downsampling convolves to hidden_size / 2 channels, then folds 2x2 pixels
+        // into channels: 2 * hidden_size only for an even width.
+        anyhow::ensure!(self.hidden_size.is_multiple_of(2), "hidden_size must be even, got {}", self.hidden_size);
         for (i, (dim, side, _)) in self.stages().into_iter().enumerate() {
             let r = self.down_factor.stage(i);
             anyhow::ensure!(r >= 1 && side % r == 0, "stage {} side {side} is not divisible by down_factor {r}", i + 1);

@@ -1,0 +1,216 @@
+//! What the API reads and writes: the generate request (its defaults, its limits, the same
+//! checks as `udit sample`), a job's status, the model's description, and errors as one line
+//! of JSON, `{"error": "..."}`.
+
+use anyhow::{Result, bail};
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::jobs::{Job, State};
+use crate::classes::ClassNames;
+use crate::diffusion::GaussianDiffusion;
+use crate::diffusion::samplers::Sampler;
+use crate::guidance::{Guidance, GuidanceInterval, PAPER_INTERVAL};
+use crate::model::ModelConfig;
+use crate::sample::{Classes, Settings, default_cfg_scale};
+
+/// The server's sampler when a request names none: the fast one, for a page people watch.
+pub const DEFAULT_SAMPLER: &str = "dpm++";
+/// Images per request when a request says nothing.
+pub const DEFAULT_IMAGES: usize = 4;
+/// The samplers a request may name, as `udit sample --sampler` takes them.
+const SAMPLERS: [&str; 5] = ["ancestral", "ddim", "dpm++", "unipc", "heun"];
+
+/// What one request may ask for.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_steps: usize,
+    pub max_images: usize,
+}
+
+/// `POST /api/generate`'s body; every field may be left out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    /// An index, or what `udit sample --class` takes: names, a comma-separated list, `random`.
+    class: Option<Value>,
+    cfg_scale: Option<f64>,
+    /// What `udit sample --guidance-interval` takes: `LO,HI` or `none`.
+    guidance_interval: Option<String>,
+    sampler: Option<String>,
+    steps: Option<usize>,
+    eta: Option<f64>,
+    seed: Option<u64>,
+    num_images: Option<usize>,
+}
+
+/// A request with its defaults filled in: the settings a job shows and stores.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobSettings {
+    pub class: String,
+    pub cfg_scale: f64,
+    pub guidance_interval: String,
+    pub sampler: String,
+    pub steps: usize,
+    pub eta: f64,
+    pub seed: u64,
+    pub num_images: usize,
+}
+
+impl GenerateRequest {
+    pub fn parse(body: &[u8]) -> Result<Self> {
+        serde_json::from_slice(body).map_err(|e| anyhow::anyhow!("the body is not a generate request: {e}"))
+    }
+
+    /// The job's settings, checked against the model and the limits as `udit sample` checks
+    /// its flags.
+    pub fn resolve(self, config: &ModelConfig, names: &ClassNames, limits: Limits) -> Result<(JobSettings, Settings)> {
+        let class = match self.class {
+            None => "random".to_string(),
+            Some(Value::String(s)) => s,
+            Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+            Some(other) => bail!("class must be an index, a name, a comma-separated list or \"random\", got {other}"),
+        };
+        let sampler_name = self.sampler.unwrap_or_else(|| DEFAULT_SAMPLER.to_string());
+        let eta = self.eta.unwrap_or(0.0);
+        let sampler = Sampler::named(&sampler_name, eta)?;
+        let steps = self.steps.unwrap_or(sampler.default_steps().min(limits.max_steps));
+        if !(1..=limits.max_steps).contains(&steps) {
+            bail!("steps must be between 1 and {} on this server, got {steps}", limits.max_steps);
+        }
+        let num_images = self.num_images.unwrap_or(DEFAULT_IMAGES.min(limits.max_images));
+        if !(1..=limits.max_images).contains(&num_images) {
+            bail!("num_images must be between 1 and {} on this server, got {num_images}", limits.max_images);
+        }
+        let interval = GuidanceInterval::parse(self.guidance_interval.as_deref().unwrap_or(PAPER_INTERVAL))?;
+        let settings = Settings {
+            sampler,
+            schedule: None,
+            steps,
+            guidance: Guidance { scale: self.cfg_scale.unwrap_or(default_cfg_scale(config)), interval, channels: None },
+            seed: self.seed.unwrap_or(0),
+            classes: Classes::parse(&class, names, config.num_classes())?,
+        };
+        settings.validate(config, &GaussianDiffusion::reference())?;
+        let shown = JobSettings {
+            class,
+            cfg_scale: settings.guidance.scale,
+            guidance_interval: settings.guidance.interval.to_string(),
+            sampler: sampler_name,
+            steps,
+            eta,
+            seed: settings.seed,
+            num_images,
+        };
+        Ok((shown, settings))
+    }
+}
+
+/// A job as `GET /api/jobs/{id}` and its event stream show it.
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    id: String,
+    state: State,
+    /// Jobs ahead of it while it waits (0 = next).
+    position: Option<usize>,
+    /// Denoiser calls done, of `steps_total` (one sampling run per batch of images).
+    step: usize,
+    steps_total: usize,
+    /// The last batch is going through the codec.
+    decoding: bool,
+    /// URLs of the images written so far.
+    images: Vec<String>,
+    labels: Vec<i64>,
+    class_names: Vec<String>,
+    settings: JobSettings,
+    /// Why it failed or was cancelled.
+    message: Option<String>,
+    elapsed_s: Option<f64>,
+}
+
+impl JobStatus {
+    pub fn of(job: &Job, position: Option<usize>, names: &ClassNames) -> Self {
+        let p = job.progress();
+        Self {
+            id: job.id.clone(),
+            state: p.state,
+            position: position.filter(|_| p.state == State::Queued),
+            step: p.step,
+            steps_total: job.steps_total(),
+            decoding: p.decoding,
+            images: (0..p.images_done).map(|k| format!("/api/jobs/{}/images/{k}.png", job.id)).collect(),
+            labels: job.labels.clone(),
+            class_names: job.labels.iter().map(|&c| class_name(names, c as usize)).collect(),
+            settings: job.request.clone(),
+            message: p.message,
+            elapsed_s: p.elapsed.map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// A class as people read it: its first name, else its index.
+fn class_name(names: &ClassNames, class: usize) -> String {
+    names.short(class).map_or_else(|| class.to_string(), str::to_string)
+}
+
+/// `GET /api/model`: what the page needs to build its form.
+pub fn model_info(
+    config: &ModelConfig,
+    names: &ClassNames,
+    image: (usize, usize),
+    limits: Limits,
+    queue: usize,
+) -> Value {
+    let (channels, side) = image;
+    let classes: Vec<String> = (0..config.num_classes()).map(|c| class_name(names, c)).collect();
+    let samplers: Vec<Value> = SAMPLERS
+        .iter()
+        .map(|&name| json!({"name": name, "default_steps": Sampler::named(name, 0.0).expect("known").default_steps()}))
+        .collect();
+    let sampler = Sampler::named(DEFAULT_SAMPLER, 0.0).expect("known");
+    json!({
+        "description": crate::model::describe(config),
+        "config": config,
+        "num_classes": config.num_classes(),
+        "classes": classes,
+        "named_classes": !names.is_empty(),
+        "guidable": config.has_null_class(),
+        "image": {"side": side, "channels": channels},
+        "samplers": samplers,
+        "defaults": {
+            "class": "random",
+            "cfg_scale": default_cfg_scale(config),
+            "guidance_interval": PAPER_INTERVAL,
+            "sampler": DEFAULT_SAMPLER,
+            "steps": sampler.default_steps().min(limits.max_steps),
+            "eta": 0.0,
+            "seed": 0,
+            "num_images": DEFAULT_IMAGES.min(limits.max_images),
+        },
+        "limits": {"max_steps": limits.max_steps, "max_images": limits.max_images, "queue": queue},
+    })
+}
+
+/// An error answer: a status and one line of JSON, `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad_request(e: anyhow::Error) -> Self {
+        Self(StatusCode::BAD_REQUEST, format!("{e:#}"))
+    }
+
+    pub fn not_found(what: String) -> Self {
+        Self(StatusCode::NOT_FOUND, what)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let line = self.1.replace(['\n', '\r'], " ");
+        (self.0, Json(json!({ "error": line }))).into_response()
+    }
+}
