@@ -47,7 +47,7 @@ struct Cache {
 pub enum Scorer {
     /// FID in a classifier's feature space against the Fashion-MNIST test split, and the
     /// class accuracy of the samples.
-    Meter { model: Box<Classifier>, test: FashionMnist, meter: OnceCell<classifier::Meter> },
+    Meter { model: Box<Classifier>, test: FashionMnist, meter: OnceCell<Box<classifier::Meter>> },
     /// FID of the FID Inception's pool features against an ADM reference batch.
     Adm { net: Box<InceptionV3>, reference_path: PathBuf, reference: OnceCell<Reference> },
 }
@@ -95,7 +95,7 @@ impl Scorer {
                 let meter = match meter.get() {
                     Some(m) => m,
                     None => {
-                        let m = classifier::Meter::new((**model).clone(), test, device)?;
+                        let m = Box::new(classifier::Meter::new((**model).clone(), test, device)?);
                         meter.get_or_init(|| m)
                     }
                 };
