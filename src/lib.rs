@@ -11,6 +11,7 @@ pub mod cost;
 pub mod data;
 pub mod diffusion;
 pub mod eval;
+pub mod guidance;
 pub mod hub;
 pub mod io;
 pub mod kernels;
@@ -19,13 +20,14 @@ pub mod progress;
 pub mod rng;
 pub mod sample;
 pub mod serve;
+pub mod sweep;
 pub mod train;
 pub mod vae;
 
 /// The U-DiT trained on Fashion-MNIST that ships with the project (`assets/README.md`).
 pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fashion-mnist-udit.safetensors");
 
-/// The offline meter's Fashion-MNIST classifier that ships with the project.
+/// The offline meter's classifier that ships with the project (`assets/README.md`).
 pub const BUNDLED_METER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/meter-classifier.safetensors");
 
 /// The device tensors run on: burn's CPU `flex` backend, or CUDA with `--features cuda`.

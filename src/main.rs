@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use udit::commands::{self, ablate, eval, sample, serve, train};
+use udit::commands::{self, ablate, eval, sample, serve, sweep, train};
 
 #[derive(Parser)]
 #[command(name = "udit", version, about = "U-DiT: U-shaped diffusion transformers with downsampled tokens")]
@@ -29,6 +29,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Merge the finished batches of a sharded `sample --npz` run into the `.npz`.
     MergeNpz(sample::MergeArgs),
+    /// Sample quality against network evaluations over samplers, step counts and guidance:
+    /// sweep.md, sweep.json and fid-vs-nfe.png; resumable.
+    Sweep(sweep::SweepArgs),
     /// FID, sFID, Inception Score, precision and recall of an ADM `.npz` against a reference;
     /// with `--features`, the offline Fashion-MNIST meter.
     Eval(eval::EvalArgs),
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Sample(a) => sample::sample(a),
         Command::Serve(a) => serve::serve(a),
         Command::MergeNpz(a) => sample::merge_npz(a),
+        Command::Sweep(a) => sweep::sweep(a),
         Command::Eval(a) => eval::eval(a),
         Command::TrainClassifier(a) => eval::train_classifier(a),
         Command::Train(a) => train::train(a),

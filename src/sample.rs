@@ -12,7 +12,9 @@ use rand_core::RngCore;
 use crate::classes::ClassNames;
 use crate::codec::Codec;
 use crate::diffusion::GaussianDiffusion;
-use crate::diffusion::samplers::Sampler;
+use crate::diffusion::samplers::{OnStep, Plan, Sampler};
+use crate::diffusion::schedule::Schedule;
+use crate::guidance::{Evaluations, Guidance, GuidedDenoiser};
 use crate::io::images::{Images, ensure_writable_dir, write_grid, write_pngs};
 use crate::io::npz::NpzRun;
 use crate::model::{Denoiser, ModelConfig};
@@ -37,10 +39,13 @@ pub enum Classes {
 }
 
 impl Classes {
-    /// `random`, or a comma-separated list of class indices or names (see [`ClassNames::parse`]).
+    /// `random`, `all` (every class in turn), or a comma-separated list of class indices or
+    /// names (see [`ClassNames::parse`]).
     pub fn parse(spec: &str, names: &ClassNames, num_classes: usize) -> Result<Self> {
-        if spec.trim() == "random" {
-            return Ok(Self::Random);
+        match spec.trim() {
+            "random" => return Ok(Self::Random),
+            "all" => return Ok(Self::Listed((0..num_classes).collect())),
+            _ => {}
         }
         let list = spec.split(',').map(|c| names.parse(c, num_classes)).collect::<Result<Vec<_>>>()?;
         Ok(Self::Listed(list))
@@ -61,32 +66,39 @@ impl Classes {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub sampler: Sampler,
+    /// The ODE samplers' time-step schedule (None: the sampler's own).
+    pub schedule: Option<Schedule>,
     pub steps: usize,
-    /// Classifier-free guidance scale; 1 means no guidance.
-    pub cfg_scale: f64,
+    pub guidance: Guidance,
     pub seed: u64,
     pub classes: Classes,
 }
 
 impl Settings {
-    /// Checks the settings against a model and its `total`-step diffusion process.
-    pub fn validate(&self, config: &ModelConfig, total: usize) -> Result<()> {
+    /// Checks the settings against a model and its diffusion process.
+    pub fn validate(&self, config: &ModelConfig, diffusion: &GaussianDiffusion) -> Result<()> {
         if self.steps == 0 {
             bail!("--steps must be at least 1");
         }
-        self.sampler.check_steps(total, self.steps)?;
+        self.plan(diffusion)?;
         if let Sampler::Ddim { eta } = self.sampler
             && !(0.0..=1.0).contains(&eta)
         {
             bail!("--eta must be between 0 and 1, got {eta}");
         }
-        if !(self.cfg_scale >= 1.0) {
-            bail!("--cfg-scale must be at least 1 (1 = no guidance), got {}", self.cfg_scale);
+        let scale = self.guidance.scale;
+        if !(scale >= 1.0) {
+            bail!("--cfg-scale must be at least 1 (1 = no guidance), got {scale}");
         }
-        if self.cfg_scale > 1.0 && !config.has_null_class() {
+        if scale > 1.0 && !config.has_null_class() {
             bail!(
                 "this model was trained without label dropout (no null class), so it cannot be guided: use --cfg-scale 1"
             );
+        }
+        let c = config.in_channels();
+        let guided = self.guided_channels(config);
+        if !(1..=c).contains(&guided) {
+            bail!("guidance can mix 1 to {c} channels of this model, not {guided}");
         }
         let classes = config.num_classes();
         if let Classes::Listed(list) = &self.classes {
@@ -98,6 +110,16 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Where the sampler calls the model on `diffusion`.
+    pub fn plan(&self, diffusion: &GaussianDiffusion) -> Result<Plan> {
+        self.sampler.plan(diffusion, self.steps, self.schedule)
+    }
+
+    /// The channels guidance mixes: the asked-for ones, else the model's.
+    fn guided_channels(&self, config: &ModelConfig) -> usize {
+        self.guidance.channels.unwrap_or(config.guided_channels())
     }
 
     /// The class of each of samples `first..first + count`.
@@ -138,6 +160,7 @@ impl SamplingModel {
 pub const DEFAULT_BATCH: usize = 8;
 
 /// Draws samples `first..first + count` with one batched run.
+#[derive(Clone)]
 pub struct Generator<'a> {
     pub model: &'a Denoiser,
     pub config: &'a ModelConfig,
@@ -150,7 +173,7 @@ pub struct Generator<'a> {
 impl Generator<'_> {
     /// Checks the settings against the model before any work starts.
     pub fn validate(&self) -> Result<()> {
-        self.settings.validate(self.config, self.diffusion.num_steps())?;
+        self.settings.validate(self.config, &self.diffusion)?;
         self.codec.image_shape(self.config.in_channels(), self.config.input_size())?;
         Ok(())
     }
@@ -159,34 +182,42 @@ impl Generator<'_> {
         self.codec.image_shape(self.config.in_channels(), self.config.input_size()).expect("validated")
     }
 
-    /// `on_step` is told after each denoiser call, with the current x_0 prediction (latents);
-    /// an error from it (a cancelled job) stops the sampling.
-    pub fn generate(
-        &self,
-        first: usize,
-        count: usize,
-        on_step: &mut dyn FnMut(&Tensor<4>) -> Result<()>,
-    ) -> Result<Images> {
+    /// Where the sampler calls the model.
+    pub fn plan(&self) -> Result<Plan> {
+        self.settings.plan(&self.diffusion)
+    }
+
+    /// Network evaluations per image.
+    pub fn evaluations(&self) -> Result<Evaluations> {
+        Ok(self.settings.guidance.evaluations(&self.plan()?, &self.diffusion))
+    }
+
+    /// Latents of samples `first..first + count` and their labels. `on_step` is told after
+    /// each denoiser call, with the current x_0 prediction; an error from it (a cancelled job)
+    /// stops the sampling.
+    pub fn generate_latents(&self, first: usize, count: usize, on_step: &mut OnStep) -> Result<(Tensor<4>, Vec<i64>)> {
         let s = &self.settings;
         let dev = &self.device;
         let (c, side) = (self.config.in_channels(), self.config.input_size());
         let labels = s.labels(first, count, self.config.num_classes());
-        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [count]), dev);
-        let null = Tensor::<1, Int>::full([count], self.config.num_classes() as i64, dev);
-        let guided = self.config.guided_channels();
-        let mut model = |x: Tensor<4>, t: Tensor<1>| {
-            if s.cfg_scale > 1.0 {
-                let x2 = Tensor::cat(vec![x.clone(), x], 0);
-                let t2 = Tensor::cat(vec![t.clone(), t], 0);
-                let y2 = Tensor::cat(vec![y.clone(), null.clone()], 0);
-                self.model.forward_with_cfg(x2, t2, y2, s.cfg_scale, guided).narrow(0, 0, count)
-            } else {
-                self.model.forward(x, t, y.clone())
-            }
+        let mut network = |x, t, y| self.model.forward(x, t, y);
+        let mut denoiser = GuidedDenoiser {
+            network: &mut network,
+            labels: Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [count]), dev),
+            null_class: self.config.num_classes(),
+            guidance: &s.guidance,
+            channels: s.guided_channels(self.config),
+            process: &self.diffusion,
         };
         let mut noise = NoiseStreams::new(s.seed, first, count, [c, side, side]);
         let x_t = noise.next(dev);
-        let z = s.sampler.sample(&self.diffusion, s.steps, &mut model, x_t, &mut noise, dev, on_step)?;
+        let z = self.plan()?.run(&mut |x, t| denoiser.call(x, t), x_t, &mut noise, dev, on_step)?;
+        Ok((z, labels))
+    }
+
+    /// Samples `first..first + count` as uint8 images (see [`Self::generate_latents`]).
+    pub fn generate(&self, first: usize, count: usize, on_step: &mut OnStep) -> Result<Images> {
+        let (z, labels) = self.generate_latents(first, count, on_step)?;
         Ok(self.decode(z, labels))
     }
 
@@ -201,20 +232,21 @@ impl Generator<'_> {
     }
 }
 
-/// Progress over denoiser steps (one unit per image and step), with a "decoding" phase
+/// Progress over denoiser calls (one unit per image and call), with a "decoding" phase
 /// while a finished batch goes through the codec.
-fn sampling_progress(images: usize, steps: usize) -> Progress {
-    Progress::new("sampling", (images * steps) as u64, "image-steps")
+fn sampling_progress(g: &Generator, images: usize) -> Result<Progress> {
+    Ok(Progress::new("sampling", (images * g.plan()?.calls()) as u64, "image-steps"))
 }
 
-/// Generates one batch while `progress` counts its steps and names the decoding phase.
+/// Generates one batch while `progress` counts its calls and names the decoding phase.
 fn generate_batch(g: &Generator, first: usize, n: usize, progress: &Progress) -> Result<Images> {
-    let mut step = 0;
+    let calls = g.plan()?.calls();
+    let mut call = 0;
     progress.phase("sampling");
     g.generate(first, n, &mut |_| {
-        step += 1;
+        call += 1;
         progress.inc(n as u64);
-        if step == g.settings.steps {
+        if call == calls {
             progress.phase("decoding");
         }
         Ok(())
@@ -235,7 +267,7 @@ pub fn run_pngs(
     names: &ClassNames,
 ) -> Result<()> {
     ensure_writable_dir(out)?;
-    let progress = sampling_progress(count, g.settings.steps);
+    let progress = sampling_progress(g, count)?;
     let start = std::time::Instant::now();
     let mut grid: Option<Images> = None;
     for first in (0..count).step_by(batch) {
@@ -268,7 +300,7 @@ pub fn run_npz(g: &Generator, run: &NpzRun, shard: usize, shards: usize) -> Resu
     }
     let pending = run.pending(shard, shards);
     let todo: usize = pending.iter().map(|&b| run.range(b).len()).sum();
-    let progress = sampling_progress(todo, g.settings.steps);
+    let progress = sampling_progress(g, todo)?;
     let start = std::time::Instant::now();
     let mut done = 0;
     for b in pending {

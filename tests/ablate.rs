@@ -299,7 +299,7 @@ fn the_shipped_plans_are_valid() {
         // latents, which are not here).
         if !name.ends_with("imagenet") {
             let out = dir.path().join(name);
-            Ablation::prepare(&plan, &out, Path::new(udit::train::plot::DEFAULT_FONT), &device).unwrap();
+            Ablation::prepare(&plan, &out, Path::new(udit::io::plot::DEFAULT_FONT), &device).unwrap();
             assert!(!out.exists());
         }
     }

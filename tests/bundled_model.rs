@@ -12,6 +12,7 @@ use udit::codec::Codec;
 use udit::diffusion::GaussianDiffusion;
 use udit::diffusion::samplers::Sampler;
 use udit::eval::classifier::Classifier;
+use udit::guidance::Guidance;
 use udit::sample::{Classes, Generator, Settings};
 
 #[test]
@@ -29,8 +30,9 @@ fn bundled_model_draws_the_requested_garments() {
         diffusion: GaussianDiffusion::linear(1000),
         settings: Settings {
             sampler: Sampler::DpmSolverPp2M,
+            schedule: None,
             steps: 25,
-            cfg_scale: 1.5,
+            guidance: Guidance::everywhere(1.5),
             seed: 3,
             classes: Classes::Listed((0..10).collect()),
         },

@@ -153,7 +153,10 @@ fn every_option_of_every_subcommand_has_help() {
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| *c != "help")
         .collect();
-    assert!(subcommands.len() >= 10 && subcommands.contains(&"serve"), "{subcommands:?}");
+    assert!(
+        subcommands.len() >= 12 && ["sweep", "serve", "ablate"].iter().all(|c| subcommands.contains(c)),
+        "{subcommands:?}"
+    );
     for sub in subcommands {
         let (ok, help, _) = udit(&[sub, "--help"]);
         assert!(ok, "{sub}");

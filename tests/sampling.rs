@@ -3,11 +3,13 @@
 mod common;
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use common::*;
 use udit::checkpoint::{load_denoiser, read_weights};
 use udit::codec::Codec;
 use udit::diffusion::GaussianDiffusion;
 use udit::diffusion::samplers::Sampler;
+use udit::guidance::{Evaluations, Guidance, GuidanceInterval, GuidedDenoiser, parse_cfg_channels};
 use udit::io::Images;
 use udit::io::npz::{NpzRun, read_npz};
 use udit::model::{Denoiser, ModelConfig};
@@ -35,7 +37,14 @@ fn generator(s: &Setup, sampler: Sampler, steps: usize, cfg_scale: f64, classes:
         config: &s.config,
         codec: &s.codec,
         diffusion: GaussianDiffusion::linear(1000),
-        settings: Settings { sampler, steps, cfg_scale, seed: 7, classes },
+        settings: Settings {
+            sampler,
+            schedule: None,
+            steps,
+            guidance: Guidance::everywhere(cfg_scale),
+            seed: 7,
+            classes,
+        },
         device: Device::flex(),
     }
 }
@@ -151,4 +160,151 @@ fn codecs_encode_what_they_decode() {
     let z = vae.encode(float(&io["image"], &dev), |m| m.zeros_like());
     let expected = float::<4>(&io["posterior_mean"], &dev) * 0.18215;
     assert_close("scaled posterior mean", &z.into_data(), &expected.into_data(), 1e-4);
+}
+
+/// The latents of samples 0..3 of `g` and every x_0 prediction on the way.
+fn latents(g: &Generator) -> Vec<Vec<f32>> {
+    let mut steps = Vec::new();
+    let (z, _) = g
+        .generate_latents(0, 3, &mut |x0| {
+            steps.push(x0.clone().into_data().try_into_vec::<f32>().unwrap());
+            Ok(())
+        })
+        .unwrap();
+    steps.push(z.into_data().try_into_vec::<f32>().unwrap());
+    steps
+}
+
+#[test]
+fn guidance_interval_bounds_are_plain_guidance_and_no_guidance_bit_for_bit() {
+    let s = setup();
+    let dev = Device::flex();
+    let classes = Classes::Listed(vec![3, 9]);
+    for (sampler, steps) in [(Sampler::DpmSolverPp2M, 6), (Sampler::Ancestral, 6), (Sampler::Heun, 4)] {
+        let mut g = generator(&s, sampler, steps, 2.0, classes.clone());
+        // Plain guidance as the reference computes it: forward_with_cfg on [x; x], [y; null].
+        let plan = g.plan().unwrap();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![3i64, 9, 3], [3]), &dev);
+        let y2 = Tensor::cat(vec![y.clone(), Tensor::full([3], 10, &dev)], 0);
+        let mut reference = Vec::new();
+        let mut noise = NoiseStreams::new(7, 0, 3, [4, 16, 16]);
+        let x_t = noise.next(&dev);
+        let mut model = |x: Tensor<4>, t: Tensor<1>| {
+            let (x2, t2) = (Tensor::cat(vec![x.clone(), x], 0), Tensor::cat(vec![t.clone(), t], 0));
+            s.model.forward_with_cfg(x2, t2, y2.clone(), 2.0, 3).narrow(0, 0, 3)
+        };
+        let z = plan
+            .run(&mut model, x_t, &mut noise, &dev, &mut |x0| {
+                reference.push(x0.clone().into_data().try_into_vec::<f32>().unwrap());
+                Ok(())
+            })
+            .unwrap();
+        reference.push(z.into_data().try_into_vec::<f32>().unwrap());
+
+        g.settings.guidance.interval = GuidanceInterval::Between(0.0, f64::INFINITY);
+        assert!(latents(&g) == reference, "{sampler:?}: an interval over every noise level is plain guidance");
+        g.settings.guidance.interval = GuidanceInterval::Everywhere;
+        assert!(latents(&g) == reference, "{sampler:?}: `none` is plain guidance");
+        let calls = plan.calls();
+        assert_eq!(g.evaluations().unwrap(), Evaluations { calls, guided: calls });
+
+        // An empty interval is no guidance at all (scale 1), also bit for bit.
+        g.settings.guidance.interval = GuidanceInterval::Between(1.0, 1.0);
+        let settings = Settings { guidance: Guidance::everywhere(1.0), ..g.settings.clone() };
+        let unguided = Generator { settings, diffusion: g.diffusion.clone(), device: g.device.clone(), ..g };
+        assert!(latents(&g) == latents(&unguided), "{sampler:?}: an empty interval is no guidance");
+        assert_eq!(g.evaluations().unwrap(), Evaluations { calls, guided: 0 });
+        assert_eq!(g.evaluations().unwrap().nfe(), calls);
+    }
+}
+
+#[test]
+fn guidance_runs_the_doubled_batch_inside_the_interval_only() {
+    let dev = Device::flex();
+    let base = GaussianDiffusion::reference();
+    let n = 2;
+    let guidance = Guidance { scale: 3.0, interval: GuidanceInterval::parse("0.34,1.02").unwrap(), channels: Some(3) };
+    for (sampler, steps) in [(Sampler::UniPc, 12), (Sampler::Heun, 12), (Sampler::Ancestral, 30)] {
+        let plan = sampler.plan(&base, steps, None).unwrap();
+        // A network whose output is the label times (channel + 1), on 4 eps and 4 variance channels.
+        let mut seen: Vec<(usize, f32)> = Vec::new();
+        let mut network = |x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>| {
+            let b = x.dims()[0];
+            seen.push((b, t.into_data().try_into_vec::<f32>().unwrap()[0]));
+            let per_channel =
+                Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0], &dev).reshape([1, 8, 1, 1]);
+            y.float().reshape([b, 1, 1, 1]) * per_channel * Tensor::<4>::ones([b, 8, 2, 2], &dev)
+        };
+        let mut denoiser = GuidedDenoiser {
+            network: &mut network,
+            labels: Tensor::from_data(TensorData::new(vec![2i64, 5], [n]), &dev),
+            null_class: 10,
+            guidance: &guidance,
+            channels: 3,
+            process: &base,
+        };
+        let mut outputs = Vec::new();
+        let mut model = |x, t| {
+            let out = denoiser.call(x, t);
+            outputs.push(
+                out.clone().narrow(1, 0, 4).narrow(2, 0, 1).narrow(3, 0, 1).into_data().try_into_vec::<f32>().unwrap(),
+            );
+            out
+        };
+        let mut noise = NoiseStreams::new(0, 0, n, [4, 2, 2]);
+        let x = noise.next(&dev);
+        plan.run(&mut model, x, &mut noise, &dev, &mut |_| Ok(())).unwrap();
+
+        let times = plan.call_times();
+        assert_eq!(seen.len(), times.len());
+        let mut guided = 0;
+        for ((batch, t), (out, planned)) in seen.iter().zip(outputs.iter().zip(&times)) {
+            assert_eq!(*t, *planned as f32);
+            let sigma = base.sigma_at(*t as f64);
+            let inside = 0.34 < sigma && sigma <= 1.02;
+            guided += usize::from(inside);
+            assert_eq!(*batch, if inside { 2 * n } else { n }, "{sampler:?} at sigma {sigma}");
+            // Guided: null + 3 (label - null) on the first 3 channels, the label on the 4th.
+            let mix =
+                |label: f32, c: f32| if inside && c < 4.0 { (10.0 + 3.0 * (label - 10.0)) * c } else { label * c };
+            let expected: Vec<f32> = [2.0, 5.0].iter().flat_map(|&l| [1.0, 2.0, 3.0, 4.0].map(|c| mix(l, c))).collect();
+            assert_eq!(out, &expected, "{sampler:?} at sigma {sigma}");
+        }
+        assert!(guided > 0 && guided < times.len(), "{sampler:?}: the interval holds some calls, not all");
+        assert_eq!(guidance.evaluations(&plan, &base), Evaluations { calls: times.len(), guided });
+    }
+}
+
+#[test]
+fn cfg_channels_choose_what_guidance_mixes() {
+    let s = setup();
+    let mut g = generator(&s, Sampler::DpmSolverPp2M, 4, 2.0, Classes::Listed(vec![1]));
+    let three = latents(&g);
+    g.settings.guidance.channels = Some(3);
+    assert!(latents(&g) == three, "3 is the configuration's for 4-channel latents");
+    g.settings.guidance.channels = Some(parse_cfg_channels("all", 4).unwrap());
+    assert!(latents(&g) != three, "all 4 channels guide differently");
+    g.settings.guidance.channels = Some(5);
+    assert!(format!("{:#}", g.validate().unwrap_err()).contains("guidance can mix 1 to 4 channels"));
+    assert!(parse_cfg_channels("three", 4).is_err());
+}
+
+#[test]
+fn guidance_intervals_parse_and_refuse() {
+    assert_eq!(GuidanceInterval::parse("none").unwrap(), GuidanceInterval::Everywhere);
+    assert_eq!(GuidanceInterval::parse("off").unwrap(), GuidanceInterval::Everywhere);
+    assert_eq!(GuidanceInterval::parse(" 0.28, 5.42").unwrap(), GuidanceInterval::Between(0.28, 5.42));
+    assert_eq!(GuidanceInterval::parse("0,inf").unwrap(), GuidanceInterval::Between(0.0, f64::INFINITY));
+    assert_eq!(GuidanceInterval::parse(udit::guidance::PAPER_INTERVAL).unwrap(), GuidanceInterval::Between(0.34, 1.02));
+    let i = GuidanceInterval::Between(0.34, 1.02);
+    assert!(!i.contains(0.34) && i.contains(0.35) && i.contains(1.02) && !i.contains(1.03), "(lo, hi]");
+    for bad in ["1.5", "2,1", "-1,2", "a,b", "nan,1"] {
+        assert!(GuidanceInterval::parse(bad).is_err(), "{bad}");
+    }
+    let (ok, _, err) = udit(&["sample", "--guidance-interval", "2,1", "--num-samples", "1"]);
+    assert!(!ok && err.trim().lines().count() == 1 && err.contains("0 <= LO <= HI"), "{err}");
+    let (ok, _, err) = udit(&["sample", "--sampler", "ancestral", "--schedule", "karras", "--num-samples", "1"]);
+    assert!(!ok && err.trim().lines().count() == 1 && err.contains("applies to ddim"), "{err}");
+    let (ok, _, err) = udit(&["sample", "--sampler", "unipc", "--schedule", "cosine", "--num-samples", "1"]);
+    assert!(!ok && err.trim().lines().count() == 1 && err.contains("unknown schedule"), "{err}");
 }

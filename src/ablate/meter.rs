@@ -18,8 +18,8 @@ use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::Sampler;
 use crate::eval::classifier::{self, Classifier};
 use crate::eval::inception::InceptionV3;
-use crate::eval::metrics::Stats;
 use crate::eval::{Reference, activations_shown};
+use crate::guidance::Guidance;
 use crate::io::Images;
 use crate::io::npz::{NpzRun, read_npz};
 use crate::sample::{Classes, Generator, Settings, run_npz};
@@ -47,7 +47,7 @@ struct Cache {
 pub enum Scorer {
     /// FID in a classifier's feature space against the Fashion-MNIST test split, and the
     /// class accuracy of the samples.
-    Meter { model: Box<Classifier>, test: FashionMnist, reference: OnceCell<Stats> },
+    Meter { model: Box<Classifier>, test: FashionMnist, meter: OnceCell<Box<classifier::Meter>> },
     /// FID of the FID Inception's pool features against an ADM reference batch.
     Adm { net: Box<InceptionV3>, reference_path: PathBuf, reference: OnceCell<Reference> },
 }
@@ -61,7 +61,7 @@ impl Scorer {
                 let path = protocol.features.clone().unwrap_or_else(|| PathBuf::from(crate::BUNDLED_METER));
                 let model = Box::new(Classifier::load(&path, device).context("the meter's classifier")?);
                 let test = FashionMnist::load(fashion_mnist, Split::Test).context("the meter's test split")?;
-                Self::Meter { model, test, reference: OnceCell::new() }
+                Self::Meter { model, test, meter: OnceCell::new() }
             }
             Some(reference) => {
                 if !reference.is_file() {
@@ -91,27 +91,26 @@ impl Scorer {
     /// (FID, class accuracy) of `images`.
     fn score(&self, images: &Images, batch: usize, device: &Device) -> Result<(f64, Option<f64>)> {
         match self {
-            Self::Meter { model, test, reference } => {
-                let stats = match reference.get() {
-                    Some(s) => s,
+            Self::Meter { model, test, meter } => {
+                let meter = match meter.get() {
+                    Some(m) => m,
                     None => {
-                        let s = classifier::reference_stats(model, test, device)?;
-                        reference.get_or_init(|| s)
+                        let m = Box::new(classifier::Meter::new((**model).clone(), test, device)?);
+                        meter.get_or_init(|| m)
                     }
                 };
-                let s = classifier::score(model, images, stats, device)?;
+                let s = meter.score(images, device)?;
                 Ok((s.fid, Some(s.class_accuracy)))
             }
             Self::Adm { net, reference_path, reference } => {
-                let features = |images: &Images, what: &str| activations_shown(net, images, batch, device, what);
                 let r = match reference.get() {
                     Some(r) => r,
                     None => {
-                        let r = Reference::open(reference_path, &mut |images| features(images, "the reference"))?;
+                        let r = Reference::load(reference_path, net, batch, device)?;
                         reference.get_or_init(|| r)
                     }
                 };
-                let acts = features(images, "the samples")?;
+                let acts = activations_shown(net, images, batch, device, "the samples")?;
                 Ok((crate::eval::score(&acts, r)?.fid, None))
             }
         }
@@ -184,8 +183,10 @@ pub fn score_run(
                 diffusion: GaussianDiffusion::reference(),
                 settings: Settings {
                     sampler: Sampler::named(&protocol.sampler, 0.0)?,
+                    schedule: None,
                     steps: protocol.steps,
-                    cfg_scale,
+                    // The paper's protocol: guidance at every step.
+                    guidance: Guidance::everywhere(cfg_scale),
                     seed: protocol.seed,
                     classes: classes.clone(),
                 },

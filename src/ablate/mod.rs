@@ -55,7 +55,7 @@ impl Ablation {
         } else if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
             bail!("{} is not empty and holds no plan.json: choose another --out", out.display());
         }
-        crate::train::plot::register_font(font)?;
+        crate::io::plot::register_font(font)?;
         let first = &runs[0].config;
         let data = first.data.open()?;
         let fashion_mnist = match &first.data {

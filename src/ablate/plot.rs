@@ -8,12 +8,13 @@ use anyhow::Result;
 use plotters::prelude::*;
 
 use super::report::Results;
+use crate::io::plot::{Canvas, Drawn, write_plot};
 
 /// Colours of the guidance scales, in the protocol's order.
 const COLOURS: [RGBColor; 4] = [BLUE, RED, RGBColor(0, 150, 0), RGBColor(200, 120, 0)];
 
-pub fn fid_vs_gmacs(results: &Results, out: &Path) -> Result<()> {
-    crate::train::plot::write_png(out, (900, 600), |buffer, size| draw(results, buffer, size))
+pub fn fid_vs_gmacs(results: &Results, out: &Path, font: &Path) -> Result<()> {
+    write_plot(out, font, (900, 600), |root| draw(results, root))
 }
 
 /// (low, high) with a margin of `frac` of the span (or of the value, for a single one).
@@ -24,9 +25,7 @@ fn padded(values: impl Iterator<Item = f64> + Clone, frac: f64) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn draw(results: &Results, buffer: &mut [u8], size: (u32, u32)) -> Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::with_buffer(buffer, size).into_drawing_area();
-    root.fill(&WHITE)?;
+fn draw(results: &Results, root: &Canvas) -> Drawn {
     let (x0, x1) = padded(results.entries.iter().map(|e| e.gmacs), 0.15);
     let bars = results.entries.iter().flat_map(|e| {
         e.summary.iter().flat_map(|s| {
@@ -37,7 +36,7 @@ fn draw(results: &Results, buffer: &mut [u8], size: (u32, u32)) -> Result<(), Bo
     let (y0, y1) = padded(bars, 0.1);
     // Enough decimals that the FID ticks differ: one more per decade below 100.
     let decimals = (2.0 - (y1 - y0).log10().floor()).clamp(0.0, 4.0) as usize;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption("FID against forward GMACs", ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(40)
@@ -79,6 +78,5 @@ fn draw(results: &Results, buffer: &mut [u8], size: (u32, u32)) -> Result<(), Bo
         .border_style(BLACK)
         .background_style(WHITE)
         .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -144,8 +144,7 @@ impl Results {
         let json = serde_json::to_string_pretty(self)?;
         crate::checkpoint::write_atomic(&out.join("results.json"), json.as_bytes())?;
         crate::checkpoint::write_atomic(&out.join("results.md"), self.markdown().as_bytes())?;
-        crate::train::plot::register_font(font)?;
-        plot::fid_vs_gmacs(self, &out.join("fid-vs-gmacs.png"))
+        plot::fid_vs_gmacs(self, &out.join("fid-vs-gmacs.png"), font)
     }
 
     /// The table: one row per entry, FID (and class accuracy) per guidance scale.

@@ -25,7 +25,7 @@ pub struct AblateArgs {
     #[arg(long, default_value_t = 1)]
     pub devices: usize,
     /// A TrueType font for the plot's labels.
-    #[arg(long, default_value = crate::train::plot::DEFAULT_FONT)]
+    #[arg(long, default_value = crate::io::plot::DEFAULT_FONT)]
     pub font: PathBuf,
 }
 

@@ -56,9 +56,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let reference_path = a.reference.clone().context("give a REFERENCE .npz (or --features for the offline meter)")?;
     let net = InceptionV3::load(&crate::eval::inception::weights_path(a.inception.as_deref()), &device)?;
     let samples = crate::io::npz::read_npz(&a.samples)?;
-    let reference = Reference::open(&reference_path, &mut |images| {
-        activations_shown(&net, images, a.batch, &device, "the reference")
-    })?;
+    let reference = Reference::load(&reference_path, &net, a.batch, &device)?;
     let acts = activations_shown(&net, &samples, a.batch, &device, "the samples")?;
     if let Some(path) = &a.save_stats {
         Reference::from_activations(&acts)?.write_stats(path)?;

@@ -6,6 +6,7 @@ pub mod ablate;
 pub mod eval;
 pub mod sample;
 pub mod serve;
+pub mod sweep;
 pub mod train;
 
 use std::path::PathBuf;
@@ -237,7 +238,7 @@ pub struct PlotArgs {
     #[arg(long, default_value = "loss.png")]
     pub out: PathBuf,
     /// A TrueType font for the labels.
-    #[arg(long, default_value = crate::train::plot::DEFAULT_FONT)]
+    #[arg(long, default_value = crate::io::plot::DEFAULT_FONT)]
     pub font: PathBuf,
 }
 

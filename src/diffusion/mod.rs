@@ -5,6 +5,8 @@
 //! `_extract_into_tensor` does. Nothing here knows which network produced an output.
 
 pub mod samplers;
+pub mod schedule;
+mod solvers;
 
 use anyhow::{Result, bail};
 use burn::prelude::*;
@@ -16,7 +18,6 @@ pub struct GaussianDiffusion {
     /// The original timestep of each step, which is what the model is called with.
     pub timestep_map: Vec<usize>,
     pub alphas_cumprod: Vec<f64>,
-    pub(crate) alphas_cumprod_prev: Vec<f64>,
     sqrt_alphas_cumprod: Vec<f64>,
     sqrt_one_minus_alphas_cumprod: Vec<f64>,
     sqrt_recip_alphas_cumprod: Vec<f64>,
@@ -103,7 +104,6 @@ impl GaussianDiffusion {
             log_betas: betas.iter().map(|b| b.ln()).collect(),
             posterior_log_variance_clipped,
             log_fixed_large: fixed_large,
-            alphas_cumprod_prev: prev,
             alphas_cumprod,
             betas,
             timestep_map,

@@ -144,39 +144,44 @@ pub struct MeterScores {
     pub class_accuracy: f64,
 }
 
-/// Scores uint8 32x32 grayscale samples with their requested labels against the test split.
+/// The offline meter: the classifier and its feature statistics of the test split.
+pub struct Meter {
+    pub model: Classifier,
+    reference: Stats,
+}
+
+impl Meter {
+    pub fn new(model: Classifier, test: &FashionMnist, device: &Device) -> Result<Self> {
+        let all: Vec<usize> = (0..test.len()).collect();
+        let (ref_feats, _) = model.run(&test.padded(&all), device);
+        Ok(Self { reference: Stats::from_features(&ref_feats, FEATURES)?, model })
+    }
+
+    /// Scores uint8 32x32 grayscale samples with their requested labels.
+    pub fn score(&self, samples: &crate::io::Images, device: &Device) -> Result<MeterScores> {
+        if (samples.side, samples.channels) != (SIDE, 1) {
+            bail!(
+                "the Fashion-MNIST meter takes 32x32 grayscale images, got {0}x{0}x{1}",
+                samples.side,
+                samples.channels
+            );
+        }
+        if samples.labels.iter().any(|&l| !(0..10).contains(&l)) {
+            bail!("class accuracy needs the requested labels (arr_1) in 0..10");
+        }
+        let (feats, preds) = self.model.run(&samples.pixels, device);
+        let fid = frechet_distance(&Stats::from_features(&feats, FEATURES)?, &self.reference)?;
+        let correct = preds.iter().zip(&samples.labels).filter(|(p, l)| **p as i64 == **l).count();
+        Ok(MeterScores { fid, class_accuracy: correct as f64 / preds.len() as f64 })
+    }
+}
+
+/// Scores uint8 32x32 grayscale samples with their requested labels (see [`Meter`]).
 pub fn meter(
     model: &Classifier,
     samples: &crate::io::Images,
     test: &FashionMnist,
     device: &Device,
 ) -> Result<MeterScores> {
-    score(model, samples, &reference_stats(model, test, device)?, device)
-}
-
-/// The meter's reference: feature statistics of the whole test split (computed once for
-/// many sample sets).
-pub fn reference_stats(model: &Classifier, test: &FashionMnist, device: &Device) -> Result<Stats> {
-    let all: Vec<usize> = (0..test.len()).collect();
-    let (ref_feats, _) = model.run(&test.padded(&all), device);
-    Stats::from_features(&ref_feats, FEATURES)
-}
-
-/// As [`meter`], against reference statistics from [`reference_stats`].
-pub fn score(
-    model: &Classifier,
-    samples: &crate::io::Images,
-    reference: &Stats,
-    device: &Device,
-) -> Result<MeterScores> {
-    if (samples.side, samples.channels) != (SIDE, 1) {
-        bail!("the Fashion-MNIST meter takes 32x32 grayscale images, got {0}x{0}x{1}", samples.side, samples.channels);
-    }
-    let (feats, preds) = model.run(&samples.pixels, device);
-    let fid = frechet_distance(&Stats::from_features(&feats, FEATURES)?, reference)?;
-    if samples.labels.iter().any(|&l| !(0..10).contains(&l)) {
-        bail!("class accuracy needs the requested labels (arr_1) in 0..10");
-    }
-    let correct = preds.iter().zip(&samples.labels).filter(|(p, l)| **p as i64 == **l).count();
-    Ok(MeterScores { fid, class_accuracy: correct as f64 / preds.len() as f64 })
+    Meter::new(model.clone(), test, device)?.score(samples, device)
 }

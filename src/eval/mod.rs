@@ -13,6 +13,7 @@ use burn::prelude::*;
 use self::inception::{InceptionV3, preprocess};
 use self::metrics::{Stats, frechet_distance, inception_score, precision_recall};
 use crate::io::Images;
+use crate::progress::Progress;
 
 /// Inception outputs of a set of images, row-major.
 pub struct Activations {
@@ -53,7 +54,7 @@ pub fn activations(
     Ok(out)
 }
 
-/// [`activations`] with a progress display naming `what` the images are.
+/// [`activations`] of `images` with a progress bar naming `what` they are.
 pub fn activations_shown(
     net: &InceptionV3,
     images: &Images,
@@ -61,8 +62,7 @@ pub fn activations_shown(
     device: &Device,
     what: &str,
 ) -> Result<Activations> {
-    let progress =
-        crate::progress::Progress::new(&format!("Inception features of {what}"), images.labels.len() as u64, "images");
+    let progress = Progress::new(&format!("Inception features of {what}"), images.labels.len() as u64, "images");
     let out = activations(net, images, batch, device, &mut |m| progress.inc(m as u64));
     progress.finish();
     out
@@ -83,23 +83,6 @@ impl Reference {
             stats_spatial: Stats::from_features(&a.spatial, SPATIAL_DIM)?,
             pool3: Some(a.pool3.clone()),
         })
-    }
-
-    /// The reference batch at `path`: its stored statistics (plus the pool features of its
-    /// images, where it has images, for precision/recall), or else the statistics of its
-    /// images. `features` computes the Inception activations of a set of images.
-    pub fn open(path: &Path, features: &mut dyn FnMut(&Images) -> Result<Activations>) -> Result<Self> {
-        match Self::read_stats(path)? {
-            Some(mut r) => {
-                if r.pool3.is_none()
-                    && let Ok(images) = crate::io::npz::read_npz(path)
-                {
-                    r.pool3 = Some(features(&images)?.pool3);
-                }
-                Ok(r)
-            }
-            None => Self::from_activations(&features(&crate::io::npz::read_npz(path)?)?),
-        }
     }
 
     /// Reads precomputed `mu`, `sigma`, `mu_s`, `sigma_s` (and `pool3` if saved) from an
@@ -133,6 +116,24 @@ impl Reference {
             None => None,
         };
         Ok(Some(Self { stats: Stats { mu, sigma }, stats_spatial: Stats { mu: mu_s, sigma: sigma_s }, pool3 }))
+    }
+
+    /// A reference `.npz`: precomputed statistics (with the images' pool features when it has
+    /// images too, for precision and recall), or images whose features are computed here.
+    pub fn load(path: &Path, net: &InceptionV3, batch: usize, device: &Device) -> Result<Self> {
+        let features = |images: &Images| activations_shown(net, images, batch, device, "the reference");
+        match Self::read_stats(path)? {
+            Some(mut r) => {
+                // FID uses the stored statistics; precision/recall need the images' features.
+                if r.pool3.is_none()
+                    && let Ok(images) = crate::io::npz::read_npz(path)
+                {
+                    r.pool3 = Some(features(&images)?.pool3);
+                }
+                Ok(r)
+            }
+            None => Self::from_activations(&features(&crate::io::npz::read_npz(path)?)?),
+        }
     }
 
     /// Saves the statistics (and pool features) for reuse as a reference.

@@ -186,8 +186,7 @@ impl Denoiser {
 
     /// Classifier-free guidance in one batched call, as the reference `forward_with_cfg`:
     /// the batch is [conditional half; null-class half]; the first half of `x` is used for
-    /// both; the first `guided` channels get uncond + s (cond - uncond) in both halves and the
-    /// other channels (the rest of eps, then the variance) pass through.
+    /// both, and the output is mixed by [`mix_guidance`].
     pub fn forward_with_cfg(
         &self,
         x: Tensor<4>,
@@ -198,15 +197,21 @@ impl Denoiser {
     ) -> Tensor<4> {
         let n = x.dims()[0];
         let half = x.narrow(0, 0, n / 2);
-        let out = self.forward(Tensor::cat(vec![half.clone(), half], 0), t, y);
-        let c = out.dims()[1];
-        let eps = out.clone().narrow(1, 0, guided);
-        let cond = eps.clone().narrow(0, 0, n / 2);
-        let uncond = eps.narrow(0, n / 2, n / 2);
-        let guided_eps = uncond.clone() + (cond - uncond) * scale;
-        let eps = Tensor::cat(vec![guided_eps.clone(), guided_eps], 0);
-        if guided == c { eps } else { Tensor::cat(vec![eps, out.narrow(1, guided, c - guided)], 1) }
+        mix_guidance(self.forward(Tensor::cat(vec![half.clone(), half], 0), t, y), scale, guided)
     }
+}
+
+/// The mixing of `forward_with_cfg` on an output of [conditional half; null-class half]: the
+/// first `guided` channels get uncond + s (cond - uncond) in both halves; the other channels
+/// (the rest of eps, then the variance) pass through.
+pub fn mix_guidance(out: Tensor<4>, scale: f64, guided: usize) -> Tensor<4> {
+    let [n, c, _, _] = out.dims();
+    let eps = out.clone().narrow(1, 0, guided);
+    let cond = eps.clone().narrow(0, 0, n / 2);
+    let uncond = eps.narrow(0, n / 2, n / 2);
+    let guided_eps = uncond.clone() + (cond - uncond) * scale;
+    let eps = Tensor::cat(vec![guided_eps.clone(), guided_eps], 0);
+    if guided == c { eps } else { Tensor::cat(vec![eps, out.narrow(1, guided, c - guided)], 1) }
 }
 
 pub(crate) fn default_cfg_channels(explicit: Option<usize>, in_channels: usize) -> usize {

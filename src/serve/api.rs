@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use super::jobs::{Job, State};
 use crate::classes::ClassNames;
-use crate::diffusion::NUM_TIMESTEPS;
+use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::Sampler;
+use crate::guidance::{Guidance, GuidanceInterval};
 use crate::model::ModelConfig;
 use crate::sample::{Classes, Settings, default_cfg_scale};
 
@@ -21,7 +22,7 @@ pub const DEFAULT_SAMPLER: &str = "dpm++";
 /// Images per request when a request says nothing.
 pub const DEFAULT_IMAGES: usize = 4;
 /// The samplers a request may name, as `udit sample --sampler` takes them.
-const SAMPLERS: [&str; 3] = ["ancestral", "ddim", "dpm++"];
+const SAMPLERS: [&str; 5] = ["ancestral", "ddim", "dpm++", "unipc", "heun"];
 
 /// What one request may ask for.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +38,8 @@ pub struct GenerateRequest {
     /// An index, or what `udit sample --class` takes: names, a comma-separated list, `random`.
     class: Option<Value>,
     cfg_scale: Option<f64>,
+    /// What `udit sample --guidance-interval` takes: `LO,HI` or `none`.
+    guidance_interval: Option<String>,
     sampler: Option<String>,
     steps: Option<usize>,
     eta: Option<f64>,
@@ -49,6 +52,7 @@ pub struct GenerateRequest {
 pub struct JobSettings {
     pub class: String,
     pub cfg_scale: f64,
+    pub guidance_interval: String,
     pub sampler: String,
     pub steps: usize,
     pub eta: f64,
@@ -81,17 +85,20 @@ impl GenerateRequest {
         if !(1..=limits.max_images).contains(&num_images) {
             bail!("num_images must be between 1 and {} on this server, got {num_images}", limits.max_images);
         }
+        let interval = GuidanceInterval::parse(self.guidance_interval.as_deref().unwrap_or("none"))?;
         let settings = Settings {
             sampler,
+            schedule: None,
             steps,
-            cfg_scale: self.cfg_scale.unwrap_or(default_cfg_scale(config)),
+            guidance: Guidance { scale: self.cfg_scale.unwrap_or(default_cfg_scale(config)), interval, channels: None },
             seed: self.seed.unwrap_or(0),
             classes: Classes::parse(&class, names, config.num_classes())?,
         };
-        settings.validate(config, NUM_TIMESTEPS)?;
+        settings.validate(config, &GaussianDiffusion::reference())?;
         let shown = JobSettings {
             class,
-            cfg_scale: settings.cfg_scale,
+            cfg_scale: settings.guidance.scale,
+            guidance_interval: settings.guidance.interval.to_string(),
             sampler: sampler_name,
             steps,
             eta,
@@ -176,6 +183,7 @@ pub fn model_info(
         "defaults": {
             "class": "random",
             "cfg_scale": default_cfg_scale(config),
+            "guidance_interval": "none",
             "sampler": DEFAULT_SAMPLER,
             "steps": sampler.default_steps().min(limits.max_steps),
             "eta": 0.0,

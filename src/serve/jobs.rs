@@ -70,6 +70,8 @@ pub struct Job {
     /// The request with its defaults filled in, as the API shows it.
     pub request: JobSettings,
     pub settings: Settings,
+    /// Denoiser calls per batch (Heun's 2N - 1 for N steps, else N).
+    calls: usize,
     /// The class of each image.
     pub labels: Vec<i64>,
     /// `out/<id>`, where its PNGs go.
@@ -100,7 +102,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Job {
-    pub fn new(id: String, request: JobSettings, settings: Settings, labels: Vec<i64>, dir: PathBuf) -> Self {
+    pub fn new(
+        id: String,
+        request: JobSettings,
+        settings: Settings,
+        calls: usize,
+        labels: Vec<i64>,
+        dir: PathBuf,
+    ) -> Self {
         let progress = Progress {
             state: State::Queued,
             step: 0,
@@ -114,6 +123,7 @@ impl Job {
             id,
             request,
             settings,
+            calls,
             labels,
             dir,
             progress: Mutex::new(progress),
@@ -127,7 +137,7 @@ impl Job {
 
     /// Denoiser calls of the whole job: one sampling run per batch.
     pub fn steps_total(&self) -> usize {
-        self.labels.len().div_ceil(DEFAULT_BATCH) * self.settings.steps
+        self.labels.len().div_ceil(DEFAULT_BATCH) * self.calls
     }
 
     pub fn progress(&self) -> Progress {
@@ -332,7 +342,7 @@ impl Worker {
         let settings = serde_json::to_vec_pretty(&job.request)?;
         crate::checkpoint::write_atomic(&job.dir.join("settings.json"), &settings)?;
         let g = self.model.generator(job.settings.clone(), self.device.clone());
-        let (count, steps) = (job.labels.len(), job.settings.steps);
+        let (count, steps) = (job.labels.len(), job.calls);
         for first in (0..count).step_by(DEFAULT_BATCH) {
             let n = DEFAULT_BATCH.min(count - first);
             let mut step = 0;

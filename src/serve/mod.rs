@@ -44,6 +44,7 @@ use api::{ApiError, GenerateRequest, JobStatus};
 use jobs::{Job, Queue, Worker};
 
 use crate::classes::ClassNames;
+use crate::diffusion::GaussianDiffusion;
 use crate::io::images::png_name;
 use crate::model::ModelConfig;
 use crate::sample::SamplingModel;
@@ -142,9 +143,10 @@ async fn generate(State(app): Shared, body: Bytes) -> Result<(StatusCode, Json<J
     let request = GenerateRequest::parse(&body).map_err(ApiError::bad_request)?;
     let (shown, settings) = request.resolve(&app.config, &app.names, app.limits).map_err(ApiError::bad_request)?;
     let labels = settings.labels(0, shown.num_images, app.config.num_classes());
+    let calls = settings.plan(&GaussianDiffusion::reference()).map_err(ApiError::bad_request)?.calls();
     let mut jobs = app.jobs.lock().unwrap_or_else(|e| e.into_inner());
     let id = std::iter::repeat_with(new_id).find(|id| !jobs.contains_key(id)).expect("endless");
-    let job = Arc::new(Job::new(id.clone(), shown, settings, labels, app.out.join(&id)));
+    let job = Arc::new(Job::new(id.clone(), shown, settings, calls, labels, app.out.join(&id)));
     if app.queue.push(job.clone()).is_err() {
         let why = format!("the queue is full ({} jobs wait already); try again later", app.queue.capacity);
         return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, why));

@@ -211,7 +211,7 @@ pub struct RecipeOverrides {
     #[arg(long)]
     pub warmup_steps: Option<u64>,
     /// Steps of linear learning-rate decay to 0 at the end of the run [recipe default: 0].
-    #[arg(long)]
+    #[arg(long, value_name = "STEPS")]
     pub cooldown_steps: Option<u64>,
     /// Clip the gradients' global L2 norm to this [recipe default: no clipping].
     #[arg(long)]

@@ -16,6 +16,7 @@ use crate::codec::Codec;
 use crate::data::{self, Dataset, HostBatch, Space};
 use crate::diffusion::samplers::Sampler;
 use crate::diffusion::{GaussianDiffusion, NUM_TIMESTEPS};
+use crate::guidance::Guidance;
 use crate::model::Denoiser;
 use crate::rng::{Stream, below, push_normals, unit_uniform};
 use crate::sample::{Classes, Generator, Settings};
@@ -198,8 +199,9 @@ impl Trainer {
             diffusion: GaussianDiffusion::reference(),
             settings: Settings {
                 sampler: Sampler::DpmSolverPp2M,
+                schedule: None,
                 steps: 25,
-                cfg_scale: if guided { cfg.sample_cfg_scale } else { 1.0 },
+                guidance: Guidance::everywhere(if guided { cfg.sample_cfg_scale } else { 1.0 }),
                 seed: 0,
                 classes: Classes::Listed(list.clone()),
             },
