@@ -95,7 +95,9 @@ fn ddim_loop_matches() {
     };
     let mut noise = NoiseStreams::new(0, 0, 4, [4, 8, 8]);
     let out = Sampler::Ddim { eta: 0.0 }
-        .sample(&GaussianDiffusion::linear(1000), 10, &mut model, start, &mut noise, &dev, &mut |_| Ok(()))
+        .plan(&GaussianDiffusion::linear(1000), 10, None)
+        .unwrap()
+        .run(&mut model, start, &mut noise, &dev, &mut |_| Ok(()))
         .unwrap();
     assert_close("ddim10_eta0.out", &out.into_data(), &io["ddim10_eta0.out"], 1e-4);
 }

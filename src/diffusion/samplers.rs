@@ -115,24 +115,6 @@ impl Sampler {
         };
         Ok(Plan { sampler: *self, schedule, grid, respaced })
     }
-
-    /// Runs `steps` steps of the sampler's own schedule from x_T (usually `noise.next()`),
-    /// returning x_0; `noise` supplies the fresh noise of stochastic samplers. `on_step` is
-    /// told after each call, with the current prediction of x_0; an error from it stops the
-    /// loop (a cancelled job) and is returned.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample(
-        &self,
-        base: &GaussianDiffusion,
-        steps: usize,
-        model: &mut ModelFn,
-        x: Tensor<4>,
-        noise: &mut NoiseStreams,
-        device: &Device,
-        on_step: &mut OnStep,
-    ) -> Result<Tensor<4>> {
-        self.plan(base, steps, None)?.run(model, x, noise, device, on_step)
-    }
 }
 
 /// A sampler with its steps laid out: where each model call is made.
@@ -168,7 +150,9 @@ impl Plan {
         self.call_times().len()
     }
 
-    /// Runs the plan from x_T; see [`Sampler::sample`].
+    /// Runs the plan from x_T (usually `noise.next()`), returning x_0; `noise` supplies the
+    /// fresh noise of stochastic samplers. `on_step` is told after each call, with the current
+    /// prediction of x_0; an error from it stops the loop (a cancelled job) and is returned.
     pub fn run(
         &self,
         model: &mut ModelFn,
