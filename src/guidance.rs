@@ -144,8 +144,16 @@ pub struct GuidedDenoiser<'a> {
 
 impl GuidedDenoiser<'_> {
     pub fn call(&mut self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        let time = t.clone().into_data().convert::<f32>().as_slice::<f32>().expect("f32")[0];
-        if !self.guidance.applies_at(self.process, time) {
+        // Guidance at every step needs no model time; otherwise read it (one value: the whole
+        // batch shares it), which on a GPU is a device-to-host copy per call.
+        let guided = match self.guidance.interval {
+            GuidanceInterval::Everywhere => self.guidance.scale > 1.0,
+            GuidanceInterval::Between(..) => {
+                let time = t.clone().into_data().convert::<f32>().as_slice::<f32>().expect("f32")[0];
+                self.guidance.applies_at(self.process, time)
+            }
+        };
+        if !guided {
             return (self.network)(x, t, self.labels.clone());
         }
         let n = x.dims()[0];
