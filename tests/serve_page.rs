@@ -105,10 +105,11 @@ fn the_page_generates_and_shows_images_in_headless_chromium() {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let n = client.execute(shown, vec![]).await.unwrap();
-                if n == json!(4) {
+                let status = client.find(Locator::Css("#status")).await.unwrap().text().await.unwrap();
+                // The previous job's images stay shown until this one ends: wait for both.
+                if n == json!(4) && status.starts_with("done in ") {
                     break;
                 }
-                let status = client.find(Locator::Css("#status")).await.unwrap().text().await.unwrap();
                 let error = client.find(Locator::Css("#error")).await.unwrap().text().await.unwrap();
                 assert!(Instant::now() < deadline, "images not shown after 60 s: {n} ({status}; {error})");
                 tokio::time::sleep(Duration::from_millis(200)).await;
