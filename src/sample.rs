@@ -11,6 +11,7 @@ use rand_core::RngCore;
 
 use crate::classes::ClassNames;
 use crate::codec::Codec;
+use crate::cost::Cost;
 use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::{OnStep, Plan, Sampler};
 use crate::diffusion::schedule::Schedule;
@@ -153,11 +154,31 @@ impl SamplingModel {
     pub fn image_shape(&self) -> Result<(usize, usize)> {
         self.codec.image_shape(self.config.in_channels(), self.config.input_size())
     }
+
+    /// Samples per batch of `udit sample` and `udit sweep` by default, and of `udit serve`
+    /// (batch shapes change float rounding: the same batches make them give the same bytes).
+    /// [`default_batch`] of the model's GMACs, at most 8 through a VAE (its decoder's
+    /// activations at 256x256 take about a GiB per 8 images).
+    pub fn default_batch(&self) -> usize {
+        let batch = default_batch(Cost::of(&self.config).macs as f64 * 1e-9);
+        match self.codec {
+            Codec::Vae(_) => batch.min(8),
+            Codec::None | Codec::Unshuffle2 => batch,
+        }
+    }
 }
 
-/// Samples per batch of `udit sample` (by default) and `udit serve`. Batch shapes change
-/// float rounding, so the same batches are what make the two give the same bytes.
-pub const DEFAULT_BATCH: usize = 8;
+/// GMACs of forward passes per batch that keep a CPU's cores busy with large enough GEMMs.
+const BATCH_GMACS: f64 = 256.0;
+/// The largest default batch: beyond it small models gain nothing.
+const MAX_BATCH: usize = 128;
+
+/// The largest power of two of `gmacs`-per-sample forward passes within [`BATCH_GMACS`], at
+/// most [`MAX_BATCH`]: U-DiT-B (22 GMACs) 8, U-DiT-S 32, the bundled model (0.085) 128.
+pub fn default_batch(gmacs: f64) -> usize {
+    let fits = (BATCH_GMACS / gmacs.max(1e-9)).clamp(1.0, MAX_BATCH as f64) as usize;
+    1 << fits.ilog2()
+}
 
 /// Draws samples `first..first + count` with one batched run.
 #[derive(Clone)]

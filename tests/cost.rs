@@ -65,3 +65,16 @@ fn token_downsampling_quarters_attention_cost() {
     let saved = 2 * (2 * n * n * 32 * 3 / 4) + 2 * (n * n * 2 * 3 / 4);
     assert_eq!(a.macs - b.macs, saved);
 }
+
+#[test]
+fn default_sampling_batch_follows_the_cost() {
+    let batch = |c: Cost| udit::sample::default_batch(c.macs as f64 * 1e-9);
+    // 256 GMACs a batch, in powers of two, 1 to 128.
+    assert_eq!(batch(cost("U-DiT-B")), 8); // 256 / 22.22 = 11.5
+    assert_eq!(batch(cost("U-DiT-S")), 32); // 42.4
+    assert_eq!(batch(cost("U-DiT-L")), 2); // 3.01
+    assert_eq!(batch(cost("DiT-XL/2")), 2); // 2.16
+    let bundled = std::fs::read_to_string("configs/fashion-mnist-udit.json").unwrap();
+    assert_eq!(batch(Cost::of(&ModelConfig::from_json(&bundled).unwrap())), 128); // 0.085 GMACs
+    assert_eq!(udit::sample::default_batch(300.0), 1);
+}

@@ -78,12 +78,20 @@ fn merge_npz_after_the_last_shard_and_with_missing_batches() {
     let dir = tempfile::tempdir().unwrap();
     let run = NpzRun { npz: dir.path().join("s.npz"), num_samples: 10, batch: 2 };
     assert!(format!("{:#}", merge_npz(&run).unwrap_err()).contains("nothing to merge"));
+    assert!(format!("{:#}", NpzRun::batch_of_parts(&run.npz).unwrap_err()).contains("nothing to merge"));
     let images = |n: usize| udit::io::Images { pixels: vec![7; n * 4], labels: vec![1; n], side: 2, channels: 1 };
     for b in [0, 2, 3] {
         run.save_part(b, &images(2)).unwrap();
     }
     let e = format!("{:#}", merge_npz(&run).unwrap_err());
     assert!(e.contains("2 of 5 batches are missing") && e.contains(": 1, 4 "), "{e}");
+    // Without --batch, the parts' names give it.
+    assert_eq!(NpzRun::batch_of_parts(&run.npz).unwrap(), 2);
+    let other = NpzRun { npz: run.npz.clone(), num_samples: 10, batch: 3 };
+    other.save_part(0, &images(3)).unwrap();
+    let e = format!("{:#}", NpzRun::batch_of_parts(&run.npz).unwrap_err());
+    assert!(e.contains("several --batch sizes [2, 3]"), "{e}");
+    std::fs::remove_file(other.parts_dir().join("batch-000000-of-000004-size-3.npz")).unwrap();
     for b in [1, 4] {
         run.save_part(b, &images(2)).unwrap();
     }

@@ -14,7 +14,7 @@ use crate::guidance::{Guidance, GuidanceInterval, parse_cfg_channels};
 use crate::io::npz::{NpzRun, parse_shard};
 use crate::model::{ModelChoice, ModelConfig};
 use crate::progress::plural;
-use crate::sample::{Classes, DEFAULT_BATCH, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs};
+use crate::sample::{Classes, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs};
 
 /// The model flags of `udit sample`, `udit serve` and `udit sweep`: weights, configuration
 /// and codec.
@@ -117,9 +117,10 @@ pub struct SampleArgs {
     /// Seed of every sample's noise (and random class): sample i is the same in any batch or shard.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Samples per batch (does not change the samples, only speed and memory).
-    #[arg(long, default_value_t = DEFAULT_BATCH)]
-    pub batch: usize,
+    /// Samples per batch (does not change the samples, only speed and memory). Default: from
+    /// the model's cost (U-DiT-B 8, U-DiT-S through a VAE 8, the bundled model 128).
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// How many samples.
     #[arg(long, default_value_t = 16)]
     pub num_samples: usize,
@@ -147,7 +148,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let schedule = a.schedule.as_deref().map(str::parse).transpose()?;
     let interval = GuidanceInterval::parse(&a.guidance_interval)?;
     let (shard, shards) = parse_shard(&a.shard)?;
-    if a.batch == 0 || a.num_samples == 0 {
+    if a.batch == Some(0) || a.num_samples == 0 {
         bail!("--batch and --num-samples must be at least 1");
     }
     let settings = Settings {
@@ -163,11 +164,12 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         classes: Classes::parse(&a.classes, &read.names, read.config.num_classes())?,
     };
     let loaded = read.load(&device)?;
+    let batch = a.batch.unwrap_or(loaded.default_batch());
     let g = loaded.generator(settings, device);
     g.validate()?;
     match a.npz {
         Some(npz) => {
-            let run = NpzRun { npz, num_samples: a.num_samples, batch: a.batch };
+            let run = NpzRun { npz, num_samples: a.num_samples, batch };
             if run_npz(&g, &run, shard, shards)? {
                 eprintln!("wrote {} samples to {}", a.num_samples, run.npz.display());
             } else {
@@ -175,7 +177,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             }
         }
         None => {
-            run_pngs(&g, &a.out, a.num_samples, a.batch, a.grid_cols, &loaded.names)?;
+            run_pngs(&g, &a.out, a.num_samples, batch, a.grid_cols, &loaded.names)?;
             eprintln!("wrote {} and grid.png to {}", plural(a.num_samples, "PNG"), a.out.display());
         }
     }
@@ -190,13 +192,18 @@ pub struct MergeArgs {
     /// The run's --num-samples.
     #[arg(long)]
     pub num_samples: usize,
-    /// The run's --batch (it names the parts).
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
+    /// The run's --batch (it names the parts). Default: the size the parts' names carry.
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 pub fn merge_npz(a: MergeArgs) -> Result<()> {
-    let run = NpzRun { npz: a.npz, num_samples: a.num_samples, batch: a.batch };
+    let batch = match a.batch {
+        Some(batch) => batch,
+        None if a.npz.is_file() => 1, // already merged: merge_npz says so
+        None => NpzRun::batch_of_parts(&a.npz)?,
+    };
+    let run = NpzRun { npz: a.npz, num_samples: a.num_samples, batch };
     eprintln!("{}", crate::io::npz::merge_npz(&run)?);
     Ok(())
 }

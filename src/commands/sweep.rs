@@ -39,9 +39,9 @@ pub struct SweepArgs {
     /// Samples per combination.
     #[arg(long, default_value_t = 1000)]
     pub num_samples: usize,
-    /// Samples per batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
+    /// Samples per batch. Default: from the model's cost, as `udit sample` (the bundled model 128).
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Classes of the samples: `all` (every class in turn, as balanced as the test set), a
     /// list, or `random`.
     #[arg(long = "class", default_value = "all")]
@@ -111,7 +111,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let settings = SweepSettings {
         model: a.model.ckpt.clone().unwrap_or_else(|| "the bundled model".to_string()),
         num_samples: a.num_samples,
-        batch: a.batch,
+        batch: a.batch.unwrap_or(loaded.default_batch()),
         seed: a.seed,
         classes: a.classes.clone(),
         meter: meter_name,

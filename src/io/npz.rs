@@ -31,6 +31,27 @@ impl NpzRun {
         self.npz.with_file_name(name)
     }
 
+    /// The batch size of the run whose parts are in `npz`'s parts folder (their names carry
+    /// it), for `udit merge-npz` without `--batch`.
+    pub fn batch_of_parts(npz: &Path) -> Result<usize> {
+        let dir = NpzRun { npz: npz.to_path_buf(), num_samples: 0, batch: 1 }.parts_dir();
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("nothing to merge: cannot read {}", dir.display()))?;
+        let mut sizes: Vec<usize> = entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("batch-")?.strip_suffix(".npz")?.rsplit_once("-size-")?.1.parse().ok()
+            })
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        match sizes[..] {
+            [batch] => Ok(batch),
+            [] => bail!("nothing to merge: {} holds no batches", dir.display()),
+            _ => bail!("{} holds batches of runs with several --batch sizes {sizes:?}: give --batch", dir.display()),
+        }
+    }
+
     pub fn num_batches(&self) -> usize {
         self.num_samples.div_ceil(self.batch)
     }

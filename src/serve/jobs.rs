@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::api::JobSettings;
 use crate::io::images::{png_bytes, write_pngs};
-use crate::sample::{DEFAULT_BATCH, Generator, SamplingModel, Settings};
+use crate::sample::{Generator, SamplingModel, Settings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +70,8 @@ pub struct Job {
     /// The request with its defaults filled in, as the API shows it.
     pub request: JobSettings,
     pub settings: Settings,
+    /// Images per sampling run (the model's default batch, as `udit sample`).
+    batch: usize,
     /// Denoiser calls per batch (Heun's 2N - 1 for N steps, else N).
     calls: usize,
     /// The class of each image.
@@ -106,6 +108,7 @@ impl Job {
         id: String,
         request: JobSettings,
         settings: Settings,
+        batch: usize,
         calls: usize,
         labels: Vec<i64>,
         dir: PathBuf,
@@ -123,6 +126,7 @@ impl Job {
             id,
             request,
             settings,
+            batch,
             calls,
             labels,
             dir,
@@ -137,7 +141,7 @@ impl Job {
 
     /// Denoiser calls of the whole job: one sampling run per batch.
     pub fn steps_total(&self) -> usize {
-        self.labels.len().div_ceil(DEFAULT_BATCH) * self.calls
+        self.labels.len().div_ceil(self.batch) * self.calls
     }
 
     pub fn progress(&self) -> Progress {
@@ -343,8 +347,8 @@ impl Worker {
         crate::checkpoint::write_atomic(&job.dir.join("settings.json"), &settings)?;
         let g = self.model.generator(job.settings.clone(), self.device.clone());
         let (count, steps) = (job.labels.len(), job.calls);
-        for first in (0..count).step_by(DEFAULT_BATCH) {
-            let n = DEFAULT_BATCH.min(count - first);
+        for first in (0..count).step_by(job.batch) {
+            let n = job.batch.min(count - first);
             let mut step = 0;
             let images = g.generate(first, n, &mut |x0| {
                 step += 1;

@@ -74,6 +74,8 @@ struct App {
     limits: Limits,
     out: PathBuf,
     model_info: Value,
+    /// Images per sampling run: the model's default batch, so a job's PNGs are `udit sample`'s.
+    batch: usize,
 }
 
 type Shared = State<Arc<App>>;
@@ -92,6 +94,7 @@ pub fn run(model: SamplingModel, device: Device, opts: Options) -> Result<()> {
         names: model.names.clone(),
         limits: opts.limits,
         out: opts.out,
+        batch: model.default_batch(),
     });
     Worker { model, device, preview_every: opts.preview_every, abandon_after: opts.abandon_after }.spawn(queue)?;
     eprintln!("serving on http://{addr} (Ctrl-C stops)");
@@ -146,7 +149,7 @@ async fn generate(State(app): Shared, body: Bytes) -> Result<(StatusCode, Json<J
     let calls = settings.plan(&GaussianDiffusion::reference()).map_err(ApiError::bad_request)?.calls();
     let mut jobs = app.jobs.lock().unwrap_or_else(|e| e.into_inner());
     let id = std::iter::repeat_with(new_id).find(|id| !jobs.contains_key(id)).expect("endless");
-    let job = Arc::new(Job::new(id.clone(), shown, settings, calls, labels, app.out.join(&id)));
+    let job = Arc::new(Job::new(id.clone(), shown, settings, app.batch, calls, labels, app.out.join(&id)));
     if app.queue.push(job.clone()).is_err() {
         let why = format!("the queue is full ({} jobs wait already); try again later", app.queue.capacity);
         return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, why));
