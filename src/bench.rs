@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
@@ -21,12 +21,20 @@ pub struct BenchResult {
 }
 
 /// Times `iters` calls after `warmup` untimed ones. Forward uses the merged inference form;
-/// `train` times forward + MSE loss + backward + AdamW step on the training form.
-pub fn run(cfg: &ModelConfig, batch: usize, train: bool, warmup: usize, iters: usize, device: &Device) -> BenchResult {
+/// `train` times forward + MSE loss + backward + AdamW step on the training form, the batch
+/// split into `grad_accum` forward/backward rounds (`batch` must be a multiple).
+pub fn run(
+    cfg: &ModelConfig,
+    batch: usize,
+    train: bool,
+    grad_accum: usize,
+    (warmup, iters): (usize, usize),
+    device: &Device,
+) -> BenchResult {
     let what = if train { "timing training steps" } else { "timing forward passes" };
     let progress = Progress::new(what, (warmup + iters) as u64, "runs");
     let s = cfg.input_size();
-    let inputs = |device: &Device| {
+    let inputs = |batch: usize, device: &Device| {
         let x = Tensor::<4>::random([batch, cfg.in_channels(), s, s], Distribution::Normal(0.0, 1.0), device);
         let t = Tensor::<1>::random([batch], Distribution::Uniform(0.0, 999.0), device);
         let y = Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, cfg.num_classes() as f64), device);
@@ -37,19 +45,25 @@ pub fn run(cfg: &ModelConfig, batch: usize, train: bool, warmup: usize, iters: u
         let mut model = Denoiser::new(cfg, FfnForm::Train, &device);
         let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
         timings(warmup, iters, &progress, &mut || {
-            let (x, t, y) = inputs(&device);
+            let micro = batch / grad_accum;
+            let rounds: Vec<_> = (0..grad_accum).map(|_| inputs(micro, &device)).collect();
             let start = Instant::now();
-            let out = model.forward(x.clone(), t, y);
-            let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-4, model.clone(), grads);
-            let _ = loss.into_data(); // wait for the step to finish
+            let mut acc = GradientsAccumulator::<Denoiser>::new();
+            let mut losses = Vec::new();
+            for (x, t, y) in rounds {
+                let out = model.forward(x.clone(), t, y);
+                let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean() / grad_accum as f64;
+                acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+                losses.push(loss);
+            }
+            model = optim.step(1e-4, model.clone(), acc.grads());
+            let _ = Tensor::cat(losses, 0).into_data(); // wait for the step to finish
             start.elapsed().as_secs_f64()
         })
     } else {
         let model = Denoiser::new(cfg, FfnForm::Train, device).merged();
         timings(warmup, iters, &progress, &mut || {
-            let (x, t, y) = inputs(device);
+            let (x, t, y) = inputs(batch, device);
             let start = Instant::now();
             let _ = model.forward(x, t, y).into_data();
             start.elapsed().as_secs_f64()

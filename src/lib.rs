@@ -16,6 +16,7 @@ pub mod hub;
 pub mod io;
 pub mod kernels;
 pub mod model;
+pub mod precision;
 pub mod progress;
 pub mod rng;
 pub mod sample;

@@ -1,5 +1,6 @@
 //! The fused attention op (forward and its own backward) against the same attention in
 //! burn's generic ops: output, the gradient of the q/k/v map and of the logit scales.
+#![cfg(not(feature = "cuda"))]
 
 mod common;
 

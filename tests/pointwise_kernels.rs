@@ -1,5 +1,6 @@
 //! The fused GELU, adaLN pre-norm, gated residual and 1x1 convolution (forward and their own backward)
 //! against the same ops in burn's generic tensor ops: output and every input gradient.
+#![cfg(not(feature = "cuda"))]
 
 mod common;
 

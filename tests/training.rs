@@ -24,7 +24,7 @@ fn adamw_and_ema_match_a_hand_computed_update() {
     let w0 = [0.5f64, -1.0, 2.0];
     let xs = [[1.0f64, -2.0, 0.25], [-0.5, 3.0, 0.0]];
     let mut model = Weights { w: Param::from_tensor(Tensor::from_data(TensorData::from(w0.map(|v| v as f32)), &dev)) };
-    let mut state = OptimState::new(&model);
+    let mut state = OptimState::new(&model, udit::precision::Precision::F32);
     let hyper = AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
     let (lr, decay) = (0.1, 0.9);
     for x in xs {
@@ -60,7 +60,7 @@ fn adamw_and_ema_match_a_hand_computed_update() {
 fn clipping_scales_the_gradient_to_the_max_norm() {
     let dev = Device::flex().autodiff();
     let model = Weights { w: Param::from_tensor(Tensor::from_data(TensorData::from([0.0f32, 0.0]), &dev)) };
-    let mut state = OptimState::new(&model);
+    let mut state = OptimState::new(&model, udit::precision::Precision::F32);
     let input = Tensor::<1>::from_data(TensorData::from([3.0f32, 4.0]), &dev);
     let grads = GradientsParams::from_grads((model.w.val() * input).sum().backward(), &model);
     let (_, norm) = state.step(model, grads, &AdamW::default(), 1e-3, Some(1.0), 0.5);

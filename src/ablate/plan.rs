@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cost::Cost;
 use crate::model::ModelConfig;
+use crate::precision::Precision;
 use crate::progress::plural;
 use crate::train::{RecipeOverrides, RunOverrides, TrainConfig};
 
@@ -60,6 +61,8 @@ pub struct PlanRecipe {
     pub grad_clip: Option<f64>,
     pub weight_decay: Option<f64>,
     pub ema_decay: Option<f64>,
+    /// f32 (default), bf16 or f16: the compute precision of every run.
+    pub precision: Option<Precision>,
     #[serde(default)]
     pub no_hflip: bool,
     /// Every entry trains once per seed.
@@ -281,6 +284,7 @@ impl PlanRecipe {
             ema_decay: self.ema_decay,
             no_hflip: self.no_hflip,
             seed: Some(seed),
+            precision: self.precision,
         };
         let mut cfg = recipe.recipe_of(model)?;
         let run = RunOverrides {

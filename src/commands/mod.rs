@@ -13,11 +13,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use clap::Args;
 
 use crate::checkpoint::{self, read_weights};
 use crate::cost::Cost;
 use crate::model::{Denoiser, ModelChoice};
+use crate::precision::{Precision, autocast};
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -84,18 +86,29 @@ pub struct ForwardArgs {
     #[arg(long)]
     pub inputs: PathBuf,
     /// Where to write `out`.
+    #[arg(long, required_unless_present = "expect")]
+    pub output: Option<PathBuf>,
+    /// Compare `out` with this tensor of --inputs (e.g. `out_eval` of a fixture): prints the
+    /// largest difference relative to its largest value, and fails above --tolerance.
     #[arg(long)]
-    pub output: PathBuf,
+    pub expect: Option<String>,
+    /// The largest relative difference --expect accepts.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f32,
     /// Run the re-parametrized FFN in its training form instead of merging it.
     #[arg(long)]
     pub train_form: bool,
     /// Classifier-free guidance scale: the batch is [conditional; null-class] halves.
     #[arg(long)]
     pub cfg_scale: Option<f64>,
+    /// Compute precision of the matmul-like ops: f32, bf16 or f16 (autocast; weights stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
     let device = crate::default_device();
+    let _autocast = autocast(a.precision);
     let weights = read_weights(&a.weights, a.entry.as_deref())?;
     let cfg = a.model.resolve(weights.config.as_ref())?;
     let mut model = checkpoint::load_denoiser(&cfg, &weights, &device)?;
@@ -117,10 +130,33 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
         }
         None => model.forward(x, t, y),
     };
-    let out = checkpoint::StateDict::from([("out".to_string(), out.into_data())]);
-    checkpoint::write_safetensors(&a.output, &out, vec![])?;
-    eprintln!("wrote out {:?} to {}", out["out"].shape().to_vec(), a.output.display());
+    let out = out.into_data();
+    if let Some(key) = &a.expect {
+        let expected = inputs.get(key).with_context(|| format!("--inputs has no tensor {key:?}"))?;
+        let e = relative_max_error(&out, expected)?;
+        println!("out vs {key} ({}): largest difference {e:.2e} of the largest value", a.precision);
+        if !(e <= a.tolerance) {
+            bail!("out differs from {key} by {e:.2e}, over the tolerance {:.0e}", a.tolerance);
+        }
+    }
+    if let Some(path) = &a.output {
+        let shape = out.shape().to_vec();
+        checkpoint::write_safetensors(path, &checkpoint::StateDict::from([("out".to_string(), out)]), vec![])?;
+        eprintln!("wrote out {shape:?} to {}", path.display());
+    }
     Ok(())
+}
+
+/// max |ours - reference| over max |reference| (the fixtures' tolerance measure).
+pub fn relative_max_error(ours: &TensorData, reference: &TensorData) -> Result<f32> {
+    if ours.shape() != reference.shape() {
+        bail!("shapes differ: {:?} vs {:?}", ours.shape(), reference.shape());
+    }
+    let values = |d: &TensorData| d.try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("not f32 values: {e:?}"));
+    let (a, b) = (values(ours)?, values(reference)?);
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max).max(1e-30);
+    Ok(diff / scale)
 }
 
 #[derive(Args)]
@@ -186,6 +222,9 @@ pub struct BenchArgs {
     /// Time forward + backward + AdamW step instead of the forward pass.
     #[arg(long)]
     pub train: bool,
+    /// With --train: split the batch into this many forward/backward rounds (less memory).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
     /// Timed runs (best and median are reported).
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
@@ -199,12 +238,19 @@ pub struct BenchArgs {
     /// for these step counts, e.g. `--sample-steps 250,25`.
     #[arg(long, value_delimiter = ',')]
     pub sample_steps: Vec<usize>,
+    /// Compute precision of the matmul-like ops: f32, bf16 or f16 (autocast; weights stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     let cfg = a.model.resolve(None)?;
+    let _autocast = autocast(a.precision);
     if a.batch == 0 || a.iters == 0 {
         bail!("--batch and --iters must be at least 1");
+    }
+    if a.grad_accum == 0 || a.batch % a.grad_accum != 0 {
+        bail!("--grad-accum must divide --batch ({}), got {}", a.batch, a.grad_accum);
     }
     if !a.sample_steps.is_empty() {
         let c = crate::bench::sample_cost(&cfg, a.batch, a.warmup, a.iters, &crate::default_device());
@@ -217,13 +263,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = crate::bench::run(&cfg, a.batch, a.train, a.warmup, a.iters, &crate::default_device());
+    let r = crate::bench::run(&cfg, a.batch, a.train, a.grad_accum, (a.warmup, a.iters), &crate::default_device());
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         let what = if a.train { "train step" } else { "forward" };
+        let precision = if a.precision == Precision::F32 { String::new() } else { format!(" {}", a.precision) };
         println!(
-            "{what} batch {}: best {:.1} ms, median {:.1} ms over {} runs, {:.1} GFLOP/s",
+            "{what} batch {}{precision}: best {:.1} ms, median {:.1} ms over {} runs, {:.1} GFLOP/s",
             a.batch, r.best_ms, r.median_ms, r.iters, r.gflops
         );
     }

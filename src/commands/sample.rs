@@ -13,6 +13,7 @@ use crate::diffusion::samplers::Sampler;
 use crate::guidance::{Guidance, GuidanceInterval, parse_cfg_channels};
 use crate::io::npz::{NpzRun, parse_shard};
 use crate::model::{ModelChoice, ModelConfig};
+use crate::precision::{Precision, autocast};
 use crate::progress::plural;
 use crate::sample::{Classes, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs};
 
@@ -137,12 +138,16 @@ pub struct SampleArgs {
     /// i/n: run only batches b with b mod n = i (then `udit merge-npz`, or the last shard merges).
     #[arg(long, default_value = "0/1")]
     pub shard: String,
+    /// Compute precision of the matmul-like ops: f32, bf16 or f16 (autocast; weights stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 /// `udit sample`: loads the weights (the bundled model by default) with their stored
 /// configuration, codec and class names, then writes PNGs and a grid, or an `.npz` shard.
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = crate::default_device();
+    let _autocast = autocast(a.precision);
     let read = a.model.read()?;
     let sampler = Sampler::named(&a.sampler, a.eta)?;
     let schedule = a.schedule.as_deref().map(str::parse).transpose()?;

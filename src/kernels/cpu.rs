@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 /// Whether `x` can take the fused CPU path.
 pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
-    !cfg!(feature = "cuda") && !x.is_autodiff()
+    !cfg!(feature = "cuda") && !x.is_autodiff() && crate::precision::current() == crate::precision::Precision::F32
 }
 
 /// The attention of paper Sec. 3.2 on a `[B, 3D, H, W]` map of q, k, v channels.

@@ -2,19 +2,20 @@
 //! fused CPU kernels are tested against.
 
 use burn::prelude::*;
-use burn::tensor::module::attention as sdpa;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use super::cpu::Gelu;
 use super::{AttnSpec, LOGIT_SCALE_MAX};
 use crate::model::layers::{layer_norm_2d, modulate_2d};
+use crate::precision;
 
 /// A 1x1 convolution as one batched matmul: its backward is two matmuls, where burn's
 /// generic conv backward takes a transposed convolution.
+/// Its product runs in the current [`precision`].
 pub fn conv1x1(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     let o = weight.dims()[0];
-    let out = weight.reshape([1, o, c]).matmul(x.reshape([n, c, h * w])) + bias.reshape([1, o, 1]);
+    let product = precision::input(weight.reshape([1, o, c])).matmul(precision::input(x.reshape([n, c, h * w])));
+    let out = precision::output(product) + bias.reshape([1, o, 1]);
     out.reshape([n, o, h, w])
 }
 
@@ -36,8 +37,8 @@ pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
     x + gate.unsqueeze_dims::<4>(&[2, 3]) * y
 }
 
-/// The same attention in burn's generic ops (the CUDA path, and the reference the fused
-/// kernels are tested against).
+/// The same attention in burn's generic ops (the CUDA path, mixed precision, and the
+/// reference the fused kernels are tested against).
 pub fn attention(qkv: Tensor<4>, logit_scale: Option<Tensor<3>>, spec: AttnSpec) -> Tensor<4> {
     let [b, d3, h, w] = qkv.dims();
     let (r, heads) = (spec.r, spec.heads);
@@ -67,8 +68,7 @@ pub fn attention(qkv: Tensor<4>, logit_scale: Option<Tensor<3>>, spec: AttnSpec)
         }
         _ => spec.scale as f64,
     };
-    let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
-    let out = sdpa(q, k, v, None, None, options); // [b r r, heads, n, hd]
+    let out = super::dot_product_attention(q, k, v, scale); // [b r r, heads, n, hd]
     // 'b (dh dw) he (hr wr) hd -> b (he hd) (hr dh) (wr dw)'
     out.reshape([b, r, r, heads, hr, wr, hd]).permute([0, 3, 6, 4, 1, 5, 2]).reshape([b, d, h, w])
 }

@@ -22,6 +22,8 @@ macro_rules! register {
 pub mod attention;
 #[cfg(not(feature = "cuda"))]
 pub mod conv1x1;
+// A CUDA build runs none of the CPU kernels; `Gelu` and `applies` are all it uses here.
+#[cfg_attr(feature = "cuda", allow(dead_code))]
 pub mod cpu;
 #[cfg(not(feature = "cuda"))]
 pub mod depthwise;
@@ -35,12 +37,13 @@ use burn::prelude::*;
 
 pub use cpu::Gelu;
 
-/// Which of the two implementations runs: the fused CPU kernel, or burn's generic ops.
+/// Which of the two implementations runs: the fused CPU kernel (f32 only), or burn's generic
+/// ops (CUDA, and mixed precision, [`crate::precision`]).
 macro_rules! fused_or_generic {
     ($fused:expr, $generic:expr) => {{
         #[cfg(not(feature = "cuda"))]
         {
-            $fused
+            if crate::precision::current() == crate::precision::Precision::F32 { $fused } else { $generic }
         }
         #[cfg(feature = "cuda")]
         {
@@ -68,6 +71,15 @@ pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor
 /// `x + gate * y` with a `[B, C]` gate: adaLN-Zero's gated residual.
 pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
     fused_or_generic!(pointwise::add_gated(x, gate, y), generic::add_gated(x, gate, y))
+}
+
+/// Softmax attention of `[B, heads, N, hd]` queries, keys and values with logits
+/// `scale * q.k`, through burn's fused attention (flash attention where the backend has it),
+/// in the current [`crate::precision`] (f32 out).
+pub fn dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    use crate::precision::{input, output};
+    let options = burn::tensor::ops::AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+    output(burn::tensor::module::attention(input(q), input(k), input(v), None, None, options))
 }
 
 /// Largest log temperature of cosine attention, ln(100) as the reference writes it.

@@ -6,13 +6,11 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, layer_norm_dim};
 use super::{default_cfg_channels, defaults, flag, validate_common};
-use crate::kernels::{Gelu, gelu};
+use crate::kernels::{Gelu, dot_product_attention, gelu};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -140,8 +138,7 @@ impl Attention {
         let qkv = self.qkv.forward(x).reshape([n, t, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
         let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([n, self.heads, t, hd]));
         let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let options = AttentionModuleOptions { scale: Some((hd as f64).powf(-0.5)), softcap: None, is_causal: false };
-        let out = attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([n, t, d]);
+        let out = dot_product_attention(q, k, v, (hd as f64).powf(-0.5)).swap_dims(1, 2).reshape([n, t, d]);
         self.proj.forward(out)
     }
 }

@@ -14,6 +14,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
+use crate::precision::{self, Precision};
+
 /// Fresh-weight initialisation, as the reference `initialize_weights` does it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
@@ -62,7 +64,8 @@ impl Linear {
         if crate::kernels::cpu::applies(&x) {
             return crate::kernels::cpu::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
         }
-        let y = x.matmul(self.weight.val().transpose().unsqueeze());
+        let weight = precision::input(self.weight.val().transpose().unsqueeze());
+        let y = precision::output(precision::input(x).matmul(weight));
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,
@@ -127,7 +130,7 @@ impl Conv2d {
             return conv2d_same(x, weight, bias, self.groups);
         }
         let (s, pad) = (self.stride, self.kernel_size().saturating_sub(self.stride) / 2);
-        conv2d(x, weight, bias, ConvOptions::new([s, s], [pad, pad], [1, 1], self.groups))
+        conv2d_in_precision(x, weight, bias, ConvOptions::new([s, s], [pad, pad], [1, 1], self.groups))
     }
 }
 
@@ -135,7 +138,7 @@ impl Conv2d {
 /// [`crate::kernels`] (fused CPU kernels with their own backward unless the backend is CUDA).
 pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, groups: usize) -> Tensor<4> {
     #[cfg(not(feature = "cuda"))]
-    if groups > 1 && groups == x.dims()[1] && weight.dims()[0] == groups {
+    if groups > 1 && groups == x.dims()[1] && weight.dims()[0] == groups && precision::current() == Precision::F32 {
         let bias = bias.unwrap_or_else(|| Tensor::zeros([groups], &x.device()));
         return crate::kernels::depthwise::depthwise_conv2d(x, weight, bias);
     }
@@ -143,7 +146,19 @@ pub fn conv2d_same(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, gro
         return crate::kernels::conv1x1(x, weight, bias);
     }
     let pad = (weight.dims()[3] - 1) / 2;
-    conv2d(x, weight, bias, ConvOptions::new([1, 1], [pad, pad], [1, 1], groups))
+    conv2d_in_precision(x, weight, bias, ConvOptions::new([1, 1], [pad, pad], [1, 1], groups))
+}
+
+/// burn's convolution in the current precision (f32 bias added after the product).
+fn conv2d_in_precision(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
+    if precision::current() == Precision::F32 {
+        return conv2d(x, weight, bias, options);
+    }
+    let y = precision::output(conv2d(precision::input(x), precision::input(weight), None, options));
+    match bias {
+        Some(b) => y + b.unsqueeze_dims(&[0, 2, 3]),
+        None => y,
+    }
 }
 
 /// The 256-frequency sinusoid of GLIDE/ADM, cosines first (reference `timestep_embedding`).

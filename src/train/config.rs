@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::AdamW;
 use crate::data::{self, Dataset};
 use crate::model::{ModelChoice, ModelConfig};
+use crate::precision::Precision;
 
 /// Where the training samples come from.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -75,6 +76,9 @@ pub struct TrainConfig {
     pub sample_every: u64,
     /// Guidance scale of the sample grids.
     pub sample_cfg_scale: f64,
+    /// Compute precision of the matmul-like ops (weights, moments and EMA stay f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -102,6 +106,7 @@ impl TrainConfig {
             keep_last: 0,
             sample_every: 0,
             sample_cfg_scale: crate::sample::PAPER_CFG_SCALE,
+            precision: Precision::F32,
         }
     }
 
@@ -229,6 +234,11 @@ pub struct RecipeOverrides {
     /// [recipe default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Compute precision of the matmul-like ops: f32, bf16 (linears, convolutions and
+    /// attention on bfloat16 inputs, as PyTorch's autocast) or f16 (the same, with dynamic
+    /// loss scaling); weights, AdamW moments and EMA stay f32 [recipe default: f32].
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 impl RecipeOverrides {
@@ -246,6 +256,7 @@ impl RecipeOverrides {
             || self.ema_decay.is_some()
             || self.no_hflip
             || self.seed.is_some()
+            || self.precision.is_some()
     }
 
     /// The recipe of a new run: `base` (a recipe file) or else the reference recipe of the
@@ -289,6 +300,7 @@ impl RecipeOverrides {
         set(&mut cfg.adamw.weight_decay, self.weight_decay);
         set(&mut cfg.ema_decay, self.ema_decay);
         set(&mut cfg.seed, self.seed);
+        set(&mut cfg.precision, self.precision);
         cfg.grad_clip = self.grad_clip.or(cfg.grad_clip);
         cfg.hflip &= !self.no_hflip;
         cfg

@@ -9,6 +9,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use crate::checkpoint::{PathStack, key_of};
+use crate::precision::{LossScaler, Precision};
 
 /// AdamW hyper-parameters (reference recipe: lr 1e-4, betas (0.9, 0.999), no weight decay;
 /// eps is PyTorch's default).
@@ -43,11 +44,15 @@ pub struct OptimState {
     /// Optimizer steps taken.
     pub step: u64,
     pub params: BTreeMap<String, ParamState>,
+    /// f16 training's loss scale: the gradients handed to [`OptimState::step`] are the loss
+    /// gradients times its scale.
+    pub loss_scaler: Option<LossScaler>,
 }
 
 impl OptimState {
-    /// Zero moments, and an EMA initialised to the model's weights (reference `train.py`).
-    pub fn new<M: Module>(model: &M) -> Self {
+    /// Zero moments, and an EMA initialised to the model's weights (reference `train.py`);
+    /// a loss scaler when training in `precision` needs one.
+    pub fn new<M: Module>(model: &M, precision: Precision) -> Self {
         struct Init(PathStack, BTreeMap<String, ParamState>);
         impl ModuleVisitor for Init {
             fn enter_module(&mut self, name: &str, container: &str) {
@@ -64,13 +69,15 @@ impl OptimState {
         }
         let mut init = Init(PathStack::default(), BTreeMap::new());
         model.visit(&mut init);
-        Self { step: 0, params: init.1 }
+        Self { step: 0, params: init.1, loss_scaler: LossScaler::of(precision) }
     }
 
     /// One AdamW step at learning rate `lr` on `grads` (scaled down first so that their
     /// global L2 norm is at most `clip`, when given), then the EMA update with `ema_decay`.
     /// Returns the updated model and the gradients' global norm before clipping (computed
-    /// only when clipping).
+    /// when clipping or loss scaling). With a loss scaler the gradients are unscaled first,
+    /// and a step whose gradients are not finite changes no weight, moment or EMA (the step
+    /// count still advances: it is the run's position).
     pub fn step<M: Module>(
         &mut self,
         model: M,
@@ -80,12 +87,19 @@ impl OptimState {
         clip: Option<f64>,
         ema_decay: f64,
     ) -> (M, Option<f64>) {
-        let norm = clip.map(|_| grad_norm(&model, &grads));
-        let scale = match (clip, norm) {
-            (Some(max), Some(n)) if n > max => max / (n + 1e-6),
-            _ => 1.0,
-        };
+        let unscale = self.loss_scaler.map_or(1.0, |s| 1.0 / s.scale);
+        let norm = (clip.is_some() || self.loss_scaler.is_some()).then(|| grad_norm(&model, &grads) * unscale);
         self.step += 1;
+        if let Some(scaler) = &mut self.loss_scaler
+            && !scaler.update(norm.is_some_and(f64::is_finite))
+        {
+            return (model, norm);
+        }
+        let scale = unscale
+            * match (clip, norm) {
+                (Some(max), Some(n)) if n > max => max / (n + 1e-6),
+                _ => 1.0,
+            };
         let mut mapper = Step {
             path: PathStack::default(),
             state: &mut self.params,

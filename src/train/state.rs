@@ -12,6 +12,7 @@ use super::TrainConfig;
 use super::optim::{OptimState, ParamState};
 use crate::checkpoint::{self, StateDict};
 use crate::model::{Denoiser, FfnForm};
+use crate::precision::LossScaler;
 
 /// Model, optimizer and EMA at some step, with the configuration that produced them.
 pub struct TrainState {
@@ -30,13 +31,14 @@ const EXP_AVG_SQ: &str = "opt.exp_avg_sq.";
 const TRAIN_METADATA_KEY: &str = "udit_train";
 const STEP_METADATA_KEY: &str = "udit_step";
 const SECONDS_METADATA_KEY: &str = "udit_seconds";
+const LOSS_SCALER_METADATA_KEY: &str = "udit_loss_scaler";
 
 impl TrainState {
     /// A fresh model (seeded initialisation) and optimizer on the autodiff device `device`.
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         config.validate()?;
         let model = crate::rng::seeded(device, config.seed, || Denoiser::new(&config.model, FfnForm::Train, device));
-        let optim = OptimState::new(&model);
+        let optim = OptimState::new(&model, config.precision);
         Ok(Self { config, model, optim, seconds: 0.0 })
     }
 
@@ -93,6 +95,9 @@ impl TrainState {
         meta.push((TRAIN_METADATA_KEY.into(), serde_json::to_string(&self.config)?));
         meta.push((STEP_METADATA_KEY.into(), self.optim.step.to_string()));
         meta.push((SECONDS_METADATA_KEY.into(), self.seconds.to_string()));
+        if let Some(scaler) = &self.optim.loss_scaler {
+            meta.push((LOSS_SCALER_METADATA_KEY.into(), serde_json::to_string(scaler)?));
+        }
         checkpoint::write_safetensors(path, &tensors, meta)
     }
 
@@ -128,6 +133,12 @@ impl TrainState {
                 },
             );
         }
-        Ok(Self { config, model, optim: OptimState { step, params }, seconds })
+        let loss_scaler = match w.metadata.get(LOSS_SCALER_METADATA_KEY) {
+            Some(s) => {
+                Some(serde_json::from_str(s).with_context(|| format!("{}: invalid loss scaler", path.display()))?)
+            }
+            None => LossScaler::of(config.precision), // checkpoints of runs in f32 or bf16
+        };
+        Ok(Self { config, model, optim: OptimState { step, params, loss_scaler }, seconds })
     }
 }

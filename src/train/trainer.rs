@@ -18,6 +18,7 @@ use crate::diffusion::samplers::Sampler;
 use crate::diffusion::{GaussianDiffusion, NUM_TIMESTEPS};
 use crate::guidance::Guidance;
 use crate::model::Denoiser;
+use crate::precision::autocast;
 use crate::rng::{Stream, below, push_normals, unit_uniform};
 use crate::sample::{Classes, Generator, Settings};
 
@@ -122,7 +123,8 @@ impl Trainer {
     }
 
     /// Gradients of the mean loss over samples `first..first + count` of `batch`, in
-    /// `grad_accum` rounds (each round's loss is scaled so that the sum is the mean).
+    /// `grad_accum` rounds (each round's loss is scaled so that the sum is the mean), times
+    /// the loss scale in f16.
     pub fn gradients(&self, batch: &HostBatch, first: usize, count: usize) -> Result<(GradientsParams, StepStats)> {
         let cfg = &self.state.config;
         let rounds = cfg.grad_accum;
@@ -135,7 +137,8 @@ impl Trainer {
         for r in 0..rounds {
             let (loss, mse, vb) = self.losses(batch, first + r * micro, micro)?;
             let scale = micro as f64 / count as f64;
-            let loss = loss.mean() * scale;
+            let loss_scale = self.state.optim.loss_scaler.map_or(1.0, |s| s.scale);
+            let loss = loss.mean() * (scale * loss_scale);
             stats.mse += mse.mean().into_scalar::<f32>() as f64 * scale;
             stats.vb += vb.mean().into_scalar::<f32>() as f64 * scale;
             let grads = GradientsParams::from_grads(loss.backward(), &self.state.model);
@@ -178,7 +181,10 @@ impl Trainer {
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [count]), dev);
         let t =
             Tensor::<1>::from_data(TensorData::new(d.t.iter().map(|&v| v as f32).collect::<Vec<_>>(), [count]), dev);
-        let out = self.state.model.forward(x_t.clone(), t, y);
+        let out = {
+            let _autocast = autocast(cfg.precision);
+            self.state.model.forward(x_t.clone(), t, y)
+        };
         let l = self.diffusion.training_losses(out, x0, x_t, noise, &d.t);
         Ok((l.loss, l.mse, l.vb))
     }

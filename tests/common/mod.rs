@@ -44,12 +44,7 @@ pub fn ints(data: &TensorData, device: &Device) -> Tensor<1, Int> {
 
 /// max |ours - ref| relative to max |ref|.
 pub fn rel_err(ours: &TensorData, reference: &TensorData) -> f32 {
-    assert_eq!(ours.shape(), reference.shape(), "shape mismatch");
-    let a = ours.as_slice::<f32>().unwrap();
-    let b = reference.as_slice::<f32>().unwrap();
-    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max).max(1e-30);
-    diff / scale
+    udit::commands::relative_max_error(ours, reference).unwrap()
 }
 
 /// Asserts the reference tolerance of the fixtures: max |ours - ref| <= tol * max |ref|.
