@@ -11,7 +11,6 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use common::*;
 use udit::checkpoint::{load_denoiser, read_weights};
-use udit::data::latents::LatentWriter;
 use udit::model::{Denoiser, ModelConfig};
 use udit::precision::{LossScaler, Precision, autocast};
 use udit::train::{DataSpec, RunDir, TrainConfig, TrainState, train};
@@ -109,15 +108,6 @@ fn gradients_in_bf16_and_f16_stay_near_f32() {
             assert!(e <= tol && e > 1e-7, "{name} gradients in {precision}: {e:.2e} (tolerance {tol:.0e})");
         }
     }
-}
-
-/// Writes `n` deterministic 4x8x8 latents with labels 0..3.
-fn latents(dir: &std::path::Path, n: usize) {
-    let mut w = LatentWriter::create(dir, n, [4, 8, 8]).unwrap();
-    let values: Vec<f32> = (0..n * 256).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
-    let labels: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
-    w.push(&values, &labels).unwrap();
-    w.finish().unwrap();
 }
 
 fn recipe(data: &std::path::Path, precision: Precision) -> TrainConfig {

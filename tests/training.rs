@@ -7,7 +7,6 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use udit::data::latents::LatentWriter;
 use udit::model::ModelConfig;
 use udit::train::optim::{AdamW, OptimState};
 use udit::train::{DataSpec, RunDir, TrainConfig, TrainState, Trainer, draws, train};
@@ -77,15 +76,6 @@ fn tiny_model(dropout: f64) -> ModelConfig {
     .unwrap()
 }
 
-/// Writes `n` random 4x8x8 latents with labels 0..3 in the project's packed format.
-fn latents(dir: &std::path::Path, n: usize) {
-    let mut w = LatentWriter::create(dir, n, [4, 8, 8]).unwrap();
-    let values: Vec<f32> = (0..n * 256).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
-    let labels: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
-    w.push(&values, &labels).unwrap();
-    w.finish().unwrap();
-}
-
 fn tiny_recipe(data: &std::path::Path, steps: u64) -> TrainConfig {
     let mut cfg =
         TrainConfig::recipe(tiny_model(0.1), DataSpec::Latents { dir: data.to_path_buf() }, "unshuffle2".into());
@@ -118,7 +108,7 @@ fn label_dropout_hits_the_requested_fraction_deterministically() {
 #[test]
 fn gradient_accumulation_equals_one_big_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    latents(tmp.path(), 8);
+    common::latents(tmp.path(), 8);
     let dev = Device::flex().autodiff();
     let grads_of = |accum: usize| {
         let mut cfg = tiny_recipe(tmp.path(), 1);
@@ -159,7 +149,7 @@ fn params(state: &TrainState) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn resume_continues_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
-    latents(&tmp.path().join("data"), 6);
+    common::latents(&tmp.path().join("data"), 6);
     let dev = Device::flex().autodiff();
     let recipe = tiny_recipe(&tmp.path().join("data"), 4);
     // Straight through: 4 steps.

@@ -58,3 +58,12 @@ pub fn udit(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_udit")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
+
+/// Writes `n` deterministic 4x8x8 latents with labels 0..3 in the project's packed format.
+pub fn latents(dir: &Path, n: usize) {
+    let mut w = udit::data::latents::LatentWriter::create(dir, n, [4, 8, 8]).unwrap();
+    let values: Vec<f32> = (0..n * 256).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
+    let labels: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
+    w.push(&values, &labels).unwrap();
+    w.finish().unwrap();
+}
