@@ -203,10 +203,12 @@ pub struct MergeArgs {
 }
 
 pub fn merge_npz(a: MergeArgs) -> Result<()> {
+    let parts = NpzRun { npz: a.npz.clone(), num_samples: a.num_samples, batch: 1 }.parts_dir();
     let batch = match a.batch {
         Some(batch) => batch,
-        None if a.npz.is_file() => 1, // already merged: merge_npz says so
-        None => NpzRun::batch_of_parts(&a.npz)?,
+        None if parts.is_dir() => NpzRun::batch_of_parts(&a.npz)?,
+        // No parts: merge_npz says whether the .npz is complete or there is nothing to merge.
+        None => 1,
     };
     let run = NpzRun { npz: a.npz, num_samples: a.num_samples, batch };
     eprintln!("{}", crate::io::npz::merge_npz(&run)?);
