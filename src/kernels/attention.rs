@@ -19,7 +19,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::flex::{dims4, tensor, values};
+use super::flex::{dims4, slice, tensor, values};
 
 use super::cpu::{
     GroupedAttention, exp, gather_group, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized,
@@ -87,7 +87,7 @@ impl AttentionOps for Flex {
         let kernel = GroupedAttention { heads, r, rope, temperature: temperatures(logit_scale, &spec), scale };
         let dims = dims4(&qkv);
         let [b, d3, h, w] = dims;
-        let out = kernel.forward_slice(&values(qkv), dims);
+        let out = kernel.forward_slice(&slice(&qkv), dims);
         tensor(out, [b, d3 / 3, h, w])
     }
 }
@@ -103,7 +103,7 @@ impl AttentionGrads for Flex {
         let heads = spec.heads;
         let ls = values(logit_scale.clone());
         let temps = temperatures(logit_scale, &spec);
-        let (qkv, grad) = (values(qkv), values(grad));
+        let (qkv, grad) = (slice(&qkv), slice(&grad));
         let (d, plane) = (d3 / 3, h * w);
         let hd = d / heads;
         let n = (h / spec.r) * (w / spec.r);

@@ -14,7 +14,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::flex::{dims4, tensor, values};
+use super::flex::{dims4, slice, tensor};
 
 use super::cpu::{gemm_strided, sum};
 
@@ -52,7 +52,7 @@ impl Conv1x1Ops for Flex {
         let [b, c, h, w] = dims4(&x);
         let o = dims4(&weight)[0];
         let plane = h * w;
-        let (x, weight, bias) = (values(x), values(weight), values(bias));
+        let (x, weight, bias) = (slice(&x), slice(&weight), slice(&bias));
         let mut out: Vec<f32> = bias.iter().flat_map(|&v| std::iter::repeat_n(v, plane)).collect::<Vec<_>>().repeat(b);
         let inner = inner_parallelism(b);
         out.par_chunks_mut(o * plane).zip(x.par_chunks(c * plane)).for_each(|(ob, xb)| {
@@ -67,7 +67,7 @@ impl Conv1x1Grads for Flex {
         let [b, c, h, w] = dims4(&x);
         let o = dims4(&weight)[0];
         let plane = h * w;
-        let (x, weight, grad) = (values(x), values(weight), values(grad));
+        let (x, weight, grad) = (slice(&x), slice(&weight), slice(&grad));
         // d x_b = W^T g_b, per sample.
         let inner = inner_parallelism(b);
         let mut dx = vec![0f32; b * c * plane];

@@ -19,7 +19,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::flex::{dims4, tensor, values};
+use super::flex::{dims4, slice, tensor};
 
 use super::cpu::{dot, sum, vectorized};
 
@@ -51,7 +51,7 @@ impl DepthwiseOps for Flex {
     fn depthwise_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let [b, c, h, w] = dims4(&x);
         let k = dims4(&weight)[3];
-        let (x, weight, bias) = (values(x), values(weight), values(bias));
+        let (x, weight, bias) = (slice(&x), slice(&weight), slice(&bias));
         let out = convolve_planes(&x, [b, c, h, w], k, &weight, &bias);
         tensor(out, [b, c, h, w])
     }
@@ -61,7 +61,7 @@ impl DepthwiseGrads for Flex {
     fn depthwise_conv2d_grads(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> [FlexTensor; 3] {
         let [b, c, h, w] = dims4(&x);
         let k = dims4(&weight)[3];
-        let (x, weight, grad) = (values(x), values(weight), values(grad));
+        let (x, weight, grad) = (slice(&x), slice(&weight), slice(&grad));
         let (x, weight, grad) = (&x[..], &weight[..], &grad[..]);
         // Input gradient: the convolution of the output gradient by the flipped kernel.
         let flipped: Vec<f32> = weight.chunks(k * k).flat_map(|taps| taps.iter().rev().copied()).collect();

@@ -16,7 +16,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::flex::{shape, tensor, values};
+use super::flex::{shape, slice, tensor, values};
 
 use super::cpu::{
     Gelu, PIXEL_BLOCK, SyncPtr, add_gated_in_place, exp, gelu_in_place, norm_modulate_in_place, normal_cdf,
@@ -79,14 +79,14 @@ impl PointwiseOps for Flex {
     fn norm_modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor) -> FlexTensor {
         let shape = shape(&x);
         let mut v = values(x);
-        norm_modulate_in_place(&mut v, shape4(&shape), &values(shift), &values(scale));
+        norm_modulate_in_place(&mut v, shape4(&shape), &slice(&shift), &slice(&scale));
         tensor(v, shape)
     }
 
     fn add_gated(x: FlexTensor, gate: FlexTensor, y: FlexTensor) -> FlexTensor {
         let shape = shape(&x);
         let mut v = values(x);
-        add_gated_in_place(&mut v, &values(gate), &values(y), shape[2] * shape[3]);
+        add_gated_in_place(&mut v, &slice(&gate), &slice(&y), shape[2] * shape[3]);
         tensor(v, shape)
     }
 }
@@ -113,7 +113,7 @@ fn gelu_derivative(x: f32, tanh: bool) -> f32 {
 impl PointwiseGrads for Flex {
     fn gelu_grad(x: FlexTensor, grad: FlexTensor, tanh: bool) -> FlexTensor {
         let shape = shape(&x);
-        let x = values(x);
+        let x = slice(&x);
         let mut g = values(grad);
         g.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(gs, xs)| {
             vectorized(
@@ -128,7 +128,7 @@ impl PointwiseGrads for Flex {
         let shape = shape(&x);
         let [b, c, h, w] = shape4(&shape);
         let plane = h * w;
-        let (x, scale, mut g) = (values(x), values(scale), values(grad));
+        let (x, scale, mut g) = (slice(&x), slice(&scale), values(grad));
         let tasks = pixel_blocks(b, plane);
         let block = PIXEL_BLOCK.min(plane);
         let ptr = SyncPtr(g.as_mut_ptr());
@@ -161,7 +161,7 @@ impl PointwiseGrads for Flex {
     fn add_gated_grads(gate: FlexTensor, y: FlexTensor, grad: FlexTensor) -> [FlexTensor; 2] {
         let shape = shape(&y);
         let plane = shape[2] * shape[3];
-        let (gate, y, g) = (values(gate), values(y), values(grad));
+        let (gate, y, g) = (slice(&gate), slice(&y), slice(&grad));
         let mut dgate = vec![0f32; gate.len()];
         let mut dy = vec![0f32; y.len()];
         dy.par_chunks_mut(plane)
