@@ -369,7 +369,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().context("output path has no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.partial"));
+    // Named by the process too: shards of one job (`--shard`, `ablate --jobs`) may write the
+    // same file at once, and each must rename a whole file of its own.
+    let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;

@@ -1,7 +1,8 @@
 //! `udit ablate` end to end on two tiny models (Fashion-MNIST through `unshuffle2`, the
 //! offline meter): the results, their agreement with `udit sample` and `udit eval` on the
-//! same model, reuse of finished runs, exact resume of a lost one, a wall-clock budget, the
-//! plans refused before any training, and the plans shipped in configs/ablation/.
+//! same model, reuse of finished runs, exact resume of a lost one, runs side by side
+//! (`--jobs`, `--shard`), a wall-clock budget, the plans refused before any training, and the
+//! plans shipped in configs/ablation/.
 
 mod common;
 
@@ -203,6 +204,70 @@ fn two_entries_train_score_tabulate_and_resume() {
     noted["note"] = json!(["other words"]);
     let (ok, _, err) = s.ablate("noted.json", &noted, "out");
     assert!(ok, "{err}");
+}
+
+#[test]
+fn jobs_run_the_plan_side_by_side_as_one_process_does() {
+    let s = Scratch(tempfile::tempdir().unwrap());
+    std::fs::write(s.p("plan.json"), plan().to_string()).unwrap();
+    let plan_path = s.p("plan.json").display().to_string();
+    let run = |out: &str, extra: &[&str], threads: &str| {
+        let out = s.p(out).display().to_string();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_udit"))
+            .args(["ablate", "--plan", &plan_path, "--out", &out])
+            .args(extra)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // One process on one thread, and two side by side on one thread each: the same runs.
+    let (ok, _, err) = run("one", &[], "1");
+    assert!(ok, "{err}");
+    let (ok, table, err) = run("two", &["--jobs", "2"], "2");
+    assert!(ok, "{err}");
+    assert!(err.contains("2 jobs side by side, 1 thread(s) each"), "{err}");
+    for label in ["[1/4] full attention, seed 0", "[2/4] full attention, seed 1", "[4/4] U-DiT (tiny), seed 1"] {
+        assert!(err.contains(&format!("{label}: training 3 steps")), "{label} trained in a job:\n{err}");
+    }
+    assert_eq!(err.matches("trained and scored before").count(), 4, "then tabulated:\n{err}");
+    for entry in ["full-attention", "u-dit-tiny"] {
+        for seed in ["seed-0", "seed-1"] {
+            let model = |out: &str| weights(&s.p(out).join(entry).join(seed).join("model.safetensors"));
+            assert!(model("one") == model("two"), "{entry}/{seed}: the same model");
+        }
+    }
+    let scores = |out: &str| -> Vec<[Value; 3]> {
+        let results = json_of(&s.p(out).join("results.json"));
+        results["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| e["runs"].as_array().unwrap().clone())
+            .flat_map(|r| r["scores"].as_array().unwrap().clone())
+            .map(|s| [s["cfg_scale"].clone(), s["fid"].clone(), s["class_accuracy"].clone()])
+            .collect()
+    };
+    assert_eq!(scores("one"), scores("two"), "the same scores (not the same sampling times)");
+    assert_eq!(table.trim(), std::fs::read_to_string(s.p("two/results.md")).unwrap().trim());
+
+    // A shard alone does its runs (i mod 2 = 1: every seed 1) and writes no results.
+    let (ok, _, err) = run("shard", &["--shard", "1/2"], "1");
+    assert!(ok && err.contains("shard 1/2 done"), "{err}");
+    assert!(!s.p("shard/results.json").exists());
+    assert!(s.p("shard/u-dit-tiny/seed-1/model.safetensors").exists() && !s.p("shard/u-dit-tiny/seed-0").exists());
+    for (args, says) in [
+        (&["--jobs", "0"][..], "--jobs must be at least 1"),
+        (&["--jobs", "2", "--shard", "0/2"][..], "not both"),
+        (&["--shard", "2/2"][..], "a shard is i/n"),
+    ] {
+        let (ok, _, err) = run("refused", args, "1");
+        assert!(!ok && err.lines().count() == 1 && err.contains(says), "{args:?}: {err}");
+    }
 }
 
 #[test]

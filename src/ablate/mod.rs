@@ -5,6 +5,7 @@
 //! plan's meter protocol (scores cached in its folder); then the results are tabulated and
 //! plotted (FID against GMACs).
 
+pub mod jobs;
 pub mod meter;
 pub mod plan;
 mod plot;
@@ -86,18 +87,20 @@ impl Ablation {
     /// Trains (on `devices`, data-parallel when several), samples and scores (on the first)
     /// every run not done yet, with a line per run (which, how far, and the plan's ETA), then
     /// writes `results.json`, `results.md` and `fid-vs-gmacs.png` into the output folder.
-    pub fn run(&self, devices: &[Device]) -> Result<Results> {
+    /// With a `shard` k/n other than 0/1 it does only the runs i with i mod n = k and writes
+    /// no results (`None`): the shards share the output folder, and a last run without a
+    /// shard finds every run done and tabulates.
+    pub fn run(&self, devices: &[Device], (k, n): (usize, usize)) -> Result<Option<Results>> {
         let device = devices.first().context("no device to run on")?;
-        std::fs::create_dir_all(&self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
-        let plan_json = serde_json::to_string_pretty(&self.plan)?;
-        crate::checkpoint::write_atomic(&self.out.join("plan.json"), plan_json.as_bytes())?;
+        self.write_plan()?;
         let (start, mut eta) = (Instant::now(), Eta::default());
+        let mine: Vec<(usize, &RunSpec)> = self.runs.iter().enumerate().filter(|(i, _)| i % n == k).collect();
         let mut results = Vec::new();
-        for (i, run) in self.runs.iter().enumerate() {
+        for (j, &(i, run)) in mine.iter().enumerate() {
             let dir = self.run_dir(run);
             let label = format!("[{}/{}] {}, seed {}", i + 1, self.runs.len(), self.entries[run.entry].name, run.seed);
             let left = eta
-                .left(self.runs[i..].iter().map(|r| self.work_left(r)))
+                .left(mine[j..].iter().map(|(_, r)| self.work_left(r)))
                 .map_or("ETA of the plan after the first run".to_string(), |s| {
                     format!("about {} left in the plan", clock(s))
                 });
@@ -118,9 +121,20 @@ impl Ablation {
             eprintln!("{label}: {}", result.summary());
             results.push(result);
         }
+        if n > 1 {
+            return Ok(None);
+        }
         let results = Results::new(&self.plan, &self.entries, results);
         results.write(&self.out, &self.font)?;
-        Ok(results)
+        Ok(Some(results))
+    }
+
+    /// Creates the output folder with `plan.json` (the plan, every model written out), which
+    /// marks the folder as this plan's.
+    pub fn write_plan(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
+        let plan_json = serde_json::to_string_pretty(&self.plan)?;
+        crate::checkpoint::write_atomic(&self.out.join("plan.json"), plan_json.as_bytes())
     }
 
     /// Trains `run` to its end (from its newest checkpoint, if any) unless its model is
