@@ -25,7 +25,7 @@ impl Cost {
     pub fn of(cfg: &ModelConfig) -> Self {
         match cfg {
             ModelConfig::UDiT(c) => udit(c),
-            ModelConfig::DiT(c) => dit(c),
+            ModelConfig::DiT(c) | ModelConfig::SiT(c) => dit(c),
         }
     }
 }

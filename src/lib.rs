@@ -17,12 +17,14 @@ pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod precision;
+pub mod process;
 pub mod progress;
 pub mod rng;
 pub mod sample;
 pub mod serve;
 pub mod sweep;
 pub mod train;
+pub mod transport;
 pub mod vae;
 
 /// The U-DiT trained on Fashion-MNIST that ships with the project (`assets/README.md`).

@@ -175,7 +175,7 @@ impl Plan {
 }
 
 /// `n` copies of model time `t` (the network takes one per sample).
-pub(super) fn times(t: f64, n: usize, device: &Device) -> Tensor<1> {
+pub(crate) fn times(t: f64, n: usize, device: &Device) -> Tensor<1> {
     Tensor::<1>::from_floats(vec![t as f32; n].as_slice(), device)
 }
 

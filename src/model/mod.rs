@@ -29,12 +29,17 @@ pub enum ModelConfig {
     UDiT(UDiTConfig),
     #[serde(rename = "dit")]
     DiT(DiTConfig),
+    /// SiT (Ma et al. 2024): DiT's network trained and sampled as an interpolant
+    /// ([`crate::transport`]); with `learn_sigma` it computes 2C channels and returns the first C.
+    #[serde(rename = "sit")]
+    SiT(DiTConfig),
 }
 
 /// Names accepted by `--model`.
 pub const PRESETS: &[&str] = &[
     "U-DiT-S", "U-DiT-B", "U-DiT-L", "DiT-S/2", "DiT-S/4", "DiT-S/8", "DiT-B/2", "DiT-B/4", "DiT-B/8", "DiT-L/2",
-    "DiT-L/4", "DiT-L/8", "DiT-XL/2", "DiT-XL/4", "DiT-XL/8",
+    "DiT-L/4", "DiT-L/8", "DiT-XL/2", "DiT-XL/4", "DiT-XL/8", "SiT-S/2", "SiT-S/4", "SiT-S/8", "SiT-B/2", "SiT-B/4",
+    "SiT-B/8", "SiT-L/2", "SiT-L/4", "SiT-L/8", "SiT-XL/2", "SiT-XL/4", "SiT-XL/8",
 ];
 
 impl ModelConfig {
@@ -42,6 +47,7 @@ impl ModelConfig {
         UDiTConfig::preset(name)
             .map(Self::UDiT)
             .or_else(|| DiTConfig::preset(name).map(Self::DiT))
+            .or_else(|| DiTConfig::preset(&format!("DiT-{}", name.strip_prefix("SiT-")?)).map(Self::SiT))
             .with_context(|| format!("unknown model {name:?}; known: {}", PRESETS.join(", ")))
     }
 
@@ -70,7 +76,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             Self::UDiT(c) => c.validate(),
-            Self::DiT(c) => c.validate(),
+            Self::DiT(c) | Self::SiT(c) => c.validate(),
         }
     }
 
@@ -78,7 +84,7 @@ impl ModelConfig {
     pub fn with_input_size(mut self, side: usize) -> Result<Self> {
         match &mut self {
             Self::UDiT(c) => c.input_size = side,
-            Self::DiT(c) => c.input_size = side,
+            Self::DiT(c) | Self::SiT(c) => c.input_size = side,
         }
         self.validate()?;
         Ok(self)
@@ -87,42 +93,42 @@ impl ModelConfig {
     pub fn input_size(&self) -> usize {
         match self {
             Self::UDiT(c) => c.input_size,
-            Self::DiT(c) => c.input_size,
+            Self::DiT(c) | Self::SiT(c) => c.input_size,
         }
     }
 
     pub fn in_channels(&self) -> usize {
         match self {
             Self::UDiT(c) => c.in_channels,
-            Self::DiT(c) => c.in_channels,
+            Self::DiT(c) | Self::SiT(c) => c.in_channels,
         }
     }
 
     pub fn out_channels(&self) -> usize {
         match self {
             Self::UDiT(c) => c.out_channels(),
-            Self::DiT(c) => c.out_channels(),
+            Self::DiT(c) | Self::SiT(c) => c.out_channels(),
         }
     }
 
     pub fn num_classes(&self) -> usize {
         match self {
             Self::UDiT(c) => c.num_classes,
-            Self::DiT(c) => c.num_classes,
+            Self::DiT(c) | Self::SiT(c) => c.num_classes,
         }
     }
 
     pub fn learn_sigma(&self) -> bool {
         match self {
             Self::UDiT(c) => c.learn_sigma,
-            Self::DiT(c) => c.learn_sigma,
+            Self::DiT(c) | Self::SiT(c) => c.learn_sigma,
         }
     }
 
     pub fn class_dropout_prob(&self) -> f64 {
         match self {
             Self::UDiT(c) => c.class_dropout_prob,
-            Self::DiT(c) => c.class_dropout_prob,
+            Self::DiT(c) | Self::SiT(c) => c.class_dropout_prob,
         }
     }
 
@@ -130,7 +136,7 @@ impl ModelConfig {
     pub fn guided_channels(&self) -> usize {
         match self {
             Self::UDiT(c) => c.guided_channels(),
-            Self::DiT(c) => c.guided_channels(),
+            Self::DiT(c) | Self::SiT(c) => c.guided_channels(),
         }
     }
 
@@ -149,11 +155,13 @@ pub enum FfnForm {
     Merged,
 }
 
-/// A denoiser of either family.
+/// A denoiser of any family.
 #[derive(Module, Debug)]
 pub enum Denoiser {
     UDiT(UDiT),
     DiT(DiT),
+    /// DiT's network returning its first C channels (SiT's `forward`).
+    SiT(DiT),
 }
 
 impl Denoiser {
@@ -162,6 +170,7 @@ impl Denoiser {
         match cfg {
             ModelConfig::UDiT(c) => Self::UDiT(UDiT::new(c, form, device)),
             ModelConfig::DiT(c) => Self::DiT(DiT::new(c, device)),
+            ModelConfig::SiT(c) => Self::SiT(DiT::new(c, device)),
         }
     }
 
@@ -181,6 +190,10 @@ impl Denoiser {
         match self {
             Self::UDiT(m) => m.forward(x, t, y, trace),
             Self::DiT(m) => m.forward(x, t, y),
+            Self::SiT(m) => {
+                let c = x.dims()[1];
+                m.forward(x, t, y).narrow(1, 0, c)
+            }
         }
     }
 
@@ -324,8 +337,9 @@ pub fn describe(cfg: &ModelConfig) -> String {
             },
             c.mlp_ratio
         ),
-        ModelConfig::DiT(c) => format!(
-            "DiT  hidden {}, depth {}, heads {}, patch {}, latent {}x{}x{}, {} classes, learn_sigma {}",
+        ModelConfig::DiT(c) | ModelConfig::SiT(c) => format!(
+            "{}  hidden {}, depth {}, heads {}, patch {}, latent {}x{}x{}, {} classes, learn_sigma {}",
+            if matches!(cfg, ModelConfig::SiT(_)) { "SiT (an interpolant)" } else { "DiT" },
             c.hidden_size,
             c.depth,
             c.num_heads,
