@@ -112,6 +112,53 @@ fn dit_tiny_matches_reference() {
     assert_close("dit out_eval", &out.into_data(), &io["out_eval"], TOL);
 }
 
+/// SiT: DiT's network computing 8 channels and returning the first 4, called with t in [0, 1];
+/// the output, the recorded activations and the guided output.
+fn check_sit(weights: Weights) {
+    let dev = Device::flex();
+    let io = io("sit_tiny.io.safetensors");
+    let cfg = config("sit_tiny");
+    assert!(matches!(cfg, ModelConfig::SiT(_)), "sit_tiny.json says arch sit");
+    let m = model("sit_tiny", &weights);
+    let mut trace = Trace::on();
+    let out = m.forward_traced(float(&io["x"], &dev), float(&io["t"], &dev), ints(&io["y"], &dev), &mut trace);
+    assert_eq!(out.dims(), [4, 4, 16, 16], "learn_sigma: the first 4 of 8 channels");
+    assert_close("sit out_eval", &out.into_data(), &io["out_eval"], TOL);
+    let acts = trace.acts.unwrap();
+    for key in ["t_embedder", "blocks.0"] {
+        assert_close(key, &acts[key], &io[&format!("act.{key}")], TOL);
+    }
+    let (cx, ct, cy) = (float::<4>(&io["cfg_x"], &dev), float::<1>(&io["cfg_t"], &dev), ints(&io["cfg_y"], &dev));
+    let scale = io["cfg_scale"].as_slice::<f32>().unwrap()[0] as f64;
+    let out_cfg = m.forward_with_cfg(cx, ct, cy, scale, cfg.guided_channels());
+    assert_close("sit out_cfg", &out_cfg.into_data(), &io["out_cfg"], TOL);
+}
+
+#[test]
+fn sit_tiny_matches_reference_from_safetensors() {
+    check_sit(read_weights(&fixture("sit_tiny.weights.safetensors"), None).unwrap());
+}
+
+#[test]
+fn sit_tiny_matches_reference_from_the_published_state_dict_layout() {
+    // A bare state dict with an 8-channel final layer, as `SiT-XL-2-256x256.pt`.
+    let weights = read_weights(&fixture("sit_tiny.state-dict.pt"), None).unwrap();
+    assert_eq!(weights.tensors["final_layer.linear.weight"].shape().to_vec(), [2 * 2 * 8, 64]);
+    check_sit(weights);
+}
+
+#[test]
+fn sit_presets_are_dit_networks_with_sit_names() {
+    for size in ["S", "B", "L", "XL"] {
+        for patch in [2, 4, 8] {
+            let sit = ModelConfig::preset(&format!("SiT-{size}/{patch}")).unwrap();
+            let ModelConfig::SiT(c) = &sit else { panic!("SiT-{size}/{patch} is a SiT") };
+            assert_eq!(ModelConfig::preset(&format!("DiT-{size}/{patch}")).unwrap(), ModelConfig::DiT(c.clone()));
+        }
+    }
+    assert!(ModelConfig::preset("SiT-M/2").is_err());
+}
+
 #[test]
 fn dit_fresh_pos_embed_is_the_reference_sincos_table() {
     let io = io("dit_tiny.io.safetensors");
@@ -123,7 +170,7 @@ fn dit_fresh_pos_embed_is_the_reference_sincos_table() {
 
 #[test]
 fn fixture_parameter_counts_match_the_reference() {
-    for name in ["udit_tiny", "udit_tiny_plain", "dit_tiny"] {
+    for name in ["udit_tiny", "udit_tiny_plain", "dit_tiny", "sit_tiny"] {
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap()).unwrap();
         let expected = meta["params"].as_u64().unwrap();

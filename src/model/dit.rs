@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, layer_norm_dim};
+use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, layer_norm_dim};
 use super::{default_cfg_channels, defaults, flag, validate_common};
 use crate::kernels::{Gelu, dot_product_attention, gelu};
 
@@ -247,11 +247,13 @@ impl DiT {
     }
 
     /// Denoiser output for latents `x`, timesteps `t` and labels `y`, as the reference
-    /// `DiT.forward`; T = H W / p^2 tokens of width D.
-    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
+    /// `DiT.forward`; T = H W / p^2 tokens of width D. `trace` taps the embedders and blocks.
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, trace: &mut Trace) -> Tensor<4> {
         let x = self.x_embedder.forward(x) + self.pos_embed.val(); // (N, T, D)
-        let c = self.t_embedder.forward(t) + self.y_embedder.forward(y); // (N, D)
-        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, c.clone())); // (N, T, D)
+        let c = trace.tap("t_embedder", self.t_embedder.forward(t)) + self.y_embedder.forward(y); // (N, D)
+        let x = self.blocks.iter().enumerate().fold(x, |x, (i, block)| {
+            trace.tap(format!("blocks.{i}"), block.forward(x, c.clone())) // (N, T, D)
+        });
         let x = self.final_layer.forward(x, c); // (N, T, p p out_channels)
         self.unpatchify(x) // (N, out_channels, H, W)
     }

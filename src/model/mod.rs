@@ -189,10 +189,10 @@ impl Denoiser {
     pub fn forward_traced(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, trace: &mut Trace) -> Tensor<4> {
         match self {
             Self::UDiT(m) => m.forward(x, t, y, trace),
-            Self::DiT(m) => m.forward(x, t, y),
+            Self::DiT(m) => m.forward(x, t, y, trace),
             Self::SiT(m) => {
                 let c = x.dims()[1];
-                m.forward(x, t, y).narrow(1, 0, c)
+                m.forward(x, t, y, trace).narrow(1, 0, c)
             }
         }
     }
