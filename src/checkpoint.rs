@@ -16,6 +16,7 @@ use burn::tensor::TensorData;
 use crate::classes::ClassNames;
 pub use crate::model::StateDict;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
+use crate::process::{PROCESS_METADATA_KEY, ProcessSpec};
 
 /// Metadata key under which saved safetensors carry the model configuration (JSON).
 pub const CONFIG_METADATA_KEY: &str = "udit_config";
@@ -341,8 +342,16 @@ pub fn load_denoiser(cfg: &ModelConfig, weights: &Weights, device: &Device) -> R
 }
 
 /// Safetensors metadata that lets `udit sample` use a weights file without further flags.
-pub fn model_metadata(config: &ModelConfig, codec: Option<&str>, names: &ClassNames) -> Result<Vec<(String, String)>> {
-    let mut meta = vec![(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(config)?)];
+pub fn model_metadata(
+    config: &ModelConfig,
+    process: &ProcessSpec,
+    codec: Option<&str>,
+    names: &ClassNames,
+) -> Result<Vec<(String, String)>> {
+    let mut meta = vec![
+        (CONFIG_METADATA_KEY.to_string(), serde_json::to_string(config)?),
+        (PROCESS_METADATA_KEY.to_string(), process.to_json()),
+    ];
     meta.extend(codec.map(|c| (CODEC_METADATA_KEY.to_string(), c.to_string())));
     meta.extend(names.metadata());
     Ok(meta)

@@ -6,12 +6,11 @@
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 
-use crate::diffusion::GaussianDiffusion;
-use crate::diffusion::samplers::Plan;
 use crate::model::mix_guidance;
+use crate::process::Process;
 
 /// Where guidance applies: the noise levels sigma = sqrt((1 - abar) / abar) of the VP process
-/// (EDM's sigma, the paper's unit) in (lo, hi].
+/// (EDM's sigma, the paper's unit; sigma_t / alpha_t on an interpolant's path) in (lo, hi].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum GuidanceInterval {
     /// At every step (the reference).
@@ -87,13 +86,12 @@ impl Guidance {
     }
 
     /// Whether a call at model time `t` of `process` runs the guided (doubled) batch.
-    pub fn applies_at(&self, process: &GaussianDiffusion, t: f32) -> bool {
+    pub fn applies_at(&self, process: &Process, t: f32) -> bool {
         self.scale > 1.0 && self.interval.contains(process.sigma_at(t as f64))
     }
 
-    /// The network evaluations per image of `plan`'s calls.
-    pub fn evaluations(&self, plan: &Plan, process: &GaussianDiffusion) -> Evaluations {
-        let times = plan.call_times();
+    /// The network evaluations per image of calls at model times `times`.
+    pub fn evaluations(&self, times: &[f64], process: &Process) -> Evaluations {
         let guided = times.iter().filter(|&&t| self.applies_at(process, t as f32)).count();
         Evaluations { calls: times.len(), guided }
     }
@@ -138,8 +136,8 @@ pub struct GuidedDenoiser<'a> {
     pub guidance: &'a Guidance,
     /// Channels guidance mixes, resolved against the model.
     pub channels: usize,
-    /// The full process, which maps model times to noise levels.
-    pub process: &'a GaussianDiffusion,
+    /// The model's process, which maps model times to noise levels.
+    pub process: &'a Process,
 }
 
 impl GuidedDenoiser<'_> {

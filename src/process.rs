@@ -3,7 +3,7 @@
 //! ([`crate::transport`]). The networks are the same either way; only the time they are
 //! called with (0..999 or [0, 1]) and the meaning of their output differ.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::GaussianDiffusion;
@@ -47,13 +47,7 @@ fn velocity() -> String {
 impl ProcessSpec {
     /// SiT's default: the Linear path with velocity prediction.
     pub fn sit() -> Self {
-        Self::Interpolant {
-            path_type: linear(),
-            prediction: velocity(),
-            loss_weight: None,
-            train_eps: None,
-            sample_eps: None,
-        }
+        Self::Diffusion.overridden(Some("interpolant"), None, None, None).expect("SiT's process")
     }
 
     /// The process a configuration trains with unless told otherwise: the interpolant for SiT,
@@ -63,6 +57,52 @@ impl ProcessSpec {
             ModelConfig::SiT(_) => Self::sit(),
             _ => Self::Diffusion,
         }
+    }
+
+    /// The process stored with weights (safetensors metadata [`PROCESS_METADATA_KEY`]), else
+    /// the configuration's default.
+    pub fn of_weights(metadata: &std::collections::HashMap<String, String>, config: &ModelConfig) -> Result<Self> {
+        let stored = metadata.get(PROCESS_METADATA_KEY).map(|json| Self::from_json(json)).transpose();
+        Ok(stored
+            .context("the process stored with the weights is invalid")?
+            .unwrap_or_else(|| Self::default_for(config)))
+    }
+
+    /// This process with SiT's flags over it: `process` (`diffusion` or `interpolant`) names
+    /// the kind; a path, prediction or loss weight makes it an interpolant with those.
+    pub fn overridden(
+        self,
+        process: Option<&str>,
+        path_type: Option<&str>,
+        prediction: Option<&str>,
+        loss_weight: Option<&str>,
+    ) -> Result<Self> {
+        let interpolant_fields = path_type.is_some() || prediction.is_some() || loss_weight.is_some();
+        let kind = match (process, &self) {
+            (Some(kind), _) => kind,
+            (None, Self::Diffusion) if !interpolant_fields => "diffusion",
+            (None, _) => "interpolant",
+        };
+        let (p, v, w, train_eps, sample_eps) = match (kind, self) {
+            ("diffusion", _) if interpolant_fields => {
+                bail!("--path-type, --prediction and --loss-weight describe an interpolant, not diffusion")
+            }
+            ("diffusion", _) => return Ok(Self::Diffusion),
+            ("interpolant", Self::Interpolant { path_type, prediction, loss_weight, train_eps, sample_eps }) => {
+                (path_type, prediction, loss_weight, train_eps, sample_eps)
+            }
+            ("interpolant", Self::Diffusion) => (linear(), velocity(), None, None, None),
+            (other, _) => bail!("unknown process {other:?}: use diffusion or interpolant"),
+        };
+        let spec = Self::Interpolant {
+            path_type: path_type.map_or(p, str::to_string),
+            prediction: prediction.map_or(v, str::to_string),
+            loss_weight: loss_weight.map(str::to_string).or(w),
+            train_eps,
+            sample_eps,
+        };
+        spec.process()?;
+        Ok(spec)
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
@@ -82,7 +122,10 @@ impl ProcessSpec {
             Self::Interpolant { path_type, prediction, loss_weight, train_eps, sample_eps } => {
                 let weight = loss_weight.as_deref().map(str::parse).transpose()?.unwrap_or(LossWeight::None);
                 for eps in [train_eps, sample_eps].into_iter().flatten() {
-                    anyhow::ensure!((0.0..0.5).contains(eps), "train_eps and sample_eps must be in [0, 0.5), got {eps}");
+                    anyhow::ensure!(
+                        (0.0..0.5).contains(eps),
+                        "train_eps and sample_eps must be in [0, 0.5), got {eps}"
+                    );
                 }
                 Process::Interpolant(Transport::new(
                     path_type.parse::<PathType>()?,

@@ -12,15 +12,16 @@ use rand_core::RngCore;
 use crate::classes::ClassNames;
 use crate::codec::Codec;
 use crate::cost::Cost;
-use crate::diffusion::GaussianDiffusion;
 use crate::diffusion::samplers::{OnStep, Plan, Sampler};
 use crate::diffusion::schedule::Schedule;
 use crate::guidance::{Evaluations, Guidance, GuidedDenoiser};
 use crate::io::images::{Images, ensure_writable_dir, write_grid, write_pngs};
 use crate::io::npz::NpzRun;
 use crate::model::{Denoiser, ModelConfig};
+use crate::process::{Process, ProcessSpec};
 use crate::progress::Progress;
 use crate::rng::{NoiseStreams, Stream};
+use crate::transport::sampling::{TRANSPORT_SAMPLERS, TransportOptions, TransportSampler};
 
 /// The paper's guidance scale (its FID-50K protocol), the default for guidable models.
 pub const PAPER_CFG_SCALE: f64 = 1.5;
@@ -63,33 +64,133 @@ impl Classes {
     }
 }
 
+/// How samples are drawn: a sampler of the model's process.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Method {
+    /// A Gaussian-diffusion sampler over `steps` steps on `schedule` (None: the sampler's own).
+    Diffusion { sampler: Sampler, schedule: Option<Schedule>, steps: usize },
+    /// An ODE or SDE sampler of the interpolant.
+    Interpolant(TransportSampler),
+}
+
+/// The sampler knobs that only some samplers take; None takes the sampler's default, and a
+/// knob given to a sampler it does not apply to is refused.
+#[derive(Clone, Debug, Default)]
+pub struct SamplerOptions {
+    /// Time steps of the diffusion ODE samplers (ddim, dpm++, unipc, heun).
+    pub schedule: Option<Schedule>,
+    /// DDIM's eta.
+    pub eta: Option<f64>,
+    /// The interpolant samplers' knobs.
+    pub transport: TransportOptions,
+}
+
+impl Method {
+    /// The sampler `name` of `process` (None: the process's reference sampler: 250 ancestral
+    /// steps for diffusion, SiT's SDE protocol for an interpolant) with `steps` (None: the
+    /// sampler's default).
+    pub fn named(process: &Process, name: Option<&str>, steps: Option<usize>, o: &SamplerOptions) -> Result<Self> {
+        match process {
+            Process::Diffusion(_) => {
+                if o.transport != TransportOptions::default() {
+                    bail!(
+                        "--diffusion-form, --diffusion-norm, --last-step, --last-step-size, --atol and --rtol apply \
+                         to models of an interpolant (SiT), not to this Gaussian-diffusion model"
+                    );
+                }
+                let sampler = Sampler::named(name.unwrap_or("ancestral"), o.eta.unwrap_or(0.0))?;
+                if o.eta.is_some() && !matches!(sampler, Sampler::Ddim { .. }) {
+                    bail!("--eta applies to ddim, not to {}", sampler.name());
+                }
+                Ok(Self::Diffusion { sampler, schedule: o.schedule, steps: steps.unwrap_or(sampler.default_steps()) })
+            }
+            Process::Interpolant(_) => {
+                if o.schedule.is_some() || o.eta.is_some() {
+                    bail!(
+                        "--schedule and --eta apply to Gaussian-diffusion samplers; this model is an interpolant \
+                         (samplers: {TRANSPORT_SAMPLERS})"
+                    );
+                }
+                Ok(Self::Interpolant(TransportSampler::named(name.unwrap_or("sde"), steps, &o.transport)?))
+            }
+        }
+    }
+
+    /// A fast sampler of `process` for previews and training grids: DPM-Solver++(2M) with 25
+    /// steps, or Heun's ODE solver over 25 time points (48 calls).
+    pub fn preview(process: &Process) -> Self {
+        match process {
+            Process::Diffusion(_) => Self::diffusion(Sampler::DpmSolverPp2M, 25),
+            Process::Interpolant(_) => Self::Interpolant(TransportSampler::Ode {
+                method: crate::transport::integrators::OdeMethod::Heun2,
+                num_steps: 25,
+                reverse: false,
+            }),
+        }
+    }
+
+    /// The diffusion sampler `sampler` over `steps` steps on its own schedule.
+    pub fn diffusion(sampler: Sampler, steps: usize) -> Self {
+        Self::Diffusion { sampler, schedule: None, steps }
+    }
+
+    /// The sampler's name, as [`Method::named`] takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Diffusion { sampler, .. } => sampler.name(),
+            Self::Interpolant(s) => s.name(),
+        }
+    }
+
+    /// Steps (diffusion) or time points (interpolant).
+    pub fn steps(&self) -> usize {
+        match self {
+            Self::Diffusion { steps, .. } => *steps,
+            Self::Interpolant(s) => s.steps(),
+        }
+    }
+}
+
 /// Everything that decides what sample i looks like.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub sampler: Sampler,
-    /// The ODE samplers' time-step schedule (None: the sampler's own).
-    pub schedule: Option<Schedule>,
-    pub steps: usize,
+    pub method: Method,
     pub guidance: Guidance,
     pub seed: u64,
     pub classes: Classes,
 }
 
 impl Settings {
-    /// Checks the settings against a model and its diffusion process.
-    pub fn validate(&self, config: &ModelConfig, diffusion: &GaussianDiffusion) -> Result<()> {
-        if self.steps == 0 {
-            bail!("--steps must be at least 1");
+    /// Checks the settings against a model and its process.
+    pub fn validate(&self, config: &ModelConfig, process: &Process) -> Result<()> {
+        match (&self.method, process) {
+            (Method::Diffusion { steps, sampler, .. }, Process::Diffusion(_)) => {
+                if *steps == 0 {
+                    bail!("--steps must be at least 1");
+                }
+                if let Sampler::Ddim { eta } = sampler
+                    && !(0.0..=1.0).contains(eta)
+                {
+                    bail!("--eta must be between 0 and 1, got {eta}");
+                }
+            }
+            (Method::Interpolant(s), Process::Interpolant(_)) => s.validate()?,
+            (Method::Diffusion { sampler, .. }, Process::Interpolant(_)) => bail!(
+                "this model is an interpolant (SiT's process): sample it with {TRANSPORT_SAMPLERS}, not {}",
+                sampler.name()
+            ),
+            (Method::Interpolant(s), Process::Diffusion(_)) => bail!(
+                "this model is a Gaussian-diffusion model: sample it with ancestral, ddim, dpm++, unipc or heun, not {}",
+                s.name()
+            ),
         }
-        self.plan(diffusion)?;
-        if let Sampler::Ddim { eta } = self.sampler
-            && !(0.0..=1.0).contains(&eta)
-        {
-            bail!("--eta must be between 0 and 1, got {eta}");
-        }
+        self.call_times(process)?;
         let scale = self.guidance.scale;
         if !(scale >= 1.0) {
             bail!("--cfg-scale must be at least 1 (1 = no guidance), got {scale}");
+        }
+        if !scale.is_finite() {
+            bail!("--cfg-scale must be a finite number, got {scale}");
         }
         if scale > 1.0 && !config.has_null_class() {
             bail!(
@@ -113,9 +214,23 @@ impl Settings {
         Ok(())
     }
 
-    /// Where the sampler calls the model on `diffusion`.
-    pub fn plan(&self, diffusion: &GaussianDiffusion) -> Result<Plan> {
-        self.sampler.plan(diffusion, self.steps, self.schedule)
+    /// Where a diffusion sampler calls the model on `process` (an error for an interpolant).
+    pub fn plan(&self, process: &Process) -> Result<Plan> {
+        match (&self.method, process) {
+            (Method::Diffusion { sampler, schedule, steps }, Process::Diffusion(d)) => {
+                sampler.plan(d, *steps, *schedule)
+            }
+            _ => bail!("{} is not a sampler of this model's process", self.method.name()),
+        }
+    }
+
+    /// The model time of every denoiser call, when known before the run (dopri5 chooses its
+    /// steps as it goes).
+    pub fn call_times(&self, process: &Process) -> Result<Option<Vec<f64>>> {
+        Ok(match (&self.method, process) {
+            (Method::Interpolant(s), Process::Interpolant(transport)) => s.call_times(transport),
+            _ => Some(self.plan(process)?.call_times()),
+        })
     }
 
     /// The channels guidance mixes: the asked-for ones, else the model's.
@@ -129,25 +244,27 @@ impl Settings {
     }
 }
 
-/// A model ready to sample: the denoiser (FFN merged), its configuration, codec and class names.
+/// A model ready to sample: the denoiser (FFN merged), its configuration, process, codec and
+/// class names.
 pub struct SamplingModel {
     pub model: Denoiser,
     pub config: ModelConfig,
+    pub process: ProcessSpec,
     pub codec: Codec,
     pub names: ClassNames,
 }
 
 impl SamplingModel {
-    /// A generator of `settings` on the diffusion process of the published models.
-    pub fn generator(&self, settings: Settings, device: Device) -> Generator<'_> {
-        Generator {
+    /// A generator of `settings` on the model's process.
+    pub fn generator(&self, settings: Settings, device: Device) -> Result<Generator<'_>> {
+        Ok(Generator {
             model: &self.model,
             config: &self.config,
             codec: &self.codec,
-            diffusion: GaussianDiffusion::reference(),
+            process: self.process.process()?,
             settings,
             device,
-        }
+        })
     }
 
     /// Side and channels of the images, or why the codec does not fit the model.
@@ -186,7 +303,7 @@ pub struct Generator<'a> {
     pub model: &'a Denoiser,
     pub config: &'a ModelConfig,
     pub codec: &'a Codec,
-    pub diffusion: GaussianDiffusion,
+    pub process: Process,
     pub settings: Settings,
     pub device: Device,
 }
@@ -194,7 +311,7 @@ pub struct Generator<'a> {
 impl Generator<'_> {
     /// Checks the settings against the model before any work starts.
     pub fn validate(&self) -> Result<()> {
-        self.settings.validate(self.config, &self.diffusion)?;
+        self.settings.validate(self.config, &self.process)?;
         self.codec.image_shape(self.config.in_channels(), self.config.input_size())?;
         Ok(())
     }
@@ -203,14 +320,15 @@ impl Generator<'_> {
         self.codec.image_shape(self.config.in_channels(), self.config.input_size()).expect("validated")
     }
 
-    /// Where the sampler calls the model.
-    pub fn plan(&self) -> Result<Plan> {
-        self.settings.plan(&self.diffusion)
+    /// Denoiser calls per image, when known before the run.
+    pub fn calls(&self) -> Result<Option<usize>> {
+        Ok(self.settings.call_times(&self.process)?.map(|t| t.len()))
     }
 
-    /// Network evaluations per image.
-    pub fn evaluations(&self) -> Result<Evaluations> {
-        Ok(self.settings.guidance.evaluations(&self.plan()?, &self.diffusion))
+    /// Network evaluations per image, when known before the run.
+    pub fn evaluations(&self) -> Result<Option<Evaluations>> {
+        let times = self.settings.call_times(&self.process)?;
+        Ok(times.map(|t| self.settings.guidance.evaluations(&t, &self.process)))
     }
 
     /// Latents of samples `first..first + count` and their labels. `on_step` is told after
@@ -228,11 +346,17 @@ impl Generator<'_> {
             null_class: self.config.num_classes(),
             guidance: &s.guidance,
             channels: s.guided_channels(self.config),
-            process: &self.diffusion,
+            process: &self.process,
         };
         let mut noise = NoiseStreams::new(s.seed, first, count, [c, side, side]);
         let x_t = noise.next(dev);
-        let z = self.plan()?.run(&mut |x, t| denoiser.call(x, t), x_t, &mut noise, dev, on_step)?;
+        let model = &mut |x, t| denoiser.call(x, t);
+        let z = match (&s.method, &self.process) {
+            (Method::Interpolant(sampler), Process::Interpolant(transport)) => {
+                sampler.run(transport, model, x_t, &mut || noise.next(dev), on_step)?
+            }
+            _ => self.settings.plan(&self.process)?.run(model, x_t, &mut noise, dev, on_step)?,
+        };
         Ok((z, labels))
     }
 
@@ -254,24 +378,27 @@ impl Generator<'_> {
 }
 
 /// Progress over denoiser calls (one unit per image and call), with a "decoding" phase
-/// while a finished batch goes through the codec.
+/// while a finished batch goes through the codec. A run whose calls are not known before
+/// (dopri5) counts against its time points, an estimate.
 fn sampling_progress(g: &Generator, images: usize) -> Result<Progress> {
-    Ok(Progress::new("sampling", (images * g.plan()?.calls()) as u64, "image-steps"))
+    let calls = g.calls()?.unwrap_or(g.settings.method.steps());
+    Ok(Progress::new("sampling", (images * calls) as u64, "image-steps"))
 }
 
 /// Generates one batch while `progress` counts its calls and names the decoding phase.
 fn generate_batch(g: &Generator, first: usize, n: usize, progress: &Progress) -> Result<Images> {
-    let calls = g.plan()?.calls();
+    let calls = g.calls()?;
     let mut call = 0;
     progress.phase("sampling");
-    g.generate(first, n, &mut |_| {
+    let images = g.generate(first, n, &mut |_| {
         call += 1;
         progress.inc(n as u64);
-        if call == calls {
+        if Some(call) == calls {
             progress.phase("decoding");
         }
         Ok(())
-    })
+    })?;
+    Ok(images)
 }
 
 /// Most samples `grid.png` shows.

@@ -13,7 +13,8 @@ use udit::diffusion::GaussianDiffusion;
 use udit::diffusion::samplers::Sampler;
 use udit::eval::classifier::Classifier;
 use udit::guidance::Guidance;
-use udit::sample::{Classes, Generator, Settings};
+use udit::process::Process;
+use udit::sample::{Classes, Generator, Method, Settings};
 
 #[test]
 fn bundled_model_draws_the_requested_garments() {
@@ -27,11 +28,9 @@ fn bundled_model_draws_the_requested_garments() {
         model: &model,
         config: &config,
         codec: &codec,
-        diffusion: GaussianDiffusion::linear(1000),
+        process: Process::Diffusion(GaussianDiffusion::linear(1000)),
         settings: Settings {
-            sampler: Sampler::DpmSolverPp2M,
-            schedule: None,
-            steps: 25,
+            method: Method::diffusion(Sampler::DpmSolverPp2M, 25),
             guidance: Guidance::everywhere(1.5),
             seed: 3,
             classes: Classes::Listed((0..10).collect()),

@@ -13,8 +13,9 @@ use udit::guidance::{Evaluations, Guidance, GuidanceInterval, GuidedDenoiser, pa
 use udit::io::Images;
 use udit::io::npz::{NpzRun, read_npz};
 use udit::model::{Denoiser, ModelConfig};
+use udit::process::Process;
 use udit::rng::NoiseStreams;
-use udit::sample::{Classes, Generator, Settings};
+use udit::sample::{Classes, Generator, Method, Settings};
 
 struct Setup {
     model: Denoiser,
@@ -36,11 +37,9 @@ fn generator(s: &Setup, sampler: Sampler, steps: usize, cfg_scale: f64, classes:
         model: &s.model,
         config: &s.config,
         codec: &s.codec,
-        diffusion: GaussianDiffusion::linear(1000),
+        process: Process::Diffusion(GaussianDiffusion::linear(1000)),
         settings: Settings {
-            sampler,
-            schedule: None,
-            steps,
+            method: Method::diffusion(sampler, steps),
             guidance: Guidance::everywhere(cfg_scale),
             seed: 7,
             classes,
@@ -183,7 +182,7 @@ fn guidance_interval_bounds_are_plain_guidance_and_no_guidance_bit_for_bit() {
     for (sampler, steps) in [(Sampler::DpmSolverPp2M, 6), (Sampler::Ancestral, 6), (Sampler::Heun, 4)] {
         let mut g = generator(&s, sampler, steps, 2.0, classes.clone());
         // Plain guidance as the reference computes it: forward_with_cfg on [x; x], [y; null].
-        let plan = g.plan().unwrap();
+        let plan = g.settings.plan(&g.process).unwrap();
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![3i64, 9, 3], [3]), &dev);
         let y2 = Tensor::cat(vec![y.clone(), Tensor::full([3], 10, &dev)], 0);
         let mut reference = Vec::new();
@@ -206,15 +205,15 @@ fn guidance_interval_bounds_are_plain_guidance_and_no_guidance_bit_for_bit() {
         g.settings.guidance.interval = GuidanceInterval::Everywhere;
         assert!(latents(&g) == reference, "{sampler:?}: `none` is plain guidance");
         let calls = plan.calls();
-        assert_eq!(g.evaluations().unwrap(), Evaluations { calls, guided: calls });
+        assert_eq!(g.evaluations().unwrap(), Some(Evaluations { calls, guided: calls }));
 
         // An empty interval is no guidance at all (scale 1), also bit for bit.
         g.settings.guidance.interval = GuidanceInterval::Between(1.0, 1.0);
         let settings = Settings { guidance: Guidance::everywhere(1.0), ..g.settings.clone() };
-        let unguided = Generator { settings, diffusion: g.diffusion.clone(), device: g.device.clone(), ..g };
+        let unguided = Generator { settings, process: g.process.clone(), device: g.device.clone(), ..g };
         assert!(latents(&g) == latents(&unguided), "{sampler:?}: an empty interval is no guidance");
-        assert_eq!(g.evaluations().unwrap(), Evaluations { calls, guided: 0 });
-        assert_eq!(g.evaluations().unwrap().nfe(), calls);
+        assert_eq!(g.evaluations().unwrap(), Some(Evaluations { calls, guided: 0 }));
+        assert_eq!(g.evaluations().unwrap().unwrap().nfe(), calls);
     }
 }
 
@@ -222,6 +221,7 @@ fn guidance_interval_bounds_are_plain_guidance_and_no_guidance_bit_for_bit() {
 fn guidance_runs_the_doubled_batch_inside_the_interval_only() {
     let dev = Device::flex();
     let base = GaussianDiffusion::reference();
+    let process = Process::Diffusion(base.clone());
     let n = 2;
     let guidance = Guidance { scale: 3.0, interval: GuidanceInterval::parse("0.34,1.02").unwrap(), channels: Some(3) };
     for (sampler, steps) in [(Sampler::UniPc, 12), (Sampler::Heun, 12), (Sampler::Ancestral, 30)] {
@@ -241,7 +241,7 @@ fn guidance_runs_the_doubled_batch_inside_the_interval_only() {
             null_class: 10,
             guidance: &guidance,
             channels: 3,
-            process: &base,
+            process: &process,
         };
         let mut outputs = Vec::new();
         let mut model = |x, t| {
@@ -271,7 +271,7 @@ fn guidance_runs_the_doubled_batch_inside_the_interval_only() {
             assert_eq!(out, &expected, "{sampler:?} at sigma {sigma}");
         }
         assert!(guided > 0 && guided < times.len(), "{sampler:?}: the interval holds some calls, not all");
-        assert_eq!(guidance.evaluations(&plan, &base), Evaluations { calls: times.len(), guided });
+        assert_eq!(guidance.evaluations(&times, &process), Evaluations { calls: times.len(), guided });
     }
 }
 

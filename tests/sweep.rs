@@ -22,7 +22,8 @@ fn tiny_model(dir: &Path) -> String {
     .unwrap();
     let model = Denoiser::new(&cfg, FfnForm::Merged, &Device::flex());
     let path = dir.join("tiny.safetensors");
-    let meta = model_metadata(&cfg, Some("unshuffle2"), &ClassNames::default()).unwrap();
+    let process = udit::process::ProcessSpec::Diffusion;
+    let meta = model_metadata(&cfg, &process, Some("unshuffle2"), &ClassNames::default()).unwrap();
     write_safetensors(&path, &state_dict(&model), meta).unwrap();
     path.display().to_string()
 }

@@ -14,15 +14,14 @@ use super::plan::{ClassOrder, Protocol};
 use crate::checkpoint::{load_denoiser, read_weights};
 use crate::codec::{Codec, codec_spec};
 use crate::data::fashion_mnist::{FashionMnist, SIDE, Split};
-use crate::diffusion::GaussianDiffusion;
-use crate::diffusion::samplers::Sampler;
 use crate::eval::classifier::{self, Classifier};
 use crate::eval::inception::InceptionV3;
 use crate::eval::{Reference, activations_shown};
 use crate::guidance::Guidance;
 use crate::io::Images;
 use crate::io::npz::{NpzRun, read_npz};
-use crate::sample::{Classes, Generator, Settings, run_npz};
+use crate::process::ProcessSpec;
+use crate::sample::{Classes, Generator, Method, Settings, run_npz};
 use crate::train::RunDir;
 
 /// The scores of one run at one guidance scale.
@@ -173,6 +172,9 @@ pub fn score_run(
             ClassOrder::Cycled => Classes::Listed((0..num_classes).collect()),
             ClassOrder::Random => Classes::Random,
         };
+        // The protocol's sampler of the model's own process (an interpolant refuses `ddim`).
+        let process = ProcessSpec::of_weights(&weights.metadata, &config)?.process()?;
+        let method = Method::named(&process, Some(&protocol.sampler), Some(protocol.steps), &Default::default())?;
         for cfg_scale in missing {
             say(&format!("meter: {} samples at guidance {cfg_scale}", protocol.samples));
             let start = Instant::now();
@@ -180,11 +182,9 @@ pub fn score_run(
                 model: &model,
                 config: &config,
                 codec: &codec,
-                diffusion: GaussianDiffusion::reference(),
+                process: process.clone(),
                 settings: Settings {
-                    sampler: Sampler::named(&protocol.sampler, 0.0)?,
-                    schedule: None,
-                    steps: protocol.steps,
+                    method: method.clone(),
                     // The paper's protocol: guidance at every step.
                     guidance: Guidance::everywhere(cfg_scale),
                     seed: protocol.seed,

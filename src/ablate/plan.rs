@@ -285,6 +285,10 @@ impl PlanRecipe {
             no_hflip: self.no_hflip,
             seed: Some(seed),
             precision: self.precision,
+            process: None,
+            path_type: None,
+            prediction: None,
+            loss_weight: None,
         };
         let mut cfg = recipe.recipe_of(model)?;
         let run = RunOverrides {

@@ -20,6 +20,7 @@ use crate::checkpoint::{self, read_weights};
 use crate::cost::Cost;
 use crate::model::{Denoiser, ModelChoice};
 use crate::precision::{Precision, autocast};
+use crate::process::ProcessSpec;
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -184,7 +185,10 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     let wants_model = a.merge || a.model.model.is_some() || a.model.config.is_some();
     if !wants_model {
         let meta = match &stored {
-            Some(cfg) => checkpoint::model_metadata(cfg, weights.codec.as_deref(), &names)?,
+            Some(cfg) => {
+                let process = ProcessSpec::of_weights(&weights.metadata, cfg)?;
+                checkpoint::model_metadata(cfg, &process, weights.codec.as_deref(), &names)?
+            }
             None => vec![],
         };
         checkpoint::write_safetensors(&a.output, &weights.tensors, meta)?;
@@ -201,7 +205,8 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         model = model.merged();
     }
     let tensors = checkpoint::state_dict(&model);
-    let meta = checkpoint::model_metadata(&cfg, weights.codec.as_deref(), &names)?;
+    let process = ProcessSpec::of_weights(&weights.metadata, &cfg)?;
+    let meta = checkpoint::model_metadata(&cfg, &process, weights.codec.as_deref(), &names)?;
     checkpoint::write_safetensors(&a.output, &tensors, meta)?;
     eprintln!(
         "wrote {} tensors{} to {}",

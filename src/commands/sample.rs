@@ -9,13 +9,14 @@ use clap::Args;
 use crate::checkpoint::{self, Weights, read_weights};
 use crate::classes::ClassNames;
 use crate::codec::{Codec, codec_spec};
-use crate::diffusion::samplers::Sampler;
 use crate::guidance::{Guidance, GuidanceInterval, parse_cfg_channels};
 use crate::io::npz::{NpzRun, parse_shard};
 use crate::model::{ModelChoice, ModelConfig};
 use crate::precision::{Precision, autocast};
+use crate::process::ProcessSpec;
 use crate::progress::plural;
-use crate::sample::{Classes, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs};
+use crate::sample::{Classes, Method, SamplerOptions, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs};
+use crate::transport::sampling::TransportOptions;
 
 /// The model flags of `udit sample`, `udit serve` and `udit sweep`: weights, configuration
 /// and codec.
@@ -35,6 +36,14 @@ pub struct ModelArgs {
     /// hf://stabilityai/sd-vae-ft-ema.
     #[arg(long)]
     pub vae: Option<String>,
+    /// The interpolant's path the weights were trained on: Linear, GVP or VP (SiT's
+    /// `--path-type`). Default: the one stored with the weights, else Linear for SiT models.
+    #[arg(long, value_name = "PATH")]
+    pub path_type: Option<String>,
+    /// What the interpolant network predicts: velocity, score or noise (SiT's `--prediction`).
+    /// Default: stored with the weights, else velocity for SiT models.
+    #[arg(long, value_name = "WHAT")]
+    pub prediction: Option<String>,
 }
 
 /// Weights read, with their configuration and class names, before the network and codec are
@@ -42,6 +51,7 @@ pub struct ModelArgs {
 pub struct ReadModel {
     weights: Weights,
     pub config: ModelConfig,
+    pub process: ProcessSpec,
     pub names: ClassNames,
     codec: String,
 }
@@ -56,9 +66,15 @@ impl ModelArgs {
         };
         let weights = read_weights(&ckpt, self.entry.as_deref())?;
         let config = self.model.resolve(weights.config.as_ref())?;
+        let process = ProcessSpec::of_weights(&weights.metadata, &config)?.overridden(
+            None,
+            self.path_type.as_deref(),
+            self.prediction.as_deref(),
+            None,
+        )?;
         let names = ClassNames::for_model(&weights.metadata, config.num_classes())?;
         let codec = codec_spec(self.vae.as_deref(), weights.codec.as_deref(), config.in_channels());
-        Ok(ReadModel { weights, config, names, codec })
+        Ok(ReadModel { weights, config, process, names, codec })
     }
 }
 
@@ -67,7 +83,7 @@ impl ReadModel {
     pub fn load(self, device: &Device) -> Result<SamplingModel> {
         let model = checkpoint::load_denoiser(&self.config, &self.weights, device)?.merged();
         let codec = Codec::open(&self.codec, device)?;
-        Ok(SamplingModel { model, config: self.config, codec, names: self.names })
+        Ok(SamplingModel { model, config: self.config, process: self.process, codec, names: self.names })
     }
 }
 
@@ -101,20 +117,26 @@ pub struct SampleArgs {
     /// latent models) or `all`. Default: the model configuration's `cfg_channels`.
     #[arg(long, value_name = "N")]
     pub cfg_channels: Option<String>,
-    /// ancestral (the reference, 250 steps), ddim, dpm++ (DPM-Solver++(2M)), unipc (UniPC,
-    /// 3rd-order predictor + corrector) or heun (EDM's 2nd-order method, 2 calls per step).
-    #[arg(long, default_value = "ancestral")]
-    pub sampler: String,
-    /// Sampler steps (default: 250 for ancestral, 13 for heun (25 calls), 25 otherwise).
+    /// Gaussian-diffusion models: ancestral (the reference, 250 steps), ddim, dpm++
+    /// (DPM-Solver++(2M)), unipc (UniPC, 3rd-order predictor + corrector) or heun (EDM's
+    /// 2nd-order method, 2 calls per step). Interpolants (SiT): sde (Euler-Maruyama, the SiT
+    /// paper's), sde-heun, or the ODE solvers euler, heun2, rk4, dopri5 (adaptive). Default:
+    /// ancestral, or sde for interpolants.
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Sampler steps (default: 250 for ancestral, 13 for heun (25 calls), 25 for the other
+    /// diffusion samplers; for interpolants the time points: 250 for the SDEs, 50 for the ODEs).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Time steps of ddim, dpm++, unipc and heun: time-uniform, logsnr or karras. Default:
     /// karras for heun, time-uniform for the others (ddim's is the reference's respacing).
     #[arg(long)]
     pub schedule: Option<String>,
-    /// DDIM eta (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
+    /// DDIM eta (default 0: deterministic).
+    #[arg(long)]
+    pub eta: Option<f64>,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Seed of every sample's noise (and random class): sample i is the same in any batch or shard.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -143,23 +165,62 @@ pub struct SampleArgs {
     pub precision: Precision,
 }
 
+/// The knobs of the interpolant samplers (SiT's `sample.py` flags).
+#[derive(Args, Clone, Debug, Default)]
+pub struct TransportArgs {
+    /// SDE samplers: the diffusion coefficient w_t: constant, SBDM, sigma, linear or
+    /// decreasing (default sigma, the SiT paper's).
+    #[arg(long, value_name = "FORM")]
+    pub diffusion_form: Option<String>,
+    /// SDE samplers: the magnitude of w_t (default 1).
+    #[arg(long, value_name = "NORM")]
+    pub diffusion_norm: Option<f64>,
+    /// SDE samplers: the step to t = 1: Mean, Tweedie, Euler or none (default Mean).
+    #[arg(long, value_name = "STEP")]
+    pub last_step: Option<String>,
+    /// SDE samplers: the size of the last step (default 0.04).
+    #[arg(long, value_name = "H")]
+    pub last_step_size: Option<f64>,
+    /// dopri5: absolute tolerance (default 1e-6).
+    #[arg(long)]
+    pub atol: Option<f64>,
+    /// dopri5: relative tolerance (default 1e-3).
+    #[arg(long)]
+    pub rtol: Option<f64>,
+}
+
+impl TransportArgs {
+    pub fn options(&self) -> Result<TransportOptions> {
+        Ok(TransportOptions {
+            diffusion_form: self.diffusion_form.as_deref().map(str::parse).transpose()?,
+            diffusion_norm: self.diffusion_norm,
+            last_step: self.last_step.as_deref().map(str::parse).transpose()?,
+            last_step_size: self.last_step_size,
+            atol: self.atol,
+            rtol: self.rtol,
+        })
+    }
+}
+
 /// `udit sample`: loads the weights (the bundled model by default) with their stored
 /// configuration, codec and class names, then writes PNGs and a grid, or an `.npz` shard.
 pub fn sample(a: SampleArgs) -> Result<()> {
     let device = crate::default_device();
     let _autocast = autocast(a.precision);
     let read = a.model.read()?;
-    let sampler = Sampler::named(&a.sampler, a.eta)?;
-    let schedule = a.schedule.as_deref().map(str::parse).transpose()?;
+    let options = SamplerOptions {
+        schedule: a.schedule.as_deref().map(str::parse).transpose()?,
+        eta: a.eta,
+        transport: a.transport.options()?,
+    };
+    let method = Method::named(&read.process.process()?, a.sampler.as_deref(), a.steps, &options)?;
     let interval = GuidanceInterval::parse(&a.guidance_interval)?;
     let (shard, shards) = parse_shard(&a.shard)?;
     if a.batch == Some(0) || a.num_samples == 0 {
         bail!("--batch and --num-samples must be at least 1");
     }
     let settings = Settings {
-        steps: a.steps.unwrap_or(sampler.default_steps()),
-        sampler,
-        schedule,
+        method,
         guidance: Guidance {
             scale: a.cfg_scale.unwrap_or(default_cfg_scale(&read.config)),
             interval,
@@ -170,7 +231,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     };
     let loaded = read.load(&device)?;
     let batch = a.batch.unwrap_or(loaded.default_batch());
-    let g = loaded.generator(settings, device);
+    let g = loaded.generator(settings, device)?;
     g.validate()?;
     match a.npz {
         Some(npz) => {

@@ -10,7 +10,7 @@ use crate::data::fashion_mnist::{FashionMnist, Split};
 use crate::eval::Reference;
 use crate::eval::inception::InceptionV3;
 use crate::guidance::{Guidance, GuidanceInterval};
-use crate::sample::{Classes, Settings, default_cfg_scale};
+use crate::sample::{Classes, Method, Settings, default_cfg_scale};
 use crate::sweep::{Meter, MeterKind, SamplerSpec, Sweep, SweepSettings, combinations, parse_list};
 
 #[derive(Args)]
@@ -92,15 +92,13 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let channels = cfg_channels(a.cfg_channels.as_deref(), config)?;
     let base = loaded.generator(
         Settings {
-            sampler: specs[0].sampler,
-            schedule: None,
-            steps: 1,
+            method: Method::diffusion(specs[0].sampler, 1),
             guidance: Guidance::everywhere(1.0),
             seed: a.seed,
             classes: Classes::parse(&a.classes, &loaded.names, loaded.config.num_classes())?,
         },
         device.clone(),
-    );
+    )?;
     let meter_name = match &a.reference {
         Some(r) => format!("the FID Inception against {}", r.display()),
         None => match &a.features {

@@ -11,18 +11,31 @@ use serde_json::{Value, json};
 
 use super::jobs::{Job, State};
 use crate::classes::ClassNames;
-use crate::diffusion::GaussianDiffusion;
-use crate::diffusion::samplers::Sampler;
 use crate::guidance::{Guidance, GuidanceInterval};
 use crate::model::ModelConfig;
-use crate::sample::{Classes, Settings, default_cfg_scale};
+use crate::process::Process;
+use crate::sample::{Classes, Method, SamplerOptions, Settings, default_cfg_scale};
 
-/// The server's sampler when a request names none: the fast one, for a page people watch.
-pub const DEFAULT_SAMPLER: &str = "dpm++";
 /// Images per request when a request says nothing.
 pub const DEFAULT_IMAGES: usize = 4;
+
+/// The server's sampler when a request names none: a fast one for a page people watch.
+pub fn default_sampler(process: &Process) -> &'static str {
+    Method::preview(process).name()
+}
+
 /// The samplers a request may name, as `udit sample --sampler` takes them.
-const SAMPLERS: [&str; 5] = ["ancestral", "ddim", "dpm++", "unipc", "heun"];
+fn samplers(process: &Process) -> &'static [&'static str] {
+    match process {
+        Process::Diffusion(_) => &["ancestral", "ddim", "dpm++", "unipc", "heun"],
+        Process::Interpolant(_) => &["sde", "sde-heun", "euler", "heun2", "rk4", "dopri5"],
+    }
+}
+
+/// The steps `sampler` takes when a request names none, within the server's limit.
+fn default_steps(process: &Process, sampler: &str, limits: Limits) -> Result<usize> {
+    Ok(Method::named(process, Some(sampler), None, &SamplerOptions::default())?.steps().min(limits.max_steps))
+}
 
 /// What one request may ask for.
 #[derive(Clone, Copy, Debug)]
@@ -67,17 +80,26 @@ impl GenerateRequest {
 
     /// The job's settings, checked against the model and the limits as `udit sample` checks
     /// its flags.
-    pub fn resolve(self, config: &ModelConfig, names: &ClassNames, limits: Limits) -> Result<(JobSettings, Settings)> {
+    pub fn resolve(
+        self,
+        config: &ModelConfig,
+        process: &Process,
+        names: &ClassNames,
+        limits: Limits,
+    ) -> Result<(JobSettings, Settings)> {
         let class = match self.class {
             None => "random".to_string(),
             Some(Value::String(s)) => s,
             Some(Value::Number(n)) if n.is_u64() => n.to_string(),
             Some(other) => bail!("class must be an index, a name, a comma-separated list or \"random\", got {other}"),
         };
-        let sampler_name = self.sampler.unwrap_or_else(|| DEFAULT_SAMPLER.to_string());
-        let eta = self.eta.unwrap_or(0.0);
-        let sampler = Sampler::named(&sampler_name, eta)?;
-        let steps = self.steps.unwrap_or(sampler.default_steps().min(limits.max_steps));
+        let sampler_name = self.sampler.unwrap_or_else(|| default_sampler(process).to_string());
+        let steps = match self.steps {
+            Some(steps) => steps,
+            None => default_steps(process, &sampler_name, limits)?,
+        };
+        let options = SamplerOptions { eta: self.eta, ..Default::default() };
+        let method = Method::named(process, Some(&sampler_name), Some(steps), &options)?;
         if !(1..=limits.max_steps).contains(&steps) {
             bail!("steps must be between 1 and {} on this server, got {steps}", limits.max_steps);
         }
@@ -87,21 +109,19 @@ impl GenerateRequest {
         }
         let interval = GuidanceInterval::parse(self.guidance_interval.as_deref().unwrap_or("none"))?;
         let settings = Settings {
-            sampler,
-            schedule: None,
-            steps,
+            method,
             guidance: Guidance { scale: self.cfg_scale.unwrap_or(default_cfg_scale(config)), interval, channels: None },
             seed: self.seed.unwrap_or(0),
             classes: Classes::parse(&class, names, config.num_classes())?,
         };
-        settings.validate(config, &GaussianDiffusion::reference())?;
+        settings.validate(config, process)?;
         let shown = JobSettings {
             class,
             cfg_scale: settings.guidance.scale,
             guidance_interval: settings.guidance.interval.to_string(),
             sampler: sampler_name,
             steps,
-            eta,
+            eta: self.eta.unwrap_or(0.0),
             seed: settings.seed,
             num_images,
         };
@@ -159,6 +179,7 @@ fn class_name(names: &ClassNames, class: usize) -> String {
 /// `GET /api/model`: what the page needs to build its form.
 pub fn model_info(
     config: &ModelConfig,
+    process: &Process,
     names: &ClassNames,
     image: (usize, usize),
     limits: Limits,
@@ -166,11 +187,9 @@ pub fn model_info(
 ) -> Value {
     let (channels, side) = image;
     let classes: Vec<String> = (0..config.num_classes()).map(|c| class_name(names, c)).collect();
-    let samplers: Vec<Value> = SAMPLERS
-        .iter()
-        .map(|&name| json!({"name": name, "default_steps": Sampler::named(name, 0.0).expect("known").default_steps()}))
-        .collect();
-    let sampler = Sampler::named(DEFAULT_SAMPLER, 0.0).expect("known");
+    let steps = |name| default_steps(process, name, limits).expect("a known sampler");
+    let samplers: Vec<Value> =
+        samplers(process).iter().map(|&name| json!({"name": name, "default_steps": steps(name)})).collect();
     json!({
         "description": crate::model::describe(config),
         "config": config,
@@ -184,8 +203,8 @@ pub fn model_info(
             "class": "random",
             "cfg_scale": default_cfg_scale(config),
             "guidance_interval": "none",
-            "sampler": DEFAULT_SAMPLER,
-            "steps": sampler.default_steps().min(limits.max_steps),
+            "sampler": default_sampler(process),
+            "steps": steps(default_sampler(process)),
             "eta": 0.0,
             "seed": 0,
             "num_images": DEFAULT_IMAGES.min(limits.max_images),

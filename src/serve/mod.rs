@@ -44,9 +44,9 @@ use api::{ApiError, GenerateRequest, JobStatus};
 use jobs::{Job, Queue, Worker};
 
 use crate::classes::ClassNames;
-use crate::diffusion::GaussianDiffusion;
 use crate::io::images::png_name;
 use crate::model::ModelConfig;
+use crate::process::Process;
 use crate::sample::SamplingModel;
 
 const PAGE: &str = include_str!("page.html");
@@ -70,6 +70,7 @@ struct App {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     queue: Arc<Queue>,
     config: ModelConfig,
+    process: Process,
     names: ClassNames,
     limits: Limits,
     out: PathBuf,
@@ -86,11 +87,20 @@ pub fn run(model: SamplingModel, device: Device, opts: Options) -> Result<()> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let queue = Arc::new(Queue::new(opts.queue));
+    let process = model.process.process()?;
     let app = Arc::new(App {
         jobs: Mutex::new(HashMap::new()),
         queue: queue.clone(),
-        model_info: api::model_info(&model.config, &model.names, model.image_shape()?, opts.limits, opts.queue),
+        model_info: api::model_info(
+            &model.config,
+            &process,
+            &model.names,
+            model.image_shape()?,
+            opts.limits,
+            opts.queue,
+        ),
         config: model.config.clone(),
+        process,
         names: model.names.clone(),
         limits: opts.limits,
         out: opts.out,
@@ -144,9 +154,12 @@ impl App {
 
 async fn generate(State(app): Shared, body: Bytes) -> Result<(StatusCode, Json<JobStatus>), ApiError> {
     let request = GenerateRequest::parse(&body).map_err(ApiError::bad_request)?;
-    let (shown, settings) = request.resolve(&app.config, &app.names, app.limits).map_err(ApiError::bad_request)?;
+    let (shown, settings) =
+        request.resolve(&app.config, &app.process, &app.names, app.limits).map_err(ApiError::bad_request)?;
     let labels = settings.labels(0, shown.num_images, app.config.num_classes());
-    let calls = settings.plan(&GaussianDiffusion::reference()).map_err(ApiError::bad_request)?.calls();
+    // dopri5 chooses its calls as it runs: its time points stand in.
+    let times = settings.call_times(&app.process).map_err(ApiError::bad_request)?;
+    let calls = times.map_or(settings.method.steps(), |t| t.len());
     let mut jobs = app.jobs.lock().unwrap_or_else(|e| e.into_inner());
     let id = std::iter::repeat_with(new_id).find(|id| !jobs.contains_key(id)).expect("endless");
     let job = Arc::new(Job::new(id.clone(), shown, settings, app.batch, calls, labels, app.out.join(&id)));

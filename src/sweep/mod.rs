@@ -21,7 +21,7 @@ use crate::guidance::{Guidance, GuidanceInterval};
 use crate::io::Images;
 use crate::io::images::ensure_writable_dir;
 use crate::io::npz::{NpzRun, read_npz};
-use crate::sample::{Generator, Settings, run_npz};
+use crate::sample::{Generator, Method, Settings, run_npz};
 
 /// A sampler and its schedule, as `--samplers` names them: `NAME` or `NAME:SCHEDULE`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -237,9 +237,7 @@ const RESULT_FILE: &str = "result.json";
 impl Sweep<'_> {
     fn generator(&self, c: &Combination) -> Generator<'_> {
         let settings = Settings {
-            sampler: c.spec.sampler,
-            schedule: c.spec.schedule,
-            steps: c.steps,
+            method: Method::Diffusion { sampler: c.spec.sampler, schedule: c.spec.schedule, steps: c.steps },
             guidance: c.guidance.clone(),
             ..self.base.settings.clone()
         };
@@ -297,7 +295,7 @@ impl Sweep<'_> {
         for (i, c) in self.combinations.iter().enumerate() {
             let dir = self.out.join(c.dir_name());
             let g = self.generator(c);
-            let e = g.evaluations()?;
+            let e = g.evaluations()?.context("a sweep times samplers whose calls are known before the run")?;
             let what = format!("[{}/{total}] {}, {} steps", i + 1, c.series(), c.steps);
             let result = dir.join(RESULT_FILE);
             if result.exists() {

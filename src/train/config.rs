@@ -11,6 +11,7 @@ use super::optim::AdamW;
 use crate::data::{self, Dataset};
 use crate::model::{ModelChoice, ModelConfig};
 use crate::precision::Precision;
+use crate::process::ProcessSpec;
 
 /// Where the training samples come from.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -79,6 +80,9 @@ pub struct TrainConfig {
     /// Compute precision of the matmul-like ops (weights, moments and EMA stay f32).
     #[serde(default)]
     pub precision: Precision,
+    /// The process trained (None: the model's own, [`ProcessSpec::default_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSpec>,
 }
 
 impl TrainConfig {
@@ -107,11 +111,18 @@ impl TrainConfig {
             sample_every: 0,
             sample_cfg_scale: crate::sample::PAPER_CFG_SCALE,
             precision: Precision::F32,
+            process: None,
         }
+    }
+
+    /// The process this run trains.
+    pub fn process(&self) -> ProcessSpec {
+        self.process.clone().unwrap_or_else(|| ProcessSpec::default_for(&self.model))
     }
 
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
+        self.process().process()?;
         if self.steps == 0 {
             bail!("a run needs at least 1 training step");
         }
@@ -239,6 +250,19 @@ pub struct RecipeOverrides {
     /// loss scaling); weights, AdamW moments and EMA stay f32 [recipe default: f32].
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// The process: diffusion (DiT's Gaussian diffusion) or interpolant (SiT's) [recipe
+    /// default: interpolant for SiT models, diffusion for U-DiT and DiT].
+    #[arg(long, value_name = "PROCESS")]
+    pub process: Option<String>,
+    /// The interpolant's path: Linear, GVP or VP (SiT's --path-type) [recipe default: Linear].
+    #[arg(long, value_name = "PATH")]
+    pub path_type: Option<String>,
+    /// What the interpolant network predicts: velocity, score or noise [recipe default: velocity].
+    #[arg(long, value_name = "WHAT")]
+    pub prediction: Option<String>,
+    /// Weighting of score and noise losses: none, velocity or likelihood [recipe default: none].
+    #[arg(long, value_name = "WEIGHT")]
+    pub loss_weight: Option<String>,
 }
 
 impl RecipeOverrides {
@@ -257,6 +281,10 @@ impl RecipeOverrides {
             || self.no_hflip
             || self.seed.is_some()
             || self.precision.is_some()
+            || self.process.is_some()
+            || self.path_type.is_some()
+            || self.prediction.is_some()
+            || self.loss_weight.is_some()
     }
 
     /// The recipe of a new run: `base` (a recipe file) or else the reference recipe of the
@@ -277,22 +305,26 @@ impl RecipeOverrides {
             }
             None => return self.recipe_of(self.model.resolve(None)?),
         };
-        Ok(self.over(cfg))
+        self.over(cfg)
     }
 
     /// The reference recipe of `model` on the named dataset, with the given fields over it.
     pub fn recipe_of(&self, model: ModelConfig) -> Result<TrainConfig> {
         let name = self.dataset.as_deref().context("say what to train on: fashion-mnist, image-folder or latents")?;
         let codec = crate::codec::codec_spec(self.codec.as_deref(), None, model.in_channels());
-        Ok(self.over(TrainConfig::recipe(model, self.data(name)?, codec)))
+        self.over(TrainConfig::recipe(model, self.data(name)?, codec))
     }
 
     fn data(&self, name: &str) -> Result<DataSpec> {
         DataSpec::named(name, self.data_dir.clone(), self.image_size)
     }
 
-    /// `cfg` with the given optimizer and seed fields over it.
-    fn over(&self, mut cfg: TrainConfig) -> TrainConfig {
+    /// `cfg` with the given process, optimizer and seed fields over it.
+    fn over(&self, mut cfg: TrainConfig) -> Result<TrainConfig> {
+        let (p, v, w) = (self.path_type.as_deref(), self.prediction.as_deref(), self.loss_weight.as_deref());
+        if self.process.is_some() || p.is_some() || v.is_some() || w.is_some() {
+            cfg.process = Some(cfg.process().overridden(self.process.as_deref(), p, v, w)?);
+        }
         set(&mut cfg.global_batch, self.global_batch);
         set(&mut cfg.lr, self.lr);
         set(&mut cfg.warmup_steps, self.warmup_steps);
@@ -303,7 +335,7 @@ impl RecipeOverrides {
         set(&mut cfg.precision, self.precision);
         cfg.grad_clip = self.grad_clip.or(cfg.grad_clip);
         cfg.hflip &= !self.no_hflip;
-        cfg
+        Ok(cfg)
     }
 }
 

@@ -91,7 +91,8 @@ impl TrainState {
                 tensors.insert(format!("{prefix}{k}"), v);
             }
         }
-        let mut meta = checkpoint::model_metadata(&self.config.model, Some(&self.config.codec), &Default::default())?;
+        let c = &self.config;
+        let mut meta = checkpoint::model_metadata(&c.model, &c.process(), Some(&c.codec), &Default::default())?;
         meta.push((TRAIN_METADATA_KEY.into(), serde_json::to_string(&self.config)?));
         meta.push((STEP_METADATA_KEY.into(), self.optim.step.to_string()));
         meta.push((SECONDS_METADATA_KEY.into(), self.seconds.to_string()));

@@ -1,4 +1,4 @@
-//! One optimizer step: the batch's random draws, the diffusion loss, backward (in
+//! One optimizer step: the batch's random draws, the loss of the run's process, backward (in
 //! accumulation rounds), AdamW with clipping, and the EMA; plus the EMA's sample grid and
 //! export.
 
@@ -14,18 +14,19 @@ use super::{TrainConfig, TrainState};
 use crate::checkpoint;
 use crate::codec::Codec;
 use crate::data::{self, Dataset, HostBatch, Space};
-use crate::diffusion::samplers::Sampler;
-use crate::diffusion::{GaussianDiffusion, NUM_TIMESTEPS};
+use crate::diffusion::NUM_TIMESTEPS;
 use crate::guidance::Guidance;
 use crate::model::Denoiser;
 use crate::precision::autocast;
+use crate::process::{Process, ProcessSpec};
 use crate::rng::{Stream, below, push_normals, unit_uniform};
-use crate::sample::{Classes, Generator, Settings};
+use crate::sample::{Classes, Generator, Method, Settings};
 
 /// Per-sample random draws of one step.
 pub struct Draws {
-    /// Diffusion timestep, uniform in 0..T.
-    pub t: Vec<usize>,
+    /// Gaussian diffusion: the timestep, an integer uniform in 0..T. An interpolant: a uniform
+    /// draw in [0, 1), which [`crate::transport::Transport::interval`] maps onto its training interval.
+    pub t: Vec<f64>,
     /// Whether the label becomes the null class (probability `class_dropout_prob`).
     pub drop_label: Vec<bool>,
     /// The diffusion noise, `per` values a sample.
@@ -38,10 +39,11 @@ pub struct Draws {
 /// own stream, so they do not depend on how the batch is split.
 pub fn draws(cfg: &TrainConfig, step: u64, first: usize, count: usize, per: usize, posterior: usize) -> Draws {
     let classes_drop = cfg.model.class_dropout_prob();
+    let continuous = matches!(cfg.process(), ProcessSpec::Interpolant { .. });
     let mut d = Draws { t: vec![], drop_label: vec![], noise: vec![], posterior: vec![] };
     for i in first..first + count {
         let mut rng = Stream::TrainSample { index: step * cfg.global_batch as u64 + i as u64 }.rng(cfg.seed);
-        d.t.push(below(&mut rng, NUM_TIMESTEPS as u64) as usize);
+        d.t.push(if continuous { unit_uniform(&mut rng) } else { below(&mut rng, NUM_TIMESTEPS as u64) as f64 });
         d.drop_label.push(unit_uniform(&mut rng) < classes_drop);
         push_normals(&mut rng, per, &mut d.noise);
         push_normals(&mut rng, posterior, &mut d.posterior);
@@ -83,7 +85,7 @@ pub struct Trainer {
     pub state: TrainState,
     data: Arc<dyn Dataset>,
     codec: Codec,
-    diffusion: GaussianDiffusion,
+    process: Process,
     /// The autodiff device.
     device: Device,
 }
@@ -99,7 +101,8 @@ impl Trainer {
     pub fn with_data(state: TrainState, data: Arc<dyn Dataset>, device: &Device) -> Result<Self> {
         let codec = Codec::open(&state.config.codec, &device.clone().inner())?;
         check_fit(&state.config, data.as_ref(), &codec)?;
-        Ok(Self { state, data, codec, diffusion: GaussianDiffusion::reference(), device: device.clone() })
+        let process = state.config.process().process()?;
+        Ok(Self { state, data, codec, process, device: device.clone() })
     }
 
     pub fn loader(&self) -> Result<data::Loader> {
@@ -171,7 +174,6 @@ impl Trainer {
         let x0 = Tensor::<4>::from_inner(x0);
         let dev = &self.device;
         let noise = Tensor::<4>::from_data(TensorData::new(d.noise, [count, mc, ms, ms]), dev);
-        let x_t = self.diffusion.q_sample(x0.clone(), &d.t, noise.clone());
         let null = cfg.model.num_classes() as i64;
         let labels: Vec<i64> = batch.labels[first..first + count]
             .iter()
@@ -179,18 +181,34 @@ impl Trainer {
             .map(|(&l, &drop)| if drop { null } else { l })
             .collect();
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [count]), dev);
-        let t =
-            Tensor::<1>::from_data(TensorData::new(d.t.iter().map(|&v| v as f32).collect::<Vec<_>>(), [count]), dev);
-        let out = {
+        let forward = |x: Tensor<4>, t: &[f64]| {
+            let t =
+                Tensor::<1>::from_data(TensorData::new(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), [count]), dev);
             let _autocast = autocast(cfg.precision);
-            self.state.model.forward(x_t.clone(), t, y)
+            self.state.model.forward(x, t, y.clone())
         };
-        let l = self.diffusion.training_losses(out, x0, x_t, noise, &d.t);
-        Ok((l.loss, l.mse, l.vb))
+        match &self.process {
+            Process::Diffusion(diffusion) => {
+                let t: Vec<usize> = d.t.iter().map(|&t| t as usize).collect();
+                let x_t = diffusion.q_sample(x0.clone(), &t, noise.clone());
+                let out = forward(x_t.clone(), &d.t);
+                let l = diffusion.training_losses(out, x0, x_t, noise, &t);
+                Ok((l.loss, l.mse, l.vb))
+            }
+            Process::Interpolant(transport) => {
+                // SiT's names: x0 is the noise, x1 the data.
+                let (t0, t1) = transport.interval(None, false);
+                let t: Vec<f64> = d.t.iter().map(|u| t0 + u * (t1 - t0)).collect();
+                let (x_t, _) = transport.plan(&t, noise.clone(), x0.clone());
+                let out = forward(x_t, &t).narrow(1, 0, mc);
+                let loss = transport.training_loss(out, &t, noise, x0);
+                Ok((loss.clone(), loss, Tensor::zeros([count], dev)))
+            }
+        }
     }
 
-    /// A grid of EMA samples: `per_class` of each of the first (up to 10) classes, DPM-Solver++
-    /// with 25 steps, fixed seed.
+    /// A grid of EMA samples: `per_class` of each of the first (up to 10) classes, the fast
+    /// sampler of [`Method::preview`], fixed seed.
     pub fn sample_grid(&self, path: &Path, per_class: usize) -> Result<()> {
         let cfg = &self.state.config;
         let inner = self.device.clone().inner();
@@ -202,11 +220,9 @@ impl Trainer {
             model: &ema,
             config: &cfg.model,
             codec: &self.codec,
-            diffusion: GaussianDiffusion::reference(),
+            process: self.process.clone(),
             settings: Settings {
-                sampler: Sampler::DpmSolverPp2M,
-                schedule: None,
-                steps: 25,
+                method: Method::preview(&self.process),
                 guidance: Guidance::everywhere(if guided { cfg.sample_cfg_scale } else { 1.0 }),
                 seed: 0,
                 classes: Classes::Listed(list.clone()),
@@ -227,7 +243,7 @@ impl Trainer {
         checkpoint::write_safetensors(
             path,
             &checkpoint::state_dict(&ema),
-            checkpoint::model_metadata(&cfg.model, Some(&cfg.codec), &self.data.class_names())?,
+            checkpoint::model_metadata(&cfg.model, &cfg.process(), Some(&cfg.codec), &self.data.class_names())?,
         )
     }
 }

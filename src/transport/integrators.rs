@@ -48,18 +48,6 @@ impl OdeMethod {
             Self::Dopri5 { .. } => "dopri5",
         }
     }
-
-    /// Field evaluations of a run over `points` time points, where that is known in advance
-    /// (the fixed grids).
-    pub fn calls(&self, points: usize) -> Option<usize> {
-        let steps = points.saturating_sub(1);
-        match self {
-            Self::Euler => Some(steps),
-            Self::Heun2 => Some(2 * steps),
-            Self::Rk4 => Some(4 * steps),
-            Self::Dopri5 { .. } => None,
-        }
-    }
 }
 
 /// `torch.linspace(t0, t1, points)` in float32, as the reference's time grids are.
@@ -238,14 +226,7 @@ fn optimal_step_factor(ratio: f64) -> f64 {
 }
 
 /// Coefficients [e, d, c, b, a] of the quartic through a step (torchdiffeq's `_interp_fit`).
-fn interp_fit(
-    y0: Tensor<4>,
-    y1: Tensor<4>,
-    y_mid: Tensor<4>,
-    f0: Tensor<4>,
-    f1: Tensor<4>,
-    dt: f64,
-) -> [Tensor<4>; 5] {
+fn interp_fit(y0: Tensor<4>, y1: Tensor<4>, y_mid: Tensor<4>, f0: Tensor<4>, f1: Tensor<4>, dt: f64) -> [Tensor<4>; 5] {
     let a = (f1.clone() - f0.clone()) * (2.0 * dt) - (y1.clone() + y0.clone()) * 8.0 + y_mid.clone() * 16.0;
     let b = (f0.clone() * 5.0 - f1.clone() * 3.0) * dt + y0.clone() * 18.0 + y1.clone() * 14.0 - y_mid.clone() * 32.0;
     let c = (f1 - f0.clone() * 4.0) * dt - y0.clone() * 11.0 - y1 * 5.0 + y_mid * 16.0;

@@ -45,10 +45,102 @@ pub enum TransportSampler {
     /// it must and reads the end off its dense output).
     Ode { method: OdeMethod, num_steps: usize, reverse: bool },
     /// `sample_sde`: `num_steps` time points in all, the last step included.
-    Sde { method: SdeMethod, form: DiffusionForm, norm: f64, last_step: LastStep, last_step_size: f64, num_steps: usize },
+    Sde {
+        method: SdeMethod,
+        form: DiffusionForm,
+        norm: f64,
+        last_step: LastStep,
+        last_step_size: f64,
+        num_steps: usize,
+    },
 }
 
+/// The knobs of the interpolant samplers (SiT's `sample.py` flags); None takes the
+/// reference's default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TransportOptions {
+    pub diffusion_form: Option<DiffusionForm>,
+    pub diffusion_norm: Option<f64>,
+    pub last_step: Option<LastStep>,
+    pub last_step_size: Option<f64>,
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
+}
+
+/// The names [`TransportSampler::named`] takes.
+pub const TRANSPORT_SAMPLERS: &str = "sde (Euler-Maruyama), sde-heun, euler, heun2, rk4 or dopri5";
+
 impl TransportSampler {
+    /// A sampler by name: `sde` (or `euler-maruyama`), `sde-heun`, and the ODE solvers `euler`,
+    /// `heun2`, `rk4`, `dopri5` (or `ode`). `steps` counts time points (default: 250 for the
+    /// SDEs, as SiT's `sample.py`; 50 for the ODEs, as `sample_ode`). Options that do not
+    /// apply to the chosen solver are refused.
+    pub fn named(name: &str, steps: Option<usize>, o: &TransportOptions) -> Result<Self> {
+        let sde_method = match name {
+            "sde" | "euler-maruyama" => Some(SdeMethod::Euler),
+            "sde-heun" => Some(SdeMethod::Heun),
+            _ => None,
+        };
+        let sampler = match sde_method {
+            Some(method) => {
+                if o.atol.is_some() || o.rtol.is_some() {
+                    bail!("--atol and --rtol apply to dopri5, not to the SDE sampler {name}");
+                }
+                let last_step = o.last_step.unwrap_or(LastStep::Mean);
+                if last_step == LastStep::None && o.last_step_size.is_some() {
+                    bail!("--last-step-size applies only with a last step (Mean, Tweedie or Euler)");
+                }
+                Self::Sde {
+                    method,
+                    form: o.diffusion_form.unwrap_or(DiffusionForm::Sigma),
+                    norm: o.diffusion_norm.unwrap_or(1.0),
+                    last_step,
+                    last_step_size: o.last_step_size.unwrap_or(0.04),
+                    num_steps: steps.unwrap_or(250),
+                }
+            }
+            None => {
+                let name = if name == "ode" { "dopri5" } else { name };
+                let method = OdeMethod::named(
+                    name,
+                    o.atol.unwrap_or(integrators::DOPRI5_ATOL),
+                    o.rtol.unwrap_or(integrators::DOPRI5_RTOL),
+                )
+                .map_err(|_| {
+                    anyhow::anyhow!("unknown sampler {name:?} for an interpolant: use {TRANSPORT_SAMPLERS}")
+                })?;
+                let sde_only = [o.diffusion_form.is_some(), o.diffusion_norm.is_some(), o.last_step.is_some()];
+                if sde_only.into_iter().any(|given| given) || o.last_step_size.is_some() {
+                    bail!(
+                        "--diffusion-form, --diffusion-norm, --last-step and --last-step-size apply to the SDE \
+                         samplers (sde, sde-heun), not to the ODE solver {name}"
+                    );
+                }
+                if !matches!(method, OdeMethod::Dopri5 { .. }) && (o.atol.is_some() || o.rtol.is_some()) {
+                    bail!("--atol and --rtol apply to dopri5, not to {name}");
+                }
+                Self::Ode { method, num_steps: steps.unwrap_or(50), reverse: false }
+            }
+        };
+        sampler.validate()?;
+        Ok(sampler)
+    }
+
+    /// The name [`Self::named`] takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sde { method: SdeMethod::Euler, .. } => "sde",
+            Self::Sde { method: SdeMethod::Heun, .. } => "sde-heun",
+            Self::Ode { method, .. } => method.name(),
+        }
+    }
+
+    /// Time points of the run.
+    pub fn steps(&self) -> usize {
+        let (Self::Ode { num_steps, .. } | Self::Sde { num_steps, .. }) = *self;
+        num_steps
+    }
+
     /// The SiT paper's protocol: Euler-Maruyama, 250 steps, w_t = sigma_t, last step Mean 0.04.
     pub fn sit_paper() -> Self {
         Self::Sde {
@@ -95,15 +187,29 @@ impl TransportSampler {
         linspace(t0, t1, num_steps)
     }
 
-    /// Network calls per image (unguided), when known before the run (not for dopri5).
-    pub fn calls(&self) -> Option<usize> {
-        match *self {
-            Self::Ode { method, num_steps, .. } => method.calls(num_steps),
-            Self::Sde { method, num_steps, last_step, .. } => {
-                let per_step = if method == SdeMethod::Heun { 2 } else { 1 };
-                Some(per_step * (num_steps - 1) + usize::from(last_step != LastStep::None))
-            }
+    /// The time of every network call, in order, when known before the run (not for dopri5,
+    /// which chooses its steps as it goes).
+    pub fn call_times(&self, transport: &Transport) -> Option<Vec<f64>> {
+        let t = self.times(transport);
+        let steps = t.windows(2).map(|w| (w[0], w[1] - w[0]));
+        let per_step: &[f64] = match *self {
+            Self::Ode { method: OdeMethod::Dopri5 { .. }, .. } => return None,
+            Self::Ode { method: OdeMethod::Euler, .. } | Self::Sde { method: SdeMethod::Euler, .. } => &[0.0],
+            Self::Ode { method: OdeMethod::Heun2, .. } | Self::Sde { method: SdeMethod::Heun, .. } => &[0.0, 1.0],
+            Self::Ode { method: OdeMethod::Rk4, .. } => &[0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0],
+        };
+        // The SDE's steps have the first step's size, as the reference's `dt`.
+        let dt0 = t[1] - t[0];
+        let mut times: Vec<f64> = match self {
+            Self::Ode { .. } => steps.flat_map(|(t0, dt)| per_step.iter().map(move |f| t0 + f * dt)).collect(),
+            Self::Sde { .. } => steps.flat_map(|(t0, _)| per_step.iter().map(move |f| t0 + f * dt0)).collect(),
+        };
+        if let Self::Sde { last_step, .. } = self
+            && *last_step != LastStep::None
+        {
+            times.push(t[t.len() - 1]);
         }
+        Some(times)
     }
 
     /// Runs from `x` (noise, or data when reversed) and returns the end point. `noise` gives the
@@ -130,9 +236,7 @@ impl TransportSampler {
         };
         let t = self.times(transport);
         match *self {
-            Self::Ode { method, .. } => {
-                integrators::odeint(&mut |x, t| Ok(evaluate(x, t)?.0), x, &t, method)
-            }
+            Self::Ode { method, .. } => integrators::odeint(&mut |x, t| Ok(evaluate(x, t)?.0), x, &t, method),
             Self::Sde { method, form, norm, last_step, last_step_size, .. } => {
                 let w = |t: f64| transport.path.diffusion(form, norm, t);
                 let mut drift = |x: Tensor<4>, t: f64| -> Result<Tensor<4>> {

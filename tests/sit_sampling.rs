@@ -1,0 +1,157 @@
+//! Sampling SiT models end to end: the interpolant's samplers through the sampling pipeline
+//! (guidance, per-sample noise streams, the codec) and through `udit sample`.
+
+mod common;
+
+use burn::prelude::*;
+use common::*;
+use udit::checkpoint::{load_denoiser, read_weights};
+use udit::codec::Codec;
+use udit::guidance::{Evaluations, Guidance, GuidanceInterval};
+use udit::model::{Denoiser, ModelConfig};
+use udit::process::{Process, ProcessSpec};
+use udit::sample::{Classes, Generator, Method, SamplerOptions, Settings};
+
+struct Setup {
+    model: Denoiser,
+    config: ModelConfig,
+    codec: Codec,
+}
+
+fn setup() -> Setup {
+    let dev = Device::flex();
+    let config = ModelConfig::from_file(&fixture("sit_tiny.json")).unwrap();
+    let weights = read_weights(&fixture("sit_tiny.state-dict.pt"), None).unwrap();
+    let model = load_denoiser(&config, &weights, &dev).unwrap();
+    Setup { model, config, codec: Codec::None }
+}
+
+fn generator<'a>(s: &'a Setup, sampler: &str, steps: usize, cfg_scale: f64) -> Generator<'a> {
+    let process = ProcessSpec::default_for(&s.config).process().unwrap();
+    let method = Method::named(&process, Some(sampler), Some(steps), &SamplerOptions::default()).unwrap();
+    Generator {
+        model: &s.model,
+        config: &s.config,
+        codec: &s.codec,
+        process,
+        settings: Settings {
+            method,
+            guidance: Guidance::everywhere(cfg_scale),
+            seed: 5,
+            classes: Classes::Listed(vec![1, 4, 7]),
+        },
+        device: Device::flex(),
+    }
+}
+
+fn latents(g: &Generator, first: usize, count: usize) -> Vec<f32> {
+    g.generate_latents(first, count, &mut |_| Ok(())).unwrap().0.into_data().try_into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn sit_models_sample_with_the_interpolant_by_default() {
+    let s = setup();
+    assert!(matches!(ProcessSpec::default_for(&s.config).process().unwrap(), Process::Interpolant(_)));
+    let process = ProcessSpec::default_for(&s.config).process().unwrap();
+    let default = Method::named(&process, None, None, &SamplerOptions::default()).unwrap();
+    assert_eq!((default.name(), default.steps()), ("sde", 250), "the SiT paper's SDE protocol");
+    // Diffusion samplers are refused for an interpolant, and the other way round.
+    let err = Method::named(&process, Some("ancestral"), None, &SamplerOptions::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("unknown sampler \"ancestral\" for an interpolant"), "{err:#}");
+    let diffusion = ProcessSpec::Diffusion.process().unwrap();
+    assert!(Method::named(&diffusion, Some("sde"), None, &SamplerOptions::default()).is_err());
+}
+
+#[test]
+fn every_interpolant_sampler_is_the_same_in_any_batch_and_counts_its_calls() {
+    let s = setup();
+    for (sampler, steps) in [("sde", 6), ("sde-heun", 4), ("euler", 6), ("heun2", 4), ("rk4", 3), ("dopri5", 2)] {
+        let g = generator(&s, sampler, steps, 1.5);
+        g.validate().unwrap();
+        let whole = latents(&g, 0, 4);
+        let parts = [latents(&g, 0, 1), latents(&g, 1, 3)].concat();
+        // GEMMs of other batch shapes round differently: equal up to float rounding. dopri5
+        // steps the whole batch together (one error norm, as torchdiffeq): within its tolerance.
+        let diff = whole.iter().zip(&parts).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let tolerance = if sampler == "dopri5" { 1e-2 } else { 1e-4 };
+        assert!(diff < tolerance, "{sampler}: sample i depends on i and the seed only (max difference {diff})");
+        assert!(whole.iter().all(|v| v.is_finite()), "{sampler}");
+        let mut calls = 0;
+        g.generate_latents(0, 2, &mut |_| {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        match g.evaluations().unwrap() {
+            Some(e) => assert_eq!(e, Evaluations { calls, guided: calls }, "{sampler}: guided at every call"),
+            None => assert_eq!(sampler, "dopri5", "only dopri5 decides its calls as it runs"),
+        }
+    }
+}
+
+#[test]
+fn guidance_mixes_the_velocity_and_its_interval_is_in_sigma_over_alpha() {
+    let s = setup();
+    let mut g = generator(&s, "euler", 5, 2.0);
+    let guided = latents(&g, 0, 2);
+    g.settings.guidance = Guidance::everywhere(1.0);
+    let unguided = latents(&g, 0, 2);
+    assert_ne!(guided, unguided);
+    // An interval over every noise level is plain guidance; an empty one is none.
+    g.settings.guidance =
+        Guidance { scale: 2.0, interval: GuidanceInterval::Between(0.0, f64::INFINITY), channels: None };
+    assert_eq!(latents(&g, 0, 2), guided);
+    g.settings.guidance.interval = GuidanceInterval::Between(1.0, 1.0);
+    assert_eq!(latents(&g, 0, 2), unguided);
+    // Euler over 5 points calls at t = 0, 0.25, 0.5, 0.75: sigma/alpha = inf, 3, 1, 1/3 on the
+    // Linear path, so (0.5, 2] guides the call at t = 0.5 alone.
+    g.settings.guidance.interval = GuidanceInterval::Between(0.5, 2.0);
+    assert_eq!(g.evaluations().unwrap(), Some(Evaluations { calls: 4, guided: 1 }));
+}
+
+#[test]
+fn udit_sample_draws_sit_pngs_and_refuses_what_does_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("samples");
+    let config = fixture("sit_tiny.json");
+    let ckpt = fixture("sit_tiny.state-dict.pt");
+    let vae = fixture("vae_tiny");
+    let base = [
+        "sample",
+        "--config",
+        config.to_str().unwrap(),
+        "--ckpt",
+        ckpt.to_str().unwrap(),
+        "--vae",
+        vae.to_str().unwrap(),
+        "--num-samples",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = |extra: &[&str]| udit(&[&base[..], extra].concat());
+    let (ok, _, err) = run(&["--steps", "8", "--class", "2"]);
+    assert!(ok, "{err}");
+    for name in ["000000.png", "000001.png", "000002.png", "grid.png"] {
+        assert!(out.join(name).exists(), "{name}");
+    }
+    let (ok, _, err) = run(&["--sampler", "dopri5", "--rtol", "1e-2", "--class", "2"]);
+    assert!(ok, "{err}");
+    for (extra, says) in [
+        (&["--sampler", "ancestral"][..], "unknown sampler \"ancestral\" for an interpolant"),
+        (&["--eta", "0.5"][..], "--schedule and --eta apply to Gaussian-diffusion samplers"),
+        (&["--sampler", "euler", "--last-step", "Tweedie"][..], "apply to the SDE samplers"),
+        (&["--atol", "1e-5"][..], "--atol and --rtol apply to dopri5"),
+        (&["--steps", "1"][..], "at least 2 time points"),
+        (&["--last-step", "sideways"][..], "unknown last step"),
+        (&["--path-type", "Curved"][..], "unknown path"),
+    ] {
+        let (ok, _, err) = run(extra);
+        assert!(!ok && err.contains(says), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{extra:?}: one line: {err}");
+    }
+    // A diffusion model refuses the interpolant's knobs.
+    let (ok, _, err) =
+        udit(&["sample", "--diffusion-form", "sigma", "--num-samples", "1", "--out", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("apply to models of an interpolant"), "{err}");
+}
