@@ -219,3 +219,98 @@ fn lr_schedule_warms_up_holds_and_cools_down_to_zero() {
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("cool-down (9)") && err.contains("10 steps"), "{err}");
 }
+
+fn tiny_sit_recipe(data: &std::path::Path, steps: u64, dropout: f64) -> TrainConfig {
+    let model = ModelConfig::from_json(&format!(
+        r#"{{"arch":"sit","input_size":8,"patch_size":2,"hidden_size":16,"depth":1,"num_heads":2,"num_classes":3,"class_dropout_prob":{dropout}}}"#
+    ))
+    .unwrap();
+    TrainConfig { model, ..tiny_recipe(data, steps) }
+}
+
+/// One step's loss is SiT's: the mean over the batch of mean((v(x_t, t, y) - (x1 - x0))^2) on
+/// the Linear path at the drawn t and noise, computed here by hand from the draws.
+#[test]
+fn the_interpolant_loss_is_sits_at_the_drawn_points() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::latents(tmp.path(), 4);
+    let dev = Device::flex().autodiff();
+    let cfg = tiny_sit_recipe(tmp.path(), 1, 0.0);
+    assert_eq!(cfg.process(), udit::process::ProcessSpec::sit(), "SiT models train the interpolant");
+    let mut trainer = Trainer::new(TrainState::new(cfg.clone(), &dev).unwrap(), &dev).unwrap();
+    // Give the zero-initialised output layer weights, so that the network is not 0.
+    let state = udit::checkpoint::state_dict(&trainer.state.model);
+    let filled: udit::checkpoint::StateDict = state
+        .into_iter()
+        .map(|(k, v)| {
+            let n = v.num_elements();
+            let values: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.2).collect();
+            (k, TensorData::new(values, v.shape().to_vec()))
+        })
+        .collect();
+    trainer.state.model = udit::checkpoint::load_into(trainer.state.model.clone(), &filled, &dev).unwrap();
+    let batch = trainer.loader().unwrap().next_batch().unwrap();
+    let (_, stats) = trainer.gradients(&batch, 0, 4).unwrap();
+
+    let d = draws(&cfg, 0, 0, 4, 4 * 8 * 8, 0);
+    let x1 = &batch.x;
+    let x0 = &d.noise;
+    let per = 4 * 8 * 8;
+    let xt: Vec<f32> =
+        (0..4 * per).map(|i| d.t[i / per] as f32 * x1[i] + (1.0 - d.t[i / per] as f32) * x0[i]).collect();
+    let inner = Device::flex();
+    let model = udit::checkpoint::load_into(
+        udit::model::Denoiser::new(&cfg.model, udit::model::FfnForm::Train, &inner),
+        &filled,
+        &inner,
+    )
+    .unwrap();
+    let t = Tensor::<1>::from_data(TensorData::new(d.t.iter().map(|&t| t as f32).collect::<Vec<_>>(), [4]), &inner);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(batch.labels[..4].to_vec(), [4]), &inner);
+    let v = model.forward(Tensor::from_data(TensorData::new(xt, [4, 4, 8, 8]), &inner), t, y);
+    assert_eq!(v.dims(), [4, 4, 8, 8]);
+    let v = v.into_data().try_to_vec::<f32>().unwrap();
+    let loss: f64 = (0..4 * per).map(|i| ((v[i] - (x1[i] - x0[i])) as f64).powi(2)).sum::<f64>() / (4 * per) as f64;
+    assert!(loss > 0.01, "a network that is not zero");
+    assert!((stats.loss - loss).abs() < 1e-5 * loss, "trainer {} vs by hand {loss}", stats.loss);
+    assert!(d.t.iter().all(|&t| (0.0..1.0).contains(&t)) && d.t.iter().any(|&t| t.fract() != 0.0));
+}
+
+#[test]
+fn an_interpolant_run_learns_resumes_bit_for_bit_and_exports_its_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::latents(&tmp.path().join("data"), 8);
+    let dev = Device::flex().autodiff();
+    let hidden = udit::progress::Progress::hidden;
+    let mut recipe = tiny_sit_recipe(&tmp.path().join("data"), 60, 0.1);
+    recipe.ckpt_every = 30;
+    let straight = RunDir(tmp.path().join("straight"));
+    let a = train(TrainState::new(recipe.clone(), &dev).unwrap(), &straight, &[dev.clone()], &hidden()).unwrap();
+    let split = RunDir(tmp.path().join("split"));
+    train(
+        TrainState::new(TrainConfig { steps: 30, ..recipe.clone() }, &dev).unwrap(),
+        &split,
+        &[dev.clone()],
+        &hidden(),
+    )
+    .unwrap();
+    let mut resumed = TrainState::load(&split.checkpoint(30), &dev).unwrap();
+    resumed.config.steps = 60;
+    let b = train(resumed, &split, &[dev.clone()], &hidden()).unwrap();
+    for ((ka, va), (_, vb)) in params(&a.state).iter().zip(&params(&b.state)) {
+        assert!(va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{ka} differs after resume");
+    }
+    let losses: Vec<f64> = std::fs::read_to_string(straight.log())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<udit::train::LogLine>(l).unwrap().loss)
+        .collect();
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&losses[..10]), mean(&losses[losses.len() - 10..]));
+    assert!(last < 0.92 * first, "the velocity loss falls: {first:.4} -> {last:.4}"); // 1.36 -> 1.19
+    // The export says which process it was trained with, so `udit sample` needs no flag.
+    let w = udit::checkpoint::read_weights(&straight.export(), None).unwrap();
+    let spec = udit::process::ProcessSpec::of_weights(&w.metadata, w.config.as_ref().unwrap()).unwrap();
+    assert_eq!(spec, udit::process::ProcessSpec::sit());
+    assert!(straight.samples(60).exists(), "the EMA grid, drawn with the interpolant's sampler");
+}
