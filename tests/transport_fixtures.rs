@@ -9,6 +9,7 @@ use burn::tensor::TensorData;
 use common::{assert_close, float, io};
 use udit::checkpoint::StateDict;
 use udit::transport::integrators::{OdeMethod, SdeMethod};
+use udit::transport::likelihood::{Likelihood, network_vjp};
 use udit::transport::path::combine;
 use udit::transport::sampling::{LastStep, TransportSampler};
 use udit::transport::{DiffusionForm, Integration, LossWeight, PathType, Prediction, Transport};
@@ -287,5 +288,31 @@ fn bad_sampler_settings_are_refused_before_any_call() {
             .run(&transport, &mut |x, t| network.call(x, t), init, &mut || unreachable!(), &mut |_| Ok(()))
             .unwrap_err();
         assert_eq!(network.calls, 0, "{sampler:?}: {err}");
+    }
+}
+
+/// Hutchinson's likelihood on the analytic network, fed the reference's own probes: log p and
+/// the noise end for Euler over 20 points and dopri5, one probe per evaluation as there.
+#[test]
+fn the_likelihood_ode_matches_the_reference_with_its_probes() {
+    let f = fixture();
+    let inner = Device::flex();
+    let autodiff = inner.clone().autodiff();
+    let transport = Transport::sit();
+    let x: Tensor<4> = float(&f["sampler.init"], &inner);
+    for (name, method) in [("euler", OdeMethod::Euler), ("dopri5", OdeMethod::Dopri5 { atol: 1e-6, rtol: 1e-3 })] {
+        let mut network = Analytic::new(&f, &autodiff);
+        let probes = float::<5>(&f[&format!("likelihood.{name}.probes")], &inner);
+        let [k, n, c, h, w] = probes.dims();
+        let mut drawn = (0..k).map(|i| probes.clone().narrow(0, i, 1).reshape([n, c, h, w]) * 2.0 - 1.0);
+        let mut next_probe = || drawn.next().expect("the reference drew as many probes");
+        let likelihood = Likelihood { method, num_steps: 20 };
+        let mut vjp = |x, t, eps| Ok(network_vjp(&transport, &mut |x, t| network.call(x, t), &autodiff, x, t, eps));
+        let out = likelihood.run(&transport, &mut vjp, x.clone(), &mut next_probe).unwrap();
+        assert!(drawn.next().is_none(), "{name}: fewer evaluations than the reference");
+        assert_eq!(network.calls, k, "{name}: one forward pass per evaluation");
+        let logp = TensorData::new(out.logp.iter().map(|&v| v as f32).collect::<Vec<_>>(), [n]);
+        assert_close(&format!("{name} logp"), &logp, &f[&format!("likelihood.{name}.logp")], TOL);
+        assert_close(&format!("{name} z"), &out.z.into_data(), &f[&format!("likelihood.{name}.z")], TOL);
     }
 }

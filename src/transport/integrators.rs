@@ -7,7 +7,82 @@ use anyhow::{Result, bail};
 use burn::prelude::*;
 
 /// A vector field: (x, t) -> dx/dt. An error (a cancelled run) stops the integration.
-pub type Field<'a> = dyn FnMut(Tensor<4>, f64) -> Result<Tensor<4>> + 'a;
+pub type Field<'a, S = Tensor<4>> = dyn FnMut(S, f64) -> Result<S> + 'a;
+
+/// What an ODE integrates: one tensor, or several integrated together (the likelihood's point
+/// and log-density) whose error norm is the largest of their RMS norms (torchdiffeq's mixed
+/// norm of a tupled state).
+#[derive(Clone, Debug)]
+pub struct State(pub Vec<Tensor<4>>);
+
+impl State {
+    pub fn one(x: Tensor<4>) -> Self {
+        Self(vec![x])
+    }
+
+    /// The first (or only) part.
+    pub fn first(self) -> Tensor<4> {
+        self.0.into_iter().next().expect("a state has a part")
+    }
+
+    fn map(self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
+        Self(self.0.into_iter().map(f).collect())
+    }
+
+    fn zip(self, other: Self, f: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>) -> Self {
+        Self(self.0.into_iter().zip(other.0).map(|(a, b)| f(a, b)).collect())
+    }
+
+    fn abs(self) -> Self {
+        self.map(Tensor::abs)
+    }
+
+    fn max_pair(self, other: Self) -> Self {
+        self.zip(other, Tensor::max_pair)
+    }
+
+    /// The largest over the parts of sqrt(mean(x^2)), each over the whole batch (so the
+    /// whole batch takes the same steps, as in torchdiffeq).
+    fn norm(&self) -> f64 {
+        let rms = |x: &Tensor<4>| ((x.clone() * x.clone()).mean().into_scalar::<f32>() as f64).sqrt();
+        self.0.iter().map(rms).fold(0.0, f64::max)
+    }
+}
+
+impl std::ops::Add for State {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        self.zip(other, |a, b| a + b)
+    }
+}
+
+impl std::ops::Sub for State {
+    type Output = Self;
+    fn sub(self, other: Self) -> Self {
+        self.zip(other, |a, b| a - b)
+    }
+}
+
+impl std::ops::Div for State {
+    type Output = Self;
+    fn div(self, other: Self) -> Self {
+        self.zip(other, |a, b| a / b)
+    }
+}
+
+impl std::ops::Mul<f64> for State {
+    type Output = Self;
+    fn mul(self, factor: f64) -> Self {
+        self.map(|a| a * factor)
+    }
+}
+
+impl std::ops::Add<f64> for State {
+    type Output = Self;
+    fn add(self, value: f64) -> Self {
+        self.map(|a| a + value)
+    }
+}
 
 /// An ODE solver by torchdiffeq's name.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,7 +136,7 @@ pub fn linspace(t0: f64, t1: f64, points: usize) -> Vec<f64> {
 
 /// Integrates dx/dt = f(x, t) from x at `t[0]` through the time points `t` (increasing, or
 /// decreasing to integrate backwards) with `method`; returns x at the last point.
-pub fn odeint(f: &mut Field, x: Tensor<4>, t: &[f64], method: OdeMethod) -> Result<Tensor<4>> {
+pub fn odeint(f: &mut Field<State>, x: State, t: &[f64], method: OdeMethod) -> Result<State> {
     if t.len() < 2 {
         bail!("an ODE solve needs at least 2 time points, got {}", t.len());
     }
@@ -72,7 +147,7 @@ pub fn odeint(f: &mut Field, x: Tensor<4>, t: &[f64], method: OdeMethod) -> Resu
 }
 
 /// One step of a fixed-grid solver from (y, t0) to t1 (`_step_func` of torchdiffeq).
-fn fixed_step(f: &mut Field, method: OdeMethod, y: Tensor<4>, t0: f64, t1: f64) -> Result<Tensor<4>> {
+fn fixed_step(f: &mut Field<State>, method: OdeMethod, y: State, t0: f64, t1: f64) -> Result<State> {
     let dt = t1 - t0;
     let k1 = f(y.clone(), t0)?;
     let dy = match method {
@@ -131,15 +206,8 @@ const DP_ORDER: f64 = 5.0;
 /// torchdiffeq's `max_num_steps`, beyond which a solve is given up.
 const MAX_ATTEMPTS: usize = 1 << 20;
 
-/// sqrt(mean(x^2)) over the whole batch (torchdiffeq's `_rms_norm`: one norm for all samples,
-/// so the whole batch takes the same steps).
-fn rms(x: Tensor<4>) -> f64 {
-    let mean = (x.clone() * x).mean().into_scalar::<f32>();
-    (mean as f64).sqrt()
-}
-
 /// `sum_j k_j w_j` of stage derivatives.
-fn weighted(k: &[Tensor<4>], w: &[f64]) -> Tensor<4> {
+fn weighted(k: &[State], w: &[f64]) -> State {
     let mut terms = k.iter().zip(w).filter(|(_, w)| **w != 0.0).map(|(k, &w)| k.clone() * w);
     let first = terms.next().expect("a nonzero weight");
     terms.fold(first, |acc, term| acc + term)
@@ -150,15 +218,15 @@ fn weighted(k: &[Tensor<4>], w: &[f64]) -> Tensor<4> {
 /// error over `atol + rtol max(|y0|, |y1|)` is at most 1, and x at `t_end` is read off the
 /// 4th-order dense output of the step that passes it. Backwards solves run in s = -t, as
 /// torchdiffeq does.
-fn dopri5(f: &mut Field, y0: Tensor<4>, t_start: f64, t_end: f64, atol: f64, rtol: f64) -> Result<Tensor<4>> {
+fn dopri5(f: &mut Field<State>, y0: State, t_start: f64, t_end: f64, atol: f64, rtol: f64) -> Result<State> {
     let dir = if t_end >= t_start { 1.0 } else { -1.0 };
-    let mut g = |y: Tensor<4>, s: f64| -> Result<Tensor<4>> { Ok(f(y, dir * s)? * dir) };
+    let mut g = |y: State, s: f64| -> Result<State> { Ok(f(y, dir * s)? * dir) };
     let (s_end, mut s) = (dir * t_end, dir * t_start);
     let mut y = y0;
     let mut f0 = g(y.clone(), s)?;
     let mut dt = initial_step(&mut g, y.clone(), f0.clone(), s, atol, rtol)?;
     // The last accepted step: its interval and dense-output coefficients.
-    let mut last: Option<(f64, f64, [Tensor<4>; 5])> = None;
+    let mut last: Option<(f64, f64, [State; 5])> = None;
     let mut attempts = 0;
     while last.as_ref().is_none_or(|(_, s1, _)| s_end > *s1) {
         attempts += 1;
@@ -179,7 +247,7 @@ fn dopri5(f: &mut Field, y0: Tensor<4>, t_start: f64, t_end: f64, atol: f64, rto
         let y1 = yi;
         let error = weighted(&k, &DP_ERROR) * dt;
         let tolerance = y.clone().abs().max_pair(y1.clone().abs()) * rtol + atol;
-        let ratio = rms(error / tolerance);
+        let ratio = (error / tolerance).norm();
         if ratio <= 1.0 {
             let y_mid = y.clone() + weighted(&k, &DP_MID) * dt;
             let f1 = k[6].clone();
@@ -195,19 +263,19 @@ fn dopri5(f: &mut Field, y0: Tensor<4>, t_start: f64, t_end: f64, atol: f64, rto
 /// The first step of Hairer, Norsett and Wanner (torchdiffeq's `_select_initial_step`, with
 /// order 4 = dopri5's order - 1): one extra call.
 fn initial_step(
-    g: &mut impl FnMut(Tensor<4>, f64) -> Result<Tensor<4>>,
-    y0: Tensor<4>,
-    f0: Tensor<4>,
+    g: &mut impl FnMut(State, f64) -> Result<State>,
+    y0: State,
+    f0: State,
     s0: f64,
     atol: f64,
     rtol: f64,
 ) -> Result<f64> {
     let scale = y0.clone().abs() * rtol + atol;
-    let d0 = rms(y0.clone() / scale.clone());
-    let d1 = rms(f0.clone() / scale.clone());
+    let d0 = (y0.clone() / scale.clone()).norm();
+    let d1 = (f0.clone() / scale.clone()).norm();
     let h0 = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
     let f1 = g(y0 + f0.clone() * h0, s0 + h0)?;
-    let d2 = rms((f1 - f0) / scale) / h0;
+    let d2 = ((f1 - f0) / scale).norm() / h0;
     let h1 = if d1 <= 1e-15 && d2 <= 1e-15 {
         (h0 * 1e-3).max(1e-6)
     } else {
@@ -226,7 +294,7 @@ fn optimal_step_factor(ratio: f64) -> f64 {
 }
 
 /// Coefficients [e, d, c, b, a] of the quartic through a step (torchdiffeq's `_interp_fit`).
-fn interp_fit(y0: Tensor<4>, y1: Tensor<4>, y_mid: Tensor<4>, f0: Tensor<4>, f1: Tensor<4>, dt: f64) -> [Tensor<4>; 5] {
+fn interp_fit(y0: State, y1: State, y_mid: State, f0: State, f1: State, dt: f64) -> [State; 5] {
     let a = (f1.clone() - f0.clone()) * (2.0 * dt) - (y1.clone() + y0.clone()) * 8.0 + y_mid.clone() * 16.0;
     let b = (f0.clone() * 5.0 - f1.clone() * 3.0) * dt + y0.clone() * 18.0 + y1.clone() * 14.0 - y_mid.clone() * 32.0;
     let c = (f1 - f0.clone() * 4.0) * dt - y0.clone() * 11.0 - y1 * 5.0 + y_mid * 16.0;
@@ -234,7 +302,7 @@ fn interp_fit(y0: Tensor<4>, y1: Tensor<4>, y_mid: Tensor<4>, f0: Tensor<4>, f1:
 }
 
 /// The quartic at x in [0, 1] of the step (torchdiffeq's `_interp_evaluate`).
-fn interp_evaluate(coefficients: [Tensor<4>; 5], x: f64) -> Tensor<4> {
+fn interp_evaluate(coefficients: [State; 5], x: f64) -> State {
     let [e, d, c, b, a] = coefficients;
     e + d * x + c * x.powi(2) + b * x.powi(3) + a * x.powi(4)
 }

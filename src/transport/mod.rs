@@ -5,6 +5,7 @@
 //! [`crate::diffusion`]: the same networks, called with t as it is (no x1000).
 
 pub mod integrators;
+pub mod likelihood;
 pub mod path;
 pub mod sampling;
 

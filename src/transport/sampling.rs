@@ -8,7 +8,7 @@
 use anyhow::{Result, bail};
 use burn::prelude::*;
 
-use super::integrators::{self, OdeMethod, SdeMethod, linspace};
+use super::integrators::{self, OdeMethod, SdeMethod, State, linspace};
 use super::{DiffusionForm, Integration, Transport};
 use crate::diffusion::samplers::{ModelFn, OnStep, times};
 
@@ -236,7 +236,10 @@ impl TransportSampler {
         };
         let t = self.times(transport);
         match *self {
-            Self::Ode { method, .. } => integrators::odeint(&mut |x, t| Ok(evaluate(x, t)?.0), x, &t, method),
+            Self::Ode { method, .. } => {
+                let mut velocity = |y: State, t| Ok(State::one(evaluate(y.first(), t)?.0));
+                Ok(integrators::odeint(&mut velocity, State::one(x), &t, method)?.first())
+            }
             Self::Sde { method, form, norm, last_step, last_step_size, .. } => {
                 let w = |t: f64| transport.path.diffusion(form, norm, t);
                 let mut drift = |x: Tensor<4>, t: f64| -> Result<Tensor<4>> {
