@@ -35,9 +35,12 @@ enum Command {
     /// FID, sFID, Inception Score, precision and recall of an ADM `.npz` against a reference;
     /// with `--features`, the offline Fashion-MNIST meter.
     Eval(eval::EvalArgs),
+    /// Negative log-likelihood of data under an interpolant (SiT) model, in bits per dimension:
+    /// the reverse ODE with Hutchinson's trace estimator.
+    Likelihood(eval::LikelihoodArgs),
     /// Train the offline meter's classifier (Fashion-MNIST).
     TrainClassifier(eval::TrainClassifierArgs),
-    /// Train a U-DiT (or DiT) with the reference recipe; resumable.
+    /// Train a U-DiT, DiT or SiT with the reference recipe, either process; resumable.
     Train(train::TrainArgs),
     /// Encode an ImageNet-layout folder to latents once (ADM center crop, SD VAE).
     ExtractFeatures(train::ExtractArgs),
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::MergeNpz(a) => sample::merge_npz(a),
         Command::Sweep(a) => sweep::sweep(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Likelihood(a) => eval::likelihood(a),
         Command::TrainClassifier(a) => eval::train_classifier(a),
         Command::Train(a) => train::train(a),
         Command::ExtractFeatures(a) => train::extract_features(a),

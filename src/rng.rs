@@ -33,6 +33,8 @@ pub enum Stream {
     Posterior { index: u64 },
     /// The offline meter's classifier: the batch order of all its epochs.
     ClassifierOrder,
+    /// Likelihood: the Hutchinson probes of data sample `index`.
+    Probes { index: u64 },
 }
 
 impl Stream {
@@ -46,6 +48,7 @@ impl Stream {
             Self::TrainSample { index } => (seed, 3 * BLOCK + index),
             Self::Posterior { index } => (seed, 4 * BLOCK + index),
             Self::ClassifierOrder => (seed, 5 * BLOCK),
+            Self::Probes { index } => (seed, 6 * BLOCK + index),
         }
     }
 
@@ -106,6 +109,28 @@ impl NoiseStreams {
         Self { rngs, shape }
     }
 
+    /// The probe streams ([`Stream::Probes`]) of data samples `first..first + count`.
+    pub fn probes(seed: u64, first: usize, count: usize, shape: [usize; 3]) -> Self {
+        let rngs = (first..first + count).map(|i| Stream::Probes { index: i as u64 }.rng(seed)).collect();
+        Self { rngs, shape }
+    }
+
+    /// The next `[count, C, H, W]` Rademacher draw: +1 or -1 with probability 1/2 each, one
+    /// bit of the stream per value (Hutchinson's probes).
+    pub fn next_signs(&mut self, device: &Device) -> Tensor<4> {
+        let per = self.shape.iter().product::<usize>();
+        let mut values = Vec::with_capacity(self.rngs.len() * per);
+        for rng in &mut self.rngs {
+            for chunk in 0..per.div_ceil(64) {
+                let bits = rng.next_u64();
+                let n = (per - chunk * 64).min(64);
+                values.extend((0..n).map(|b| if bits >> b & 1 == 1 { 1.0f32 } else { -1.0 }));
+            }
+        }
+        let [c, h, w] = self.shape;
+        Tensor::from_data(TensorData::new(values, [self.rngs.len(), c, h, w]), device)
+    }
+
     /// The next `[count, C, H, W]` standard normal draw.
     pub fn next(&mut self, device: &Device) -> Tensor<4> {
         let per = self.shape.iter().product::<usize>();
@@ -136,6 +161,7 @@ mod tests {
                     Stream::Flips { step: i },
                     Stream::TrainSample { index: i },
                     Stream::Posterior { index: i },
+                    Stream::Probes { index: i },
                 ]
             })
             .chain([Stream::ClassifierOrder])

@@ -155,3 +155,76 @@ fn udit_sample_draws_sit_pngs_and_refuses_what_does_not_apply() {
         udit(&["sample", "--diffusion-form", "sigma", "--num-samples", "1", "--out", out.to_str().unwrap()]);
     assert!(!ok && err.contains("apply to models of an interpolant"), "{err}");
 }
+
+#[test]
+fn udit_forward_takes_float_times_for_sit() {
+    let (ok, out, err) = udit(&[
+        "forward",
+        "--config",
+        fixture("sit_tiny.json").to_str().unwrap(),
+        "--weights",
+        fixture("sit_tiny.state-dict.pt").to_str().unwrap(),
+        "--inputs",
+        fixture("sit_tiny.io.safetensors").to_str().unwrap(),
+        "--expect",
+        "out_eval",
+    ]);
+    assert!(ok, "{err}");
+    assert!(format!("{out}{err}").contains("out vs out_eval"), "{out}{err}");
+}
+
+/// Writes `n` 4x16x16 latents with labels 0..10.
+fn sit_latents(dir: &std::path::Path, n: usize) {
+    let mut w = udit::data::latents::LatentWriter::create(dir, n, [4, 16, 16]).unwrap();
+    let values: Vec<f32> = (0..n * 1024).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.8).collect();
+    let labels: Vec<i64> = (0..n as i64).map(|i| (3 * i) % 10).collect();
+    w.push(&values, &labels).unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn udit_likelihood_scores_data_in_bits_per_dim_whatever_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    sit_latents(dir.path(), 3);
+    let config = fixture("sit_tiny.json");
+    let ckpt = fixture("sit_tiny.state-dict.pt");
+    let data = dir.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let base = [
+            "likelihood",
+            "--config",
+            config.to_str().unwrap(),
+            "--ckpt",
+            ckpt.to_str().unwrap(),
+            "--dataset",
+            "latents",
+            "--data-dir",
+            data,
+            "--json",
+        ];
+        udit(&[&base[..], extra].concat())
+    };
+    let bpd = |extra: &[&str]| {
+        let (ok, out, err) = run(extra);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["samples"], 3);
+        v["bits_per_dim"].as_f64().unwrap()
+    };
+    let heun = ["--num-samples", "3", "--sampler", "heun2", "--steps", "4"];
+    let (one, three) = (bpd(&[&heun[..], &["--batch", "1"]].concat()), bpd(&[&heun[..], &["--batch", "3"]].concat()));
+    assert!(one.is_finite() && one > 0.0, "{one}");
+    assert!((one - three).abs() < 1e-4 * one.abs(), "the probes follow the sample, not the batch: {one} vs {three}");
+    assert_ne!(bpd(&[&heun[..], &["--seed", "1"]].concat()), three, "other probes, another estimate");
+    for (extra, says) in [
+        (&["--sampler", "sde"][..], "unknown ODE method"),
+        (&["--steps", "1"][..], "--steps must be at least 2"),
+        (&["--num-samples", "4"][..], "fewer than the 4 asked for"),
+    ] {
+        let (ok, _, err) = run(extra);
+        assert!(!ok && err.contains(says), "{extra:?}: {err}");
+    }
+    // The bundled model is a diffusion model: no likelihood ODE.
+    let (ok, _, err) = udit(&["likelihood", "--dataset", "latents", "--data-dir", data]);
+    assert!(!ok && err.contains("needs an interpolant"), "{err}");
+}

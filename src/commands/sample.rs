@@ -85,6 +85,17 @@ impl ReadModel {
         let codec = Codec::open(&self.codec, device)?;
         Ok(SamplingModel { model, config: self.config, process: self.process, codec, names: self.names })
     }
+
+    /// The denoiser (FFN merged) on the autodiff device `autodiff`, for gradients with respect
+    /// to its input.
+    pub fn load_for_gradients(&self, autodiff: &Device) -> Result<crate::model::Denoiser> {
+        Ok(checkpoint::load_denoiser(&self.config, &self.weights, autodiff)?.merged())
+    }
+
+    /// The model's codec (a VAE may download on first use).
+    pub fn open_codec(&self, device: &Device) -> Result<Codec> {
+        Codec::open(&self.codec, device)
+    }
 }
 
 /// `--cfg-channels` resolved against the model (None: its configuration's).

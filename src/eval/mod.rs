@@ -3,6 +3,7 @@
 
 pub mod classifier;
 pub mod inception;
+pub mod likelihood;
 pub mod metrics;
 
 use std::path::Path;

@@ -10,10 +10,10 @@ use super::ModelConfig;
 /// Which model: a preset name or a JSON configuration file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ModelChoice {
-    /// Preset: U-DiT-S, U-DiT-B, U-DiT-L, DiT-{S,B,L,XL}/{2,4,8}.
+    /// Preset: U-DiT-{S,B,L}, DiT-{S,B,L,XL}/{2,4,8}, SiT-{S,B,L,XL}/{2,4,8}.
     #[arg(long, conflicts_with = "config")]
     pub model: Option<String>,
-    /// JSON object of reference constructor arguments plus "arch": "u-dit" or "dit".
+    /// JSON object of reference constructor arguments plus "arch": "u-dit", "dit" or "sit".
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Latent side (overrides the configuration's input_size).
