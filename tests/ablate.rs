@@ -310,6 +310,15 @@ fn bad_plans_are_one_line_errors_before_any_training() {
         ),
         (edit(&|p| p["meter"]["cfg_scales"] = json!([0.5])), "at least 1"),
         (edit(&|p| p["meter"]["sampler"] = json!("euler")), "unknown sampler"),
+        // A SiT entry samples with its interpolant, where the meter's ddim does not exist.
+        (
+            edit(&|p| {
+                let sit = json!({"arch": "sit", "input_size": 16, "hidden_size": 16, "depth": 1, "num_heads": 2,
+                                 "num_classes": 10});
+                p["entries"][1]["model"] = sit;
+            }),
+            "unknown sampler \"ddim\" for an interpolant",
+        ),
         (edit(&|p| p["meter"]["reference"] = json!("no-such-batch.npz")), "does not exist"),
         (edit(&|p| p["entries"][0]["model"]["class_dropout_prob"] = json!(0)), "needs a null class"),
     ];

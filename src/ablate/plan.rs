@@ -11,6 +11,7 @@ use crate::cost::Cost;
 use crate::model::ModelConfig;
 use crate::precision::Precision;
 use crate::progress::plural;
+use crate::sample::Method;
 use crate::train::{RecipeOverrides, RunOverrides, TrainConfig};
 
 /// The plan file.
@@ -201,6 +202,10 @@ impl Plan {
         for (i, e) in entries.iter().enumerate() {
             for &seed in &r.seeds {
                 let config = r.config(e.config.clone(), seed).with_context(|| format!("entry {:?}", e.name))?;
+                // The meter samples every model with its own process: the sampler must be one of it.
+                let (m, process) = (&self.meter, config.process().process()?);
+                Method::named(&process, Some(&m.sampler), Some(m.steps), &Default::default())
+                    .with_context(|| format!("entry {:?}: the meter's sampler", e.name))?;
                 if self.meter.cfg_scales.iter().any(|&s| s > 1.0) && !e.config.has_null_class() {
                     bail!("entry {:?}: guidance above 1 needs a null class (class_dropout_prob > 0)", e.name);
                 }
@@ -320,7 +325,6 @@ impl Protocol {
         if let Some(s) = self.cfg_scales.iter().enumerate().find(|(i, s)| self.cfg_scales[..*i].contains(s)) {
             bail!("guidance scale {} is listed twice", s.1);
         }
-        crate::diffusion::samplers::Sampler::named(&self.sampler, 0.0)?;
         if self.reference.is_none() && self.inception.is_some() {
             bail!("the meter has `inception` weights but no `reference` batch to score against");
         }
