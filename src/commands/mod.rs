@@ -61,6 +61,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
     let s = cfg.input_size();
     println!("forward GMACs   {:>10.2} (batch 1, {s}x{s} latent)", cost.macs as f64 / 1e9);
     let metadata = weights.map(|w| w.metadata).unwrap_or_default();
+    println!("process         {}", ProcessSpec::of_weights(&metadata, &cfg)?.describe());
     let names = crate::classes::ClassNames::for_model(&metadata, cfg.num_classes())?;
     if a.classes || (!names.is_empty() && names.names().len() <= 20) {
         println!("classes (`udit sample --class` takes the index or a name):");

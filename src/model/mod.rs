@@ -339,7 +339,7 @@ pub fn describe(cfg: &ModelConfig) -> String {
         ),
         ModelConfig::DiT(c) | ModelConfig::SiT(c) => format!(
             "{}  hidden {}, depth {}, heads {}, patch {}, latent {}x{}x{}, {} classes, learn_sigma {}",
-            if matches!(cfg, ModelConfig::SiT(_)) { "SiT (an interpolant)" } else { "DiT" },
+            if matches!(cfg, ModelConfig::SiT(_)) { "SiT" } else { "DiT" },
             c.hidden_size,
             c.depth,
             c.num_heads,
