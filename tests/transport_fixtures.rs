@@ -39,6 +39,9 @@ fn paths_match_the_reference() {
     for (name, path) in PATHS {
         let transport = Transport::new(path, Prediction::Velocity, LossWeight::None, None, None);
         let (xt, ut) = transport.plan(&t, x0.clone(), x1.clone());
+        // The exact velocity points at the data (what previews show), on every path.
+        let data = transport.data_prediction(ut.clone(), xt.clone(), &t);
+        assert_close(&format!("{name} data from u_t"), &data.into_data(), &x1.clone().into_data(), 1e-5);
         assert_close(&format!("{name}.xt"), &xt.into_data(), &f[&format!("{name}.xt")], TOL);
         assert_close(&format!("{name}.ut"), &ut.into_data(), &f[&format!("{name}.ut")], TOL);
         assert_close(&format!("{name}.alpha"), &per_time(&t, |t| path.alpha(t).0), &f[&format!("{name}.alpha")], TOL);

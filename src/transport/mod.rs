@@ -203,14 +203,14 @@ impl Transport {
         combine(score, x, t, |t| self.path.velocity_from_score(t))
     }
 
-    /// The denoised estimate of the data from the score (Tweedie's formula,
-    /// (x + sigma_t^2 score) / alpha_t), what a live preview shows; x itself where alpha_t is
-    /// 0 (pure noise).
-    pub fn data_prediction(&self, score: Tensor<4>, x: Tensor<4>, t: &[f64]) -> Tensor<4> {
-        let safe = |t: f64| self.path.alpha(t).0 > 0.0;
-        let device = x.device();
-        let sigma2 = per_sample(t, |t| if safe(t) { self.path.sigma(t).0.powi(2) } else { 0.0 }, &device);
-        let inv_alpha = per_sample(t, |t| if safe(t) { 1.0 / self.path.alpha(t).0 } else { 1.0 }, &device);
-        (x + score * sigma2) * inv_alpha
+    /// The data the velocity points at: solving x = alpha x1 + sigma x0 and v = alpha' x1 +
+    /// sigma' x0 for x1 gives (sigma' x - sigma v) / (sigma' alpha - sigma alpha'), finite on
+    /// every path at every t (a live preview shows it).
+    pub fn data_prediction(&self, velocity: Tensor<4>, x: Tensor<4>, t: &[f64]) -> Tensor<4> {
+        combine(velocity, x, t, |t| {
+            let ((alpha, d_alpha), (sigma, d_sigma)) = (self.path.alpha(t), self.path.sigma(t));
+            let det = d_sigma * alpha - sigma * d_alpha;
+            (-sigma / det, d_sigma / det)
+        })
     }
 }

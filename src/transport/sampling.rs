@@ -230,9 +230,9 @@ impl TransportSampler {
         let mut evaluate = |x: Tensor<4>, t: f64| -> Result<(Tensor<4>, Tensor<4>)> {
             let ts = vec![t; n];
             let out = model(x.clone(), times(t, n, &device)).narrow(1, 0, c);
-            let score = transport.score(out.clone(), x.clone(), &ts);
-            on_step(&transport.data_prediction(score.clone(), x.clone(), &ts))?;
-            Ok((transport.velocity(out, x, &ts), score))
+            let velocity = transport.velocity(out.clone(), x.clone(), &ts);
+            on_step(&transport.data_prediction(velocity.clone(), x.clone(), &ts))?;
+            Ok((velocity, transport.score(out, x, &ts)))
         };
         let t = self.times(transport);
         match *self {
