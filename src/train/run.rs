@@ -309,7 +309,7 @@ pub fn train(state: TrainState, run: &RunDir, devices: &[Device], progress: &Pro
                 run.prune(cfg.keep_last)?;
             }
             if (cfg.sample_every > 0 && step % cfg.sample_every == 0) || last {
-                progress.phase("EMA sample grid (25 DPM-Solver++ steps)");
+                progress.phase("EMA sample grid");
                 trainer.sample_grid(&run.samples(step), 8)?;
             }
             progress.phase("training");
