@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use udit::commands::{self, ablate, eval, sample, serve, sweep, train};
 
 #[derive(Parser)]
@@ -52,7 +52,11 @@ enum Command {
 
 fn main() -> ExitCode {
     udit::tune_allocator();
-    let result = match Cli::parse().command {
+    // Negative numbers reach their flag's parser (`--num-samples -3` is a bad count, not an
+    // unknown flag).
+    let matches = Cli::command().mut_subcommands(|c| c.allow_negative_numbers(true)).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = match cli.command {
         Command::Info(a) => commands::info(a),
         Command::Forward(a) => commands::forward(a),
         Command::Convert(a) => commands::convert(a),

@@ -40,6 +40,14 @@ pub struct EvalArgs {
 pub fn eval(a: EvalArgs) -> Result<()> {
     use crate::eval::{Reference, activations_shown, inception::InceptionV3, score};
     let device = crate::default_device();
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if a.features.is_some() && (a.save_stats.is_some() || a.reference.is_some() || a.inception.is_some()) {
+        bail!(
+            "--features scores with the offline meter: REFERENCE, --inception and --save-stats apply to the ADM metrics"
+        );
+    }
     if let Some(path) = &a.features {
         use crate::data::fashion_mnist::{FashionMnist, Split};
         let samples = crate::io::npz::read_npz(&a.samples)?;

@@ -230,6 +230,15 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     if a.batch == Some(0) || a.num_samples == 0 {
         bail!("--batch and --num-samples must be at least 1");
     }
+    if a.grid_cols == Some(0) {
+        bail!("--grid-cols must be at least 1");
+    }
+    if a.npz.is_none() && (shard, shards) != (0, 1) {
+        bail!("--shard splits an --npz run; PNG runs write every sample");
+    }
+    if a.npz.is_some() && a.grid_cols.is_some() {
+        bail!("--grid-cols shapes grid.png, which an --npz run does not write");
+    }
     let settings = Settings {
         method,
         guidance: Guidance {

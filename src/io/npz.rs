@@ -60,9 +60,27 @@ impl NpzRun {
         self.parts_dir().join(format!("batch-{b:06}-of-{:06}-size-{}.npz", self.num_batches(), self.batch))
     }
 
-    /// Batches of shard `shard` of `shards` that are not done yet.
+    /// Batches of shard `shard` of `shards` that are not done yet: no part, or a part that
+    /// is not a whole file (a part is written under another name and renamed, so only
+    /// outside damage cuts one short; it is redone).
     pub fn pending(&self, shard: usize, shards: usize) -> Vec<usize> {
-        (0..self.num_batches()).filter(|b| b % shards == shard && !self.part(*b).exists()).collect()
+        (0..self.num_batches()).filter(|b| b % shards == shard && !is_whole_zip(&self.part(*b))).collect()
+    }
+
+    /// (batches, batch size) of the runs whose parts lie in the parts folder, from their names.
+    fn runs_in_parts_dir(&self) -> Vec<(usize, usize)> {
+        let mut runs: Vec<(usize, usize)> = std::fs::read_dir(self.parts_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let (of, size) = name.strip_suffix(".npz")?.split_once("-of-")?.1.split_once("-size-")?;
+                Some((of.parse().ok()?, size.parse().ok()?))
+            })
+            .collect();
+        runs.sort_unstable();
+        runs.dedup();
+        runs
     }
 
     /// Sample range of batch `b`.
@@ -76,9 +94,9 @@ impl NpzRun {
         write_npz(&self.part(b), images)
     }
 
-    /// Batches not written yet.
+    /// Batches not written yet (or cut short).
     pub fn missing(&self) -> Vec<usize> {
-        (0..self.num_batches()).filter(|b| !self.part(*b).exists()).collect()
+        self.pending(0, 1)
     }
 
     /// Merges the parts into the `.npz` once every batch is there; returns whether it did.
@@ -88,7 +106,18 @@ impl NpzRun {
         }
         let mut all: Option<Images> = None;
         for b in 0..self.num_batches() {
-            let part = read_npz(&self.part(b))?;
+            let path = self.part(b);
+            let redo = || format!("delete {} and rerun the command to redo that batch", path.display());
+            let part = read_npz(&path).with_context(redo)?;
+            if part.labels.len() != self.range(b).len() {
+                bail!(
+                    "{} holds {} samples, not the {} of its batch: {}",
+                    path.display(),
+                    part.labels.len(),
+                    self.range(b).len(),
+                    redo()
+                );
+            }
             match &mut all {
                 None => all = Some(part),
                 Some(a) => {
@@ -114,6 +143,18 @@ pub fn merge_npz(run: &NpzRun) -> Result<String> {
     }
     if !run.parts_dir().is_dir() {
         bail!("nothing to merge: {} does not exist", run.parts_dir().display());
+    }
+    let runs = run.runs_in_parts_dir();
+    if !runs.is_empty() && !runs.contains(&(run.num_batches(), run.batch)) {
+        let (batches, batch) = runs[0];
+        bail!(
+            "the parts in {} belong to a run of {batches} batches of {batch} (up to {} samples), not to --num-samples {} \
+             in batches of {}",
+            run.parts_dir().display(),
+            batches * batch,
+            run.num_samples,
+            run.batch
+        );
     }
     let missing = run.missing();
     if !missing.is_empty() {
@@ -142,6 +183,18 @@ fn ranges(sorted: &[usize]) -> String {
         i = j + 1;
     }
     parts.join(", ")
+}
+
+/// Whether `path` is a file that ends with a zip's end-of-central-directory record (an `.npz`
+/// cut short has none).
+fn is_whole_zip(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let tail = len.min(65_557);
+    let mut bytes = vec![0u8; tail as usize];
+    let read = f.seek(SeekFrom::Start(len - tail)).and_then(|_| f.read_exact(&mut bytes));
+    read.is_ok() && bytes.windows(4).any(|w| w == b"PK\x05\x06")
 }
 
 /// ADM layout: `arr_0` uint8 `[N, H, W, C]`, `arr_1` int64 labels. Written atomically.
@@ -177,5 +230,8 @@ pub fn read_npz(path: &Path) -> Result<Images> {
         Some(l) => l.into_vec::<i64>().with_context(|| format!("{}: arr_1 must be int64", path.display()))?,
         None => vec![-1; shape[0] as usize],
     };
+    if labels.len() != shape[0] as usize {
+        bail!("{}: {} images (arr_0) but {} labels (arr_1)", path.display(), shape[0], labels.len());
+    }
     Ok(Images { pixels, labels, side: shape[1] as usize, channels: shape[3] as usize })
 }

@@ -1,0 +1,100 @@
+//! Inputs that used to look like success (issue "No bad input yields a wrong result"): each
+//! is refused in one line before any work, and nothing is left that a later run would take
+//! for finished.
+
+mod common;
+
+use common::udit;
+use udit::io::Images;
+use udit::io::npz::NpzRun;
+
+fn images(n: usize, labels: usize) -> Images {
+    Images { pixels: vec![7u8; n * 4 * 4], labels: (0..labels as i64).collect(), side: 4, channels: 1 }
+}
+
+fn refused(args: &[&str], says: &str) {
+    let (ok, _, err) = udit(args);
+    assert!(!ok, "{args:?} succeeded");
+    assert!(err.contains(says), "{args:?}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+}
+
+#[test]
+fn sample_refuses_settings_that_would_be_ignored_or_meaningless() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never");
+    let out = out.to_str().unwrap();
+    let npz = dir.path().join("x.npz");
+    let npz = npz.to_str().unwrap();
+    for (extra, says) in [
+        (&["--cfg-scale", "inf"][..], "--cfg-scale must be a finite number"),
+        (&["--cfg-scale", "0.5"][..], "--cfg-scale must be at least 1"),
+        (&["--grid-cols", "0"][..], "--grid-cols must be at least 1"),
+        (&["--shard", "1/2"][..], "--shard splits an --npz run"),
+        (&["--sampler", "dpm++", "--eta", "0.5"][..], "--eta applies to ddim, not to dpm++"),
+        (&["--npz", npz, "--grid-cols", "3"][..], "--grid-cols shapes grid.png"),
+        (&["--num-samples", "-3"][..], "invalid value '-3' for '--num-samples"),
+    ] {
+        let count: &[&str] = if extra.contains(&"--num-samples") { &[] } else { &["--num-samples", "2"] };
+        let (ok, _, err) = udit(&[&["sample", "--out", out][..], count, extra].concat());
+        assert!(!ok && err.contains(says), "{extra:?}: {err}");
+        assert!(!std::path::Path::new(out).exists(), "{extra:?}: nothing written");
+    }
+}
+
+#[test]
+fn eval_refuses_mismatched_labels_and_options_that_do_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("samples.npz");
+    let n = npz.to_str().unwrap();
+    refused(&["eval", n, "--batch", "0"], "--batch must be at least 1");
+    refused(&["eval", n, "--features", "meter.safetensors", "--save-stats", "s.npz"], "--save-stats apply to the ADM");
+    // 20 images, 5 labels (write_npz never writes such a file).
+    {
+        use npyz::WriterBuilder;
+        let mut file = std::fs::File::create(&npz).unwrap();
+        let mut w = npyz::npz::NpzWriter::new(&mut file);
+        let mut a = w.array::<u8>("arr_0", Default::default()).unwrap().default_dtype().shape(&[20, 4, 4, 1]);
+        let mut a = a.begin_nd().unwrap();
+        a.extend(vec![7u8; 320]).unwrap();
+        a.finish().unwrap();
+        let mut l =
+            w.array::<i64>("arr_1", Default::default()).unwrap().default_dtype().shape(&[5]).begin_nd().unwrap();
+        l.extend(0..5i64).unwrap();
+        l.finish().unwrap();
+    }
+    refused(&["eval", n, "--features", udit::BUNDLED_METER], "20 images (arr_0) but 5 labels (arr_1)");
+}
+
+#[test]
+fn merge_npz_refuses_parts_of_another_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("run.npz");
+    let run = NpzRun { npz: npz.clone(), num_samples: 2, batch: 2 };
+    run.save_part(0, &images(2, 2)).unwrap();
+    let n = npz.to_str().unwrap();
+    refused(&["merge-npz", "--npz", n, "--num-samples", "10"], "belong to a run of 1 batches of 2 (up to 2 samples)");
+    assert!(!npz.exists(), "no .npz claims 10 samples");
+    let (ok, _, err) = udit(&["merge-npz", "--npz", n, "--num-samples", "2"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn a_damaged_part_is_redone_and_a_wrong_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = NpzRun { npz: dir.path().join("run.npz"), num_samples: 4, batch: 2 };
+    run.save_part(0, &images(2, 2)).unwrap();
+    run.save_part(1, &images(2, 2)).unwrap();
+    assert!(run.pending(0, 1).is_empty());
+    // Cut part 0 in half: it is pending again, so rerunning the command redoes it.
+    let part0 = std::fs::read_dir(run.parts_dir()).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    let bytes = std::fs::read(&part0).unwrap();
+    std::fs::write(&part0, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(run.pending(0, 1), [0]);
+    assert!(!run.merge().unwrap(), "no merge while a batch is missing");
+    // A whole part with the wrong number of samples is named, with what to do.
+    run.save_part(0, &images(1, 1)).unwrap();
+    let err = format!("{:#}", run.merge().unwrap_err());
+    assert!(err.contains("holds 1 samples, not the 2 of its batch") && err.contains("delete"), "{err}");
+    assert!(!run.npz.exists());
+}
