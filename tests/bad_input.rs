@@ -98,3 +98,51 @@ fn a_damaged_part_is_redone_and_a_wrong_one_is_named() {
     assert!(err.contains("holds 1 samples, not the 2 of its batch") && err.contains("delete"), "{err}");
     assert!(!run.npz.exists());
 }
+
+#[test]
+fn a_model_with_more_classes_than_the_data_trains_with_a_warning_and_its_export_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("twelve.json");
+    std::fs::write(
+        &config,
+        r#"{"arch":"u-dit","input_size":16,"hidden_size":8,"num_heads":1,"depth":[1,1,1,1,1],"mlp_ratio":2,
+            "downsampler":"dwconv3","num_classes":12}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (ok, _, err) = udit(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--dataset",
+        "fashion-mnist",
+        "--codec",
+        "unshuffle2",
+        "--global-batch",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("the model has 12 classes, the data 10: classes 10..11 are never trained"), "{err}");
+    let export = out.join("model.safetensors");
+    let (export, samples) = (export.to_str().unwrap(), dir.path().join("samples"));
+    let (ok, _, err) = udit(&["info", "--ckpt", export]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = udit(&[
+        "sample",
+        "--ckpt",
+        export,
+        "--steps",
+        "2",
+        "--sampler",
+        "ddim",
+        "--num-samples",
+        "1",
+        "--out",
+        samples.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+}

@@ -272,6 +272,14 @@ pub fn train(state: TrainState, run: &RunDir, devices: &[Device], progress: &Pro
     });
     let replicas: Vec<TrainState> = devices[1..].iter().map(|d| state.replica(d)).collect();
     let mut trainer = Trainer::with_data(state, data.clone(), &devices[0])?;
+    let (model_classes, data_classes) = (cfg.model.num_classes(), data.num_classes());
+    if data_classes < model_classes {
+        progress.println(&format!(
+            "warning: the model has {model_classes} classes, the data {data_classes}: classes {data_classes}..{} \
+             are never trained (a configuration with num_classes {data_classes} fits this data)",
+            model_classes - 1
+        ));
+    }
     if ranks > 1 {
         trainer.state.model = mark_distributed(trainer.state.model);
     }

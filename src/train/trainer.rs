@@ -240,10 +240,9 @@ impl Trainer {
         let inner = self.device.clone().inner();
         let ema = self.state.ema_model(&inner)?.merged();
         let cfg = &self.state.config;
-        checkpoint::write_safetensors(
-            path,
-            &checkpoint::state_dict(&ema),
-            checkpoint::model_metadata(&cfg.model, &cfg.process(), Some(&cfg.codec), &self.data.class_names())?,
-        )
+        // The data's class names, where they name every class of the model.
+        let names = Some(self.data.class_names()).filter(|n| n.names().len() == cfg.model.num_classes());
+        checkpoint::model_metadata(&cfg.model, &cfg.process(), Some(&cfg.codec), &names.unwrap_or_default())
+            .and_then(|meta| checkpoint::write_safetensors(path, &checkpoint::state_dict(&ema), meta))
     }
 }
