@@ -280,13 +280,46 @@ fn the_interpolant_loss_is_sits_at_the_drawn_points() {
 fn an_interpolant_run_learns_resumes_bit_for_bit_and_exports_its_process() {
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 8);
+    interpolant_run(tiny_sit_recipe(&tmp.path().join("data"), 60, 0.1), tmp.path());
+}
+
+#[test]
+fn a_udit_trains_as_an_interpolant_too_and_samples_with_the_ode_and_the_sde() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::latents(&tmp.path().join("data"), 8);
+    let mut recipe = tiny_recipe(&tmp.path().join("data"), 60);
+    recipe.process = Some(udit::process::ProcessSpec::sit());
+    let run = interpolant_run(recipe, tmp.path());
+    for sampler in ["sde", "dopri5"] {
+        let out = tmp.path().join(sampler);
+        let (ok, _, err) = common::udit(&[
+            "sample",
+            "--ckpt",
+            run.export().to_str().unwrap(),
+            "--sampler",
+            sampler,
+            "--steps",
+            "10",
+            "--num-samples",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok && out.join("grid.png").exists(), "{sampler}: {err}");
+    }
+}
+
+/// Trains `recipe` (an interpolant) for its steps straight and in two halves with a resume:
+/// the same weights, moments and EMA bit for bit; the loss falls; the export carries the
+/// process. Returns the straight run.
+fn interpolant_run(mut recipe: TrainConfig, tmp: &std::path::Path) -> RunDir {
     let dev = Device::flex().autodiff();
     let hidden = udit::progress::Progress::hidden;
-    let mut recipe = tiny_sit_recipe(&tmp.path().join("data"), 60, 0.1);
+    let process = recipe.process();
     recipe.ckpt_every = 30;
-    let straight = RunDir(tmp.path().join("straight"));
+    let straight = RunDir(tmp.join("straight"));
     let a = train(TrainState::new(recipe.clone(), &dev).unwrap(), &straight, &[dev.clone()], &hidden()).unwrap();
-    let split = RunDir(tmp.path().join("split"));
+    let split = RunDir(tmp.join("split"));
     train(
         TrainState::new(TrainConfig { steps: 30, ..recipe.clone() }, &dev).unwrap(),
         &split,
@@ -311,6 +344,7 @@ fn an_interpolant_run_learns_resumes_bit_for_bit_and_exports_its_process() {
     // The export says which process it was trained with, so `udit sample` needs no flag.
     let w = udit::checkpoint::read_weights(&straight.export(), None).unwrap();
     let spec = udit::process::ProcessSpec::of_weights(&w.metadata, w.config.as_ref().unwrap()).unwrap();
-    assert_eq!(spec, udit::process::ProcessSpec::sit());
+    assert_eq!(spec, process);
     assert!(straight.samples(60).exists(), "the EMA grid, drawn with the interpolant's sampler");
+    straight
 }
