@@ -25,7 +25,8 @@ impl Cost {
     pub fn of(cfg: &ModelConfig) -> Self {
         match cfg {
             ModelConfig::UDiT(c) => udit(c),
-            ModelConfig::DiT(c) | ModelConfig::SiT(c) => dit(c),
+            ModelConfig::DiT(c) | ModelConfig::SiT(c) => dit(c, false),
+            ModelConfig::SiTLLaMA(c) => dit(c, true),
         }
     }
 }
@@ -126,7 +127,9 @@ fn udit_pair(t: &mut Tally, c: &UDiTConfig, dim: usize, side: usize, cond: usize
     t.macs += ((4 + rope) * dim * n + c.num_heads * n * (n / (r * r))) as u64;
 }
 
-fn dit(c: &DiTConfig) -> Cost {
+/// DiT and SiT; with `llama`, SiT-LLaMA's blocks: the SwiGLU FFN (three bias-free linears of
+/// width `swiglu_hidden`; its gate's product is elementwise, not counted, as DiT's GELU).
+fn dit(c: &DiTConfig, llama: bool) -> Cost {
     let mut t = Tally::default();
     let d = c.hidden_size;
     let n = c.grid() * c.grid();
@@ -138,8 +141,15 @@ fn dit(c: &DiTConfig) -> Cost {
         t.conv(d, 3 * d, 1, 1, true, n);
         t.macs += 2 * (n * n * d) as u64;
         t.conv(d, d, 1, 1, true, n);
-        t.conv(d, h, 1, 1, true, n);
-        t.conv(h, d, 1, 1, true, n);
+        if llama {
+            let h = crate::model::dit::swiglu_hidden(d);
+            t.conv(d, h, 1, 1, false, n);
+            t.conv(d, h, 1, 1, false, n);
+            t.conv(h, d, 1, 1, false, n);
+        } else {
+            t.conv(d, h, 1, 1, true, n);
+            t.conv(h, d, 1, 1, true, n);
+        }
         t.conv(d, 6 * d, 1, 1, true, 1);
     }
     t.conv(d, 2 * d, 1, 1, true, 1);

@@ -52,6 +52,12 @@ enum Command {
 
 fn main() -> ExitCode {
     udit::tune_allocator();
+    // `udit info | head` ends quietly when the reader goes away, as other command-line tools.
+    #[cfg(unix)]
+    // SAFETY: restores the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Negative numbers reach their flag's parser (`--num-samples -3` is a bad count, not an
     // unknown flag).
     let matches = Cli::command().mut_subcommands(|c| c.allow_negative_numbers(true)).get_matches();

@@ -50,11 +50,11 @@ impl ProcessSpec {
         Self::Diffusion.overridden(Some("interpolant"), None, None, None).expect("SiT's process")
     }
 
-    /// The process a configuration trains with unless told otherwise: the interpolant for SiT,
-    /// Gaussian diffusion for DiT and U-DiT (as their papers).
+    /// The process a configuration trains with unless told otherwise: the interpolant for SiT
+    /// and SiT-LLaMA, Gaussian diffusion for DiT and U-DiT (as their papers).
     pub fn default_for(config: &ModelConfig) -> Self {
         match config {
-            ModelConfig::SiT(_) => Self::sit(),
+            ModelConfig::SiT(_) | ModelConfig::SiTLLaMA(_) => Self::sit(),
             _ => Self::Diffusion,
         }
     }

@@ -113,13 +113,18 @@ fn dit_tiny_matches_reference() {
 }
 
 /// SiT: DiT's network computing 8 channels and returning the first 4, called with t in [0, 1];
-/// the output, the recorded activations and the guided output.
+/// the output, the recorded activations and the guided output. SiT-LLaMA (`sitllama_tiny`)
+/// the same way.
 fn check_sit(weights: Weights) {
+    check_sit_family("sit_tiny", weights);
+}
+
+fn check_sit_family(name: &str, weights: Weights) {
     let dev = Device::flex();
-    let io = io("sit_tiny.io.safetensors");
-    let cfg = config("sit_tiny");
-    assert!(matches!(cfg, ModelConfig::SiT(_)), "sit_tiny.json says arch sit");
-    let m = model("sit_tiny", &weights);
+    let io = io(&format!("{name}.io.safetensors"));
+    let cfg = config(name);
+    assert!(matches!(cfg, ModelConfig::SiT(_) | ModelConfig::SiTLLaMA(_)), "{name}.json says arch sit or sit-llama");
+    let m = model(name, &weights);
     let mut trace = Trace::on();
     let out = m.forward_traced(float(&io["x"], &dev), float(&io["t"], &dev), ints(&io["y"], &dev), &mut trace);
     assert_eq!(out.dims(), [4, 4, 16, 16], "learn_sigma: the first 4 of 8 channels");
@@ -148,6 +153,21 @@ fn sit_tiny_matches_reference_from_the_published_state_dict_layout() {
 }
 
 #[test]
+fn sitllama_tiny_matches_reference_from_safetensors() {
+    check_sit_family("sitllama_tiny", read_weights(&fixture("sitllama_tiny.weights.safetensors"), None).unwrap());
+}
+
+#[test]
+fn sitllama_tiny_matches_reference_from_the_published_training_checkpoint_layout() {
+    // model / ema / opt / args, as `mtgv/SiTLLaMA-*-2/0400000.pt`: the ema entry samples.
+    let ckpt = fixture("sitllama_tiny.train-checkpoint.pt");
+    check_sit_family("sitllama_tiny", read_weights(&ckpt, None).unwrap());
+    let raw = read_weights(&ckpt, Some("model")).unwrap();
+    let ema = read_weights(&ckpt, Some("ema")).unwrap();
+    assert_ne!(raw.tensors["blocks.0.mlp.c_fc1.weight"], ema.tensors["blocks.0.mlp.c_fc1.weight"]);
+}
+
+#[test]
 fn sit_presets_are_dit_networks_with_sit_names() {
     for size in ["S", "B", "L", "XL"] {
         for patch in [2, 4, 8] {
@@ -157,6 +177,15 @@ fn sit_presets_are_dit_networks_with_sit_names() {
         }
     }
     assert!(ModelConfig::preset("SiT-M/2").is_err());
+    // SiT-LLaMA: patch 2 only, SiT's sizes, SwiGLU widths find_multiple(int(8D/3), 256).
+    for (size, hidden) in [("S", 1024), ("B", 2048), ("L", 2816), ("XL", 3072)] {
+        let ModelConfig::SiTLLaMA(c) = ModelConfig::preset(&format!("SiT-LLaMA-{size}/2")).unwrap() else {
+            panic!("SiT-LLaMA-{size}/2 is a SiT-LLaMA")
+        };
+        assert_eq!(ModelConfig::DiT(c.clone()), ModelConfig::preset(&format!("DiT-{size}/2")).unwrap());
+        assert_eq!(udit::model::dit::swiglu_hidden(c.hidden_size), hidden, "{size}");
+    }
+    assert!(ModelConfig::preset("SiT-LLaMA-B/4").is_err());
 }
 
 #[test]
@@ -170,7 +199,7 @@ fn dit_fresh_pos_embed_is_the_reference_sincos_table() {
 
 #[test]
 fn fixture_parameter_counts_match_the_reference() {
-    for name in ["udit_tiny", "udit_tiny_plain", "dit_tiny", "sit_tiny"] {
+    for name in ["udit_tiny", "udit_tiny_plain", "dit_tiny", "sit_tiny", "sitllama_tiny"] {
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap()).unwrap();
         let expected = meta["params"].as_u64().unwrap();

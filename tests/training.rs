@@ -309,6 +309,17 @@ fn a_udit_trains_as_an_interpolant_too_and_samples_with_the_ode_and_the_sde() {
     }
 }
 
+#[test]
+fn a_sit_llama_trains_as_an_interpolant_and_resumes_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::latents(&tmp.path().join("data"), 8);
+    let model = ModelConfig::from_json(
+        r#"{"arch":"sit-llama","input_size":8,"patch_size":2,"hidden_size":16,"depth":1,"num_heads":2,"num_classes":3}"#,
+    )
+    .unwrap();
+    interpolant_run(TrainConfig { model, ..tiny_recipe(&tmp.path().join("data"), 60) }, tmp.path());
+}
+
 /// Trains `recipe` (an interpolant) for its steps straight and in two halves with a resume:
 /// the same weights, moments and EMA bit for bit; the loss falls; the export carries the
 /// process. Returns the straight run.

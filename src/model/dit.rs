@@ -1,6 +1,7 @@
 //! DiT (Peebles & Xie, ICCV 2023), the baseline U-DiT is compared with: patchify, a stack of
 //! adaLN-Zero transformer blocks on all tokens, unpatchify. Names follow `facebookresearch/DiT`
-//! `models.py`.
+//! `models.py`. SiT (`willisma/SiT`) is this network; SiT-LLaMA (VisionLLaMA `sit/models.py`,
+//! [`SiTLLaMA`]) swaps each block for a [`LLaMABlock`]: 2D RoPE attention and a SwiGLU FFN.
 
 #![allow(non_snake_case)]
 
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, layer_norm_dim};
 use super::{default_cfg_channels, defaults, flag, validate_common};
-use crate::kernels::{Gelu, dot_product_attention, gelu};
+use crate::kernels::{AttnSpec, Gelu, dot_product_attention, gelu};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -255,15 +256,127 @@ impl DiT {
             trace.tap(format!("blocks.{i}"), block.forward(x, c.clone())) // (N, T, D)
         });
         let x = self.final_layer.forward(x, c); // (N, T, p p out_channels)
-        self.unpatchify(x) // (N, out_channels, H, W)
+        unpatchify(x, self.patch_size, self.out_channels) // (N, out_channels, H, W)
+    }
+}
+
+/// `(N, T, p p C) -> (N, C, H, W)`: each token's p x p patch back in its place.
+fn unpatchify(x: Tensor<3>, p: usize, c: usize) -> Tensor<4> {
+    let [n, t, _] = x.dims();
+    let g = (t as f64).sqrt() as usize;
+    x.reshape([n, g, g, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([n, c, g * p, g * p])
+}
+
+/// VisionLLaMA's `RAttention`: timm's attention with 2D RoPE on q and k (the token grid's
+/// column and row, U-DiT's RoPE2D) and the scaled dot product, through the attention op of
+/// `kernels` on the token map (one group: no downsampling).
+#[derive(Module, Debug)]
+pub struct RAttention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub heads: usize,
+}
+
+impl RAttention {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [n, t, d] = x.dims();
+        let g = (t as f64).sqrt() as usize;
+        let hd = d / self.heads;
+        let qkv = self.qkv.forward(x).swap_dims(1, 2).reshape([n, 3 * d, g, g]); // (N, 3D, g, g)
+        let spec = AttnSpec { heads: self.heads, r: 1, rope: true, cosine: false, scale: (hd as f32).powf(-0.5) };
+        let out = crate::kernels::attention(qkv, None, spec); // (N, D, g, g)
+        self.proj.forward(out.reshape([n, d, t]).swap_dims(1, 2))
+    }
+}
+
+/// `find_multiple(int(2 * 4D / 3), 256)`: the SwiGLU hidden width of LLaMA (S 1024, B 2048,
+/// L 2816, XL 3072).
+pub fn swiglu_hidden(d: usize) -> usize {
+    (2 * 4 * d / 3).div_ceil(256) * 256
+}
+
+/// VisionLLaMA's `LLaMAMLP`: `c_proj(silu(c_fc1 x) * c_fc2 x)`, no biases.
+#[derive(Module, Debug)]
+pub struct LLaMAMLP {
+    pub c_fc1: Linear,
+    pub c_fc2: Linear,
+    pub c_proj: Linear,
+}
+
+impl LLaMAMLP {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = burn::tensor::activation::silu(self.c_fc1.forward(x.clone()));
+        self.c_proj.forward(gate * self.c_fc2.forward(x))
+    }
+}
+
+/// `LLaMABlock`: DiT's adaLN-Zero block with [`RAttention`] and [`LLaMAMLP`].
+#[derive(Module, Debug)]
+pub struct LLaMABlock {
+    pub attn: RAttention,
+    pub mlp: LLaMAMLP,
+    pub adaLN_modulation: AdaLnModulation,
+}
+
+impl LLaMABlock {
+    fn new(d: usize, heads: usize, device: &Device) -> Self {
+        let lin = |i, o, bias| Linear::new(i, o, bias, Init::Xavier, device);
+        let h = swiglu_hidden(d);
+        Self {
+            attn: RAttention { qkv: lin(d, 3 * d, true), proj: lin(d, d, true), heads },
+            mlp: LLaMAMLP { c_fc1: lin(d, h, false), c_fc2: lin(d, h, false), c_proj: lin(h, d, false) },
+            adaLN_modulation: AdaLnModulation::new(d, 6, device),
+        }
     }
 
-    /// `(N, T, p p C) -> (N, C, H, W)`: each token's p x p patch back in its place.
-    fn unpatchify(&self, x: Tensor<3>) -> Tensor<4> {
-        let [n, t, _] = x.dims();
-        let (p, c) = (self.patch_size, self.out_channels);
-        let g = (t as f64).sqrt() as usize;
-        x.reshape([n, g, g, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([n, c, g * p, g * p])
+    pub fn forward(&self, x: Tensor<3>, c: Tensor<2>) -> Tensor<3> {
+        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = self.adaLN_modulation.forward(c);
+        let x = x.clone() + gate_msa.unsqueeze_dim(1) * self.attn.forward(modulate(norm(x), shift_msa, scale_msa));
+        x.clone() + gate_mlp.unsqueeze_dim(1) * self.mlp.forward(modulate(norm(x), shift_mlp, scale_mlp))
+    }
+}
+
+/// SiT-LLaMA (VisionLLaMA `SiTLLaMA`): SiT with [`LLaMABlock`]s. No absolute position
+/// embedding is added (RoPE places the tokens), though `pos_embed` stays in the state dict.
+#[derive(Module, Debug)]
+pub struct SiTLLaMA {
+    pub x_embedder: PatchEmbed,
+    pub t_embedder: TimestepEmbedder,
+    pub y_embedder: LabelEmbedder,
+    /// The reference keeps DiT's fixed sin-cos table, unused, in its checkpoints.
+    pub pos_embed: Param<Tensor<3>>,
+    pub blocks: Vec<LLaMABlock>,
+    pub final_layer: FinalLayer,
+    pub patch_size: usize,
+    pub out_channels: usize,
+}
+
+impl SiTLLaMA {
+    pub fn new(cfg: &DiTConfig, device: &Device) -> Self {
+        let dit = DiT::new(&DiTConfig { depth: 0, ..cfg.clone() }, device);
+        let blocks = (0..cfg.depth).map(|_| LLaMABlock::new(cfg.hidden_size, cfg.num_heads, device)).collect();
+        Self {
+            x_embedder: dit.x_embedder,
+            t_embedder: dit.t_embedder,
+            y_embedder: dit.y_embedder,
+            pos_embed: dit.pos_embed,
+            blocks,
+            final_layer: dit.final_layer,
+            patch_size: dit.patch_size,
+            out_channels: dit.out_channels,
+        }
+    }
+
+    /// As the reference `SiTLLaMA.forward` before its `learn_sigma` chunk (which
+    /// `Denoiser::forward` takes).
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, trace: &mut Trace) -> Tensor<4> {
+        let x = self.x_embedder.forward(x); // (N, T, D), no position embedding
+        let c = trace.tap("t_embedder", self.t_embedder.forward(t)) + self.y_embedder.forward(y); // (N, D)
+        let x = self.blocks.iter().enumerate().fold(x, |x, (i, block)| {
+            trace.tap(format!("blocks.{i}"), block.forward(x, c.clone())) // (N, T, D)
+        });
+        let x = self.final_layer.forward(x, c); // (N, T, p p out_channels)
+        unpatchify(x, self.patch_size, self.out_channels) // (N, out_channels, H, W)
     }
 }
 

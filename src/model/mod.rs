@@ -12,7 +12,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use choice::ModelChoice;
-pub use dit::{DiT, DiTConfig};
+pub use dit::{DiT, DiTConfig, SiTLLaMA};
 pub use layers::Trace;
 pub use udit::{UDiT, UDiTConfig};
 
@@ -33,13 +33,44 @@ pub enum ModelConfig {
     /// ([`crate::transport`]); with `learn_sigma` it computes 2C channels and returns the first C.
     #[serde(rename = "sit")]
     SiT(DiTConfig),
+    /// SiT-LLaMA (VisionLLaMA): SiT with LLaMA blocks (2D RoPE attention, SwiGLU FFN).
+    #[serde(rename = "sit-llama")]
+    SiTLLaMA(DiTConfig),
 }
 
 /// Names accepted by `--model`.
 pub const PRESETS: &[&str] = &[
-    "U-DiT-S", "U-DiT-B", "U-DiT-L", "DiT-S/2", "DiT-S/4", "DiT-S/8", "DiT-B/2", "DiT-B/4", "DiT-B/8", "DiT-L/2",
-    "DiT-L/4", "DiT-L/8", "DiT-XL/2", "DiT-XL/4", "DiT-XL/8", "SiT-S/2", "SiT-S/4", "SiT-S/8", "SiT-B/2", "SiT-B/4",
-    "SiT-B/8", "SiT-L/2", "SiT-L/4", "SiT-L/8", "SiT-XL/2", "SiT-XL/4", "SiT-XL/8",
+    "U-DiT-S",
+    "U-DiT-B",
+    "U-DiT-L",
+    "DiT-S/2",
+    "DiT-S/4",
+    "DiT-S/8",
+    "DiT-B/2",
+    "DiT-B/4",
+    "DiT-B/8",
+    "DiT-L/2",
+    "DiT-L/4",
+    "DiT-L/8",
+    "DiT-XL/2",
+    "DiT-XL/4",
+    "DiT-XL/8",
+    "SiT-S/2",
+    "SiT-S/4",
+    "SiT-S/8",
+    "SiT-B/2",
+    "SiT-B/4",
+    "SiT-B/8",
+    "SiT-L/2",
+    "SiT-L/4",
+    "SiT-L/8",
+    "SiT-XL/2",
+    "SiT-XL/4",
+    "SiT-XL/8",
+    "SiT-LLaMA-S/2",
+    "SiT-LLaMA-B/2",
+    "SiT-LLaMA-L/2",
+    "SiT-LLaMA-XL/2",
 ];
 
 impl ModelConfig {
@@ -48,6 +79,10 @@ impl ModelConfig {
             .map(Self::UDiT)
             .or_else(|| DiTConfig::preset(name).map(Self::DiT))
             .or_else(|| DiTConfig::preset(&format!("DiT-{}", name.strip_prefix("SiT-")?)).map(Self::SiT))
+            .or_else(|| {
+                let size = name.strip_prefix("SiT-LLaMA-")?.strip_suffix("/2")?;
+                DiTConfig::preset(&format!("DiT-{size}/2")).map(Self::SiTLLaMA)
+            })
             .with_context(|| format!("unknown model {name:?}; known: {}", PRESETS.join(", ")))
     }
 
@@ -76,7 +111,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             Self::UDiT(c) => c.validate(),
-            Self::DiT(c) | Self::SiT(c) => c.validate(),
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.validate(),
         }
     }
 
@@ -84,7 +119,7 @@ impl ModelConfig {
     pub fn with_input_size(mut self, side: usize) -> Result<Self> {
         match &mut self {
             Self::UDiT(c) => c.input_size = side,
-            Self::DiT(c) | Self::SiT(c) => c.input_size = side,
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.input_size = side,
         }
         self.validate()?;
         Ok(self)
@@ -93,42 +128,42 @@ impl ModelConfig {
     pub fn input_size(&self) -> usize {
         match self {
             Self::UDiT(c) => c.input_size,
-            Self::DiT(c) | Self::SiT(c) => c.input_size,
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.input_size,
         }
     }
 
     pub fn in_channels(&self) -> usize {
         match self {
             Self::UDiT(c) => c.in_channels,
-            Self::DiT(c) | Self::SiT(c) => c.in_channels,
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.in_channels,
         }
     }
 
     pub fn out_channels(&self) -> usize {
         match self {
             Self::UDiT(c) => c.out_channels(),
-            Self::DiT(c) | Self::SiT(c) => c.out_channels(),
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.out_channels(),
         }
     }
 
     pub fn num_classes(&self) -> usize {
         match self {
             Self::UDiT(c) => c.num_classes,
-            Self::DiT(c) | Self::SiT(c) => c.num_classes,
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.num_classes,
         }
     }
 
     pub fn learn_sigma(&self) -> bool {
         match self {
             Self::UDiT(c) => c.learn_sigma,
-            Self::DiT(c) | Self::SiT(c) => c.learn_sigma,
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.learn_sigma,
         }
     }
 
     pub fn class_dropout_prob(&self) -> f64 {
         match self {
             Self::UDiT(c) => c.class_dropout_prob,
-            Self::DiT(c) | Self::SiT(c) => c.class_dropout_prob,
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.class_dropout_prob,
         }
     }
 
@@ -136,7 +171,7 @@ impl ModelConfig {
     pub fn guided_channels(&self) -> usize {
         match self {
             Self::UDiT(c) => c.guided_channels(),
-            Self::DiT(c) | Self::SiT(c) => c.guided_channels(),
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.guided_channels(),
         }
     }
 
@@ -162,6 +197,8 @@ pub enum Denoiser {
     DiT(DiT),
     /// DiT's network returning its first C channels (SiT's `forward`).
     SiT(DiT),
+    /// SiT-LLaMA, returning its first C channels as SiT.
+    SiTLLaMA(SiTLLaMA),
 }
 
 impl Denoiser {
@@ -171,6 +208,7 @@ impl Denoiser {
             ModelConfig::UDiT(c) => Self::UDiT(UDiT::new(c, form, device)),
             ModelConfig::DiT(c) => Self::DiT(DiT::new(c, device)),
             ModelConfig::SiT(c) => Self::SiT(DiT::new(c, device)),
+            ModelConfig::SiTLLaMA(c) => Self::SiTLLaMA(SiTLLaMA::new(c, device)),
         }
     }
 
@@ -191,6 +229,10 @@ impl Denoiser {
             Self::UDiT(m) => m.forward(x, t, y, trace),
             Self::DiT(m) => m.forward(x, t, y, trace),
             Self::SiT(m) => {
+                let c = x.dims()[1];
+                m.forward(x, t, y, trace).narrow(1, 0, c)
+            }
+            Self::SiTLLaMA(m) => {
                 let c = x.dims()[1];
                 m.forward(x, t, y, trace).narrow(1, 0, c)
             }
@@ -337,9 +379,13 @@ pub fn describe(cfg: &ModelConfig) -> String {
             },
             c.mlp_ratio
         ),
-        ModelConfig::DiT(c) | ModelConfig::SiT(c) => format!(
+        ModelConfig::DiT(c) | ModelConfig::SiT(c) | ModelConfig::SiTLLaMA(c) => format!(
             "{}  hidden {}, depth {}, heads {}, patch {}, latent {}x{}x{}, {} classes, learn_sigma {}",
-            if matches!(cfg, ModelConfig::SiT(_)) { "SiT" } else { "DiT" },
+            match cfg {
+                ModelConfig::SiT(_) => "SiT",
+                ModelConfig::SiTLLaMA(_) => "SiT-LLaMA (2D RoPE attention, SwiGLU FFN)",
+                _ => "DiT",
+            },
             c.hidden_size,
             c.depth,
             c.num_heads,
