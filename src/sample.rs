@@ -15,7 +15,7 @@ use crate::cost::Cost;
 use crate::diffusion::samplers::{OnStep, Plan, Sampler};
 use crate::diffusion::schedule::Schedule;
 use crate::guidance::{Evaluations, Guidance, GuidedDenoiser};
-use crate::io::images::{Images, ensure_writable_dir, write_grid, write_pngs};
+use crate::io::images::{Images, ensure_writable_dir, older_pngs, write_grid, write_pngs};
 use crate::io::npz::NpzRun;
 use crate::model::{Denoiser, ModelConfig};
 use crate::process::{Process, ProcessSpec};
@@ -416,6 +416,14 @@ pub fn run_pngs(
 ) -> Result<()> {
     ensure_writable_dir(out)?;
     let progress = sampling_progress(g, count)?;
+    let older = older_pngs(out, count);
+    if older > 0 {
+        progress.println(&format!(
+            "warning: {} holds {older} PNGs of an earlier run (numbered from {count} on), which this run leaves as \
+             they are",
+            out.display()
+        ));
+    }
     let start = std::time::Instant::now();
     let mut grid: Option<Images> = None;
     for first in (0..count).step_by(batch) {

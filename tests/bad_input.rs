@@ -146,3 +146,17 @@ fn a_model_with_more_classes_than_the_data_trains_with_a_warning_and_its_export_
     ]);
     assert!(ok, "{err}");
 }
+
+#[test]
+fn sampling_fewer_images_into_a_folder_of_more_says_how_many_old_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("samples");
+    let run = |n: &str| {
+        udit(&["sample", "--sampler", "ddim", "--steps", "2", "--num-samples", n, "--out", out.to_str().unwrap()])
+    };
+    let (ok, _, err) = run("5");
+    assert!(ok && !err.contains("warning"), "{err}");
+    let (ok, _, err) = run("2");
+    assert!(ok, "{err}");
+    assert!(err.contains("holds 3 PNGs of an earlier run (numbered from 2 on)"), "{err}");
+}

@@ -49,6 +49,17 @@ pub fn write_pngs(dir: &Path, first: usize, images: &Images) -> Result<()> {
     Ok(())
 }
 
+/// How many sample PNGs (`NNNNNN.png`) in `dir` are numbered `count` or above: an earlier,
+/// larger run's, which a run of `count` samples leaves in place.
+pub fn older_pngs(dir: &Path, count: usize) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".png")?.parse::<usize>().ok())
+        .filter(|&i| i >= count)
+        .count()
+}
+
 pub fn write_png(path: &Path, pixels: &[u8], w: usize, h: usize, channels: usize) -> Result<()> {
     let bytes = png_bytes(pixels, w, h, channels).with_context(|| format!("cannot encode {}", path.display()))?;
     crate::checkpoint::write_atomic(path, &bytes)
