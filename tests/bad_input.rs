@@ -34,6 +34,8 @@ fn sample_refuses_settings_that_would_be_ignored_or_meaningless() {
         (&["--sampler", "dpm++", "--eta", "0.5"][..], "--eta applies to ddim, not to dpm++"),
         (&["--npz", npz, "--grid-cols", "3"][..], "--grid-cols shapes grid.png"),
         (&["--num-samples", "-3"][..], "invalid value '-3' for '--num-samples"),
+        (&["--model", "DiT-S/8"][..], "--model and --config describe the weights of --ckpt, which is missing"),
+        (&["--npz", dir.path().to_str().unwrap()][..], "is a directory"),
     ] {
         let count: &[&str] = if extra.contains(&"--num-samples") { &[] } else { &["--num-samples", "2"] };
         let (ok, _, err) = udit(&[&["sample", "--out", out][..], count, extra].concat());
@@ -159,4 +161,12 @@ fn sampling_fewer_images_into_a_folder_of_more_says_how_many_old_ones_stay() {
     let (ok, _, err) = run("2");
     assert!(ok, "{err}");
     assert!(err.contains("holds 3 PNGs of an earlier run (numbered from 2 on)"), "{err}");
+}
+
+#[test]
+fn a_sweep_of_one_sample_is_refused_before_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    refused(&["sweep", "--num-samples", "1", "--out", out.to_str().unwrap()], "needs --num-samples of at least 2");
+    assert!(!out.exists(), "nothing written, so the corrected command runs in the same folder");
 }

@@ -62,6 +62,10 @@ impl ModelArgs {
     pub fn read(&self) -> Result<ReadModel> {
         let ckpt = match &self.ckpt {
             Some(c) => crate::hub::resolve(c, &[])?,
+            None if self.model.is_given() => bail!(
+                "--model and --config describe the weights of --ckpt, which is missing (without it the bundled \
+                 Fashion-MNIST model runs, with its own configuration)"
+            ),
             None => PathBuf::from(crate::BUNDLED_MODEL),
         };
         let weights = read_weights(&ckpt, self.entry.as_deref())?;
@@ -235,6 +239,9 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     }
     if a.npz.is_none() && (shard, shards) != (0, 1) {
         bail!("--shard splits an --npz run; PNG runs write every sample");
+    }
+    if let Some(npz) = a.npz.as_ref().filter(|p| p.is_dir()) {
+        bail!("--npz names a file to write; {} is a directory", npz.display());
     }
     if a.npz.is_some() && a.grid_cols.is_some() {
         bail!("--grid-cols shapes grid.png, which an --npz run does not write");

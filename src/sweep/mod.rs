@@ -250,8 +250,8 @@ impl Sweep<'_> {
         if self.combinations.is_empty() {
             bail!("the sweep has no combinations");
         }
-        if self.settings.num_samples == 0 || self.settings.batch == 0 {
-            bail!("--num-samples and --batch must be at least 1");
+        if self.settings.num_samples < 2 || self.settings.batch == 0 {
+            bail!("a sweep scores FID, which needs --num-samples of at least 2, and --batch of at least 1");
         }
         for c in &self.combinations {
             self.generator(c).validate().with_context(|| c.series())?;
