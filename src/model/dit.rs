@@ -178,10 +178,22 @@ impl DiTBlock {
     }
 
     pub fn forward(&self, x: Tensor<3>, c: Tensor<2>) -> Tensor<3> {
-        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = self.adaLN_modulation.forward(c);
-        let x = x.clone() + gate_msa.unsqueeze_dim(1) * self.attn.forward(modulate(norm(x), shift_msa, scale_msa));
-        x.clone() + gate_mlp.unsqueeze_dim(1) * self.mlp.forward(modulate(norm(x), shift_mlp, scale_mlp))
+        adaln_zero(x, c, &self.adaLN_modulation, |h| self.attn.forward(h), |h| self.mlp.forward(h))
     }
+}
+
+/// adaLN-Zero around an attention and an FFN (DiT Fig. 3), the residual form of DiT's and
+/// LLaMA's blocks: x + gate * attn(modulate(norm(x))), then the same with the FFN.
+fn adaln_zero(
+    x: Tensor<3>,
+    c: Tensor<2>,
+    modulation: &AdaLnModulation,
+    attn: impl Fn(Tensor<3>) -> Tensor<3>,
+    mlp: impl Fn(Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
+    let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = modulation.forward(c);
+    let x = x.clone() + gate_msa.unsqueeze_dim(1) * attn(modulate(norm(x), shift_msa, scale_msa));
+    x.clone() + gate_mlp.unsqueeze_dim(1) * mlp(modulate(norm(x), shift_mlp, scale_mlp))
 }
 
 /// `FinalLayer`: LayerNorm modulated by c (shift and scale), then a linear map of every
@@ -330,9 +342,7 @@ impl LLaMABlock {
     }
 
     pub fn forward(&self, x: Tensor<3>, c: Tensor<2>) -> Tensor<3> {
-        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = self.adaLN_modulation.forward(c);
-        let x = x.clone() + gate_msa.unsqueeze_dim(1) * self.attn.forward(modulate(norm(x), shift_msa, scale_msa));
-        x.clone() + gate_mlp.unsqueeze_dim(1) * self.mlp.forward(modulate(norm(x), shift_mlp, scale_mlp))
+        adaln_zero(x, c, &self.adaLN_modulation, |h| self.attn.forward(h), |h| self.mlp.forward(h))
     }
 }
 
