@@ -346,3 +346,26 @@ fn serving_beyond_loopback_needs_a_flag_and_warns() {
         common::server::call(common::server::agent().get(&format!("http://127.0.0.1:{port}/healthz")), None);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&health));
 }
+
+#[test]
+fn a_sit_model_serves_with_the_interpolant_samplers() {
+    let f = |name: &str| common::fixture(name).to_str().unwrap().to_string();
+    let args = ["--config", &f("sit_tiny.json"), "--ckpt", &f("sit_tiny.state-dict.pt"), "--vae", &f("vae_tiny")];
+    let s = Server::start(&args.map(String::from));
+    let (_, model) = s.get_json("/api/model");
+    let samplers: Vec<&str> =
+        model["samplers"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(samplers, ["sde", "sde-heun", "euler", "heun2", "rk4", "dopri5"]);
+    assert_eq!(model["defaults"]["sampler"], "heun2");
+    let (status, job) = s.post("/api/generate", r#"{"class": 4, "sampler": "sde", "steps": 5, "num_images": 2}"#);
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["steps_total"], 5, "4 SDE steps and the last step");
+    let done = s.wait_for(&id_of(&job), 120, |j| j["state"] != "queued" && j["state"] != "running");
+    assert_eq!(done["state"], "done", "{done}");
+    let (status, png) = s.get(&format!("/api/jobs/{}/images/000001.png", id_of(&job)));
+    assert_eq!((status, png_shape(&png)), (200, (64, 64, 3)), "an RGB image of the tiny VAE");
+    // A Gaussian sampler is refused for an interpolant, in one line of JSON.
+    let (status, err) = s.post("/api/generate", r#"{"sampler": "ddim"}"#);
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("for an interpolant"), "{err}");
+}
