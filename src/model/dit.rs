@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, layer_norm_dim};
 use super::{default_cfg_channels, defaults, flag, validate_common};
-use crate::kernels::{AttnSpec, Gelu, dot_product_attention, gelu};
+use crate::kernels::{AttnSpec, Gelu, gelu};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,14 +134,23 @@ pub struct Attention {
 
 impl Attention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [n, t, d] = x.dims();
-        let hd = d / self.heads;
-        let qkv = self.qkv.forward(x).reshape([n, t, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.reshape([n, self.heads, t, hd]));
-        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let out = dot_product_attention(q, k, v, (hd as f64).powf(-0.5)).swap_dims(1, 2).reshape([n, t, d]);
-        self.proj.forward(out)
+        token_attention(&self.qkv, &self.proj, self.heads, false, x)
     }
+}
+
+/// Attention over the tokens `x` (N, T, D) of a square grid, q, k, v from `qkv` (channels
+/// ordered q, k, v, then heads, as timm's), RoPE2D on q and k when `rope`, scaled dot product,
+/// then `proj`: through the attention op of `kernels` on the token map as one group (the
+/// fused kernel with its own backward on the CPU, which recomputes the scores instead of
+/// keeping T x T).
+fn token_attention(qkv: &Linear, proj: &Linear, heads: usize, rope: bool, x: Tensor<3>) -> Tensor<3> {
+    let [n, t, d] = x.dims();
+    let g = (t as f64).sqrt() as usize;
+    let hd = d / heads;
+    let map = qkv.forward(x).swap_dims(1, 2).reshape([n, 3 * d, g, g]); // (N, 3D, g, g)
+    let spec = AttnSpec { heads, r: 1, rope, cosine: false, scale: (hd as f32).powf(-0.5) };
+    let out = crate::kernels::attention(map, None, spec); // (N, D, g, g)
+    proj.forward(out.reshape([n, d, t]).swap_dims(1, 2))
 }
 
 /// The ViT MLP (timm `Mlp`): fc1, tanh GELU, fc2.
@@ -280,8 +289,7 @@ fn unpatchify(x: Tensor<3>, p: usize, c: usize) -> Tensor<4> {
 }
 
 /// VisionLLaMA's `RAttention`: timm's attention with 2D RoPE on q and k (the token grid's
-/// column and row, U-DiT's RoPE2D) and the scaled dot product, through the attention op of
-/// `kernels` on the token map (one group: no downsampling).
+/// column and row, U-DiT's RoPE2D) and the scaled dot product.
 #[derive(Module, Debug)]
 pub struct RAttention {
     pub qkv: Linear,
@@ -291,13 +299,7 @@ pub struct RAttention {
 
 impl RAttention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [n, t, d] = x.dims();
-        let g = (t as f64).sqrt() as usize;
-        let hd = d / self.heads;
-        let qkv = self.qkv.forward(x).swap_dims(1, 2).reshape([n, 3 * d, g, g]); // (N, 3D, g, g)
-        let spec = AttnSpec { heads: self.heads, r: 1, rope: true, cosine: false, scale: (hd as f32).powf(-0.5) };
-        let out = crate::kernels::attention(qkv, None, spec); // (N, D, g, g)
-        self.proj.forward(out.reshape([n, d, t]).swap_dims(1, 2))
+        token_attention(&self.qkv, &self.proj, self.heads, true, x)
     }
 }
 
