@@ -5,7 +5,6 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use common::*;
-use udit::checkpoint::{load_denoiser, read_weights};
 use udit::codec::Codec;
 use udit::diffusion::GaussianDiffusion;
 use udit::diffusion::samplers::Sampler;
@@ -17,19 +16,9 @@ use udit::process::Process;
 use udit::rng::NoiseStreams;
 use udit::sample::{Classes, Generator, Method, Settings};
 
-struct Setup {
-    model: Denoiser,
-    config: ModelConfig,
-    codec: Codec,
-}
-
 fn setup() -> Setup {
-    let dev = Device::flex();
-    let config = ModelConfig::from_file(&fixture("udit_tiny.json")).unwrap();
-    let weights = read_weights(&fixture("udit_tiny.train-checkpoint.pt"), None).unwrap();
-    let model = load_denoiser(&config, &weights, &dev).unwrap().merged();
-    let codec = Codec::open(fixture("vae_tiny").to_str().unwrap(), &dev).unwrap();
-    Setup { model, config, codec }
+    let codec = Codec::open(fixture("vae_tiny").to_str().unwrap(), &Device::flex()).unwrap();
+    Setup::load("udit_tiny.json", "udit_tiny.train-checkpoint.pt", codec)
 }
 
 fn generator(s: &Setup, sampler: Sampler, steps: usize, cfg_scale: f64, classes: Classes) -> Generator<'_> {

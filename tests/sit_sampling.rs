@@ -5,25 +5,14 @@ mod common;
 
 use burn::prelude::*;
 use common::*;
-use udit::checkpoint::{load_denoiser, read_weights};
 use udit::codec::Codec;
 use udit::guidance::{Evaluations, Guidance, GuidanceInterval};
-use udit::model::{Denoiser, ModelConfig};
+
 use udit::process::{Process, ProcessSpec};
 use udit::sample::{Classes, Generator, Method, SamplerOptions, Settings};
 
-struct Setup {
-    model: Denoiser,
-    config: ModelConfig,
-    codec: Codec,
-}
-
 fn setup() -> Setup {
-    let dev = Device::flex();
-    let config = ModelConfig::from_file(&fixture("sit_tiny.json")).unwrap();
-    let weights = read_weights(&fixture("sit_tiny.state-dict.pt"), None).unwrap();
-    let model = load_denoiser(&config, &weights, &dev).unwrap();
-    Setup { model, config, codec: Codec::None }
+    Setup::load("sit_tiny.json", "sit_tiny.state-dict.pt", Codec::None)
 }
 
 fn generator<'a>(s: &'a Setup, sampler: &str, steps: usize, cfg_scale: f64) -> Generator<'a> {

@@ -28,6 +28,23 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// A fixture model ready to sample: the network, its configuration and codec.
+pub struct Setup {
+    pub model: udit::model::Denoiser,
+    pub config: udit::model::ModelConfig,
+    pub codec: udit::codec::Codec,
+}
+
+impl Setup {
+    /// Fixture `config` (`NAME.json`) with fixture weights `weights`, FFN merged, and `codec`.
+    pub fn load(config: &str, weights: &str, codec: udit::codec::Codec) -> Self {
+        let config = udit::model::ModelConfig::from_file(&fixture(config)).unwrap();
+        let weights = read_weights(&fixture(weights), None).unwrap();
+        let model = udit::checkpoint::load_denoiser(&config, &weights, &Device::flex()).unwrap().merged();
+        Self { model, config, codec }
+    }
+}
+
 /// Every tensor of a fixture safetensors file, as f32.
 pub fn io(name: &str) -> StateDict {
     read_weights(&fixture(name), None).unwrap().tensors
