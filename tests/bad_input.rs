@@ -56,7 +56,7 @@ fn eval_refuses_mismatched_labels_and_options_that_do_not_apply() {
         use npyz::WriterBuilder;
         let mut file = std::fs::File::create(&npz).unwrap();
         let mut w = npyz::npz::NpzWriter::new(&mut file);
-        let mut a = w.array::<u8>("arr_0", Default::default()).unwrap().default_dtype().shape(&[20, 4, 4, 1]);
+        let a = w.array::<u8>("arr_0", Default::default()).unwrap().default_dtype().shape(&[20, 4, 4, 1]);
         let mut a = a.begin_nd().unwrap();
         a.extend(vec![7u8; 320]).unwrap();
         a.finish().unwrap();
