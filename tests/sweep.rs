@@ -140,3 +140,49 @@ fn bad_sweeps_are_refused_before_any_work() {
         assert!(!out.exists(), "{args:?}: nothing may be written");
     }
 }
+
+#[test]
+fn a_sit_model_sweeps_the_interpolant_samplers_with_their_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig::from_json(
+        r#"{"arch":"sit","input_size":16,"patch_size":2,"hidden_size":16,"depth":1,"num_heads":2,"num_classes":10}"#,
+    )
+    .unwrap();
+    let model = Denoiser::new(&cfg, FfnForm::Merged, &Device::flex());
+    let ckpt = dir.path().join("sit.safetensors");
+    let process = udit::process::ProcessSpec::default_for(&cfg);
+    let meta = model_metadata(&cfg, &process, Some("unshuffle2"), &ClassNames::default()).unwrap();
+    write_safetensors(&ckpt, &state_dict(&model), meta).unwrap();
+    let out = dir.path().join("sweep");
+    let run = |samplers: &str| {
+        let (c, o) = (ckpt.to_str().unwrap(), out.to_str().unwrap());
+        udit(&[
+            "sweep",
+            "--ckpt",
+            c,
+            "--samplers",
+            samplers,
+            "--steps",
+            "3",
+            "--num-samples",
+            "4",
+            "--batch",
+            "4",
+            "--out",
+            o,
+        ])
+    };
+    for (samplers, says) in
+        [("ddim", "unknown sampler \"ddim\" for an interpolant"), ("dopri5", "calls are known before")]
+    {
+        let (ok, _, err) = run(samplers);
+        assert!(!ok && err.contains(says), "{samplers}: {err}");
+        assert!(!out.exists(), "{samplers}: nothing written");
+    }
+    let (ok, _, err) = run("sde,heun2");
+    assert!(ok, "{err}");
+    let found: Vec<(String, String, usize, usize)> =
+        rows(&out).into_iter().map(|r| (r.sampler, r.schedule, r.calls, r.nfe)).collect();
+    // Guidance 1.5 at every call: SDE 2 steps + the last step; Heun 2 calls on each of 2 steps.
+    assert_eq!(found, [("sde".into(), "linspace".into(), 3, 6), ("heun2".into(), "linspace".into(), 4, 8)]);
+}

@@ -18,7 +18,8 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Samplers, comma-separated: NAME or NAME:SCHEDULE (ancestral, ddim, dpm++, unipc, heun;
-    /// schedules time-uniform, logsnr, karras; without one, the sampler's own).
+    /// schedules time-uniform, logsnr, karras; without one, the sampler's own). Interpolant
+    /// (SiT) models: sde, sde-heun, euler, heun2, rk4 (the default list is for diffusion models).
     #[arg(long, value_name = "LIST", default_value = "ddim,dpm++,unipc,heun")]
     pub samplers: String,
     /// Step counts, comma-separated (heun: noise levels, 2N - 1 calls).
@@ -92,7 +93,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let channels = cfg_channels(a.cfg_channels.as_deref(), config)?;
     let base = loaded.generator(
         Settings {
-            method: Method::diffusion(specs[0].sampler, 1),
+            method: Method::preview(&loaded.process.process()?),
             guidance: Guidance::everywhere(1.0),
             seed: a.seed,
             classes: Classes::parse(&a.classes, &loaded.names, loaded.config.num_classes())?,

@@ -21,12 +21,14 @@ use crate::guidance::{Guidance, GuidanceInterval};
 use crate::io::Images;
 use crate::io::images::ensure_writable_dir;
 use crate::io::npz::{NpzRun, read_npz};
-use crate::sample::{Generator, Method, Settings, run_npz};
+use crate::process::Process;
+use crate::sample::{Generator, Method, SamplerOptions, Settings, run_npz};
 
-/// A sampler and its schedule, as `--samplers` names them: `NAME` or `NAME:SCHEDULE`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// A sampler and its schedule, as `--samplers` names them: `NAME` or `NAME:SCHEDULE`; a
+/// sampler of the model's process ([`Method::named`] checks it against the model).
+#[derive(Clone, Debug, PartialEq)]
 pub struct SamplerSpec {
-    pub sampler: Sampler,
+    pub name: String,
     /// None: the sampler's own.
     pub schedule: Option<Schedule>,
 }
@@ -37,12 +39,24 @@ impl SamplerSpec {
             Some((name, schedule)) => (name, Some(schedule.parse()?)),
             None => (text.trim(), None),
         };
-        Ok(Self { sampler: name.parse()?, schedule })
+        Ok(Self { name: name.to_string(), schedule })
     }
 
-    /// The schedule it runs on (ancestral sampling: the reference's respaced process).
+    /// The schedule it runs on: the diffusion samplers' (ancestral sampling: the reference's
+    /// respaced process), or the interpolant samplers' evenly spaced time points.
     pub fn schedule_name(&self) -> String {
-        self.schedule.or(self.sampler.default_schedule()).map_or("respaced".to_string(), |s| s.to_string())
+        match self.name.parse::<Sampler>() {
+            Ok(sampler) => {
+                self.schedule.or(sampler.default_schedule()).map_or("respaced".to_string(), |s| s.to_string())
+            }
+            Err(_) => "linspace".to_string(),
+        }
+    }
+
+    /// The sampler with `steps` on `process`.
+    pub fn method(&self, process: &Process, steps: usize) -> Result<Method> {
+        let options = SamplerOptions { schedule: self.schedule, ..Default::default() };
+        Method::named(process, Some(&self.name), Some(steps), &options)
     }
 }
 
@@ -75,7 +89,7 @@ impl Combination {
             Some(GuidanceInterval::Everywhere) => format!("cfg{}-everywhere", self.guidance.scale),
             Some(GuidanceInterval::Between(lo, hi)) => format!("cfg{}-{lo}-{hi}", self.guidance.scale),
         };
-        format!("{}-{}-{}-{guidance}", self.spec.sampler.name(), self.spec.schedule_name(), self.steps)
+        format!("{}-{}-{}-{guidance}", self.spec.name, self.spec.schedule_name(), self.steps)
     }
 
     /// The line of the plot it is a point of: everything but the steps.
@@ -85,7 +99,7 @@ impl Combination {
             Some(GuidanceInterval::Everywhere) => format!("guidance {}", self.guidance.scale),
             Some(interval) => format!("guidance {} in {}", self.guidance.scale, interval.describe()),
         };
-        format!("{} {}, {guidance}", self.spec.sampler.name(), self.spec.schedule_name())
+        format!("{} {}, {guidance}", self.spec.name, self.spec.schedule_name())
     }
 }
 
@@ -109,10 +123,10 @@ pub fn combinations(
         }
     }
     let mut out = Vec::new();
-    for &spec in specs {
+    for spec in specs {
         for guidance in &guidances {
             for &steps in steps {
-                out.push(Combination { spec, steps, guidance: guidance.clone() });
+                out.push(Combination { spec: spec.clone(), steps, guidance: guidance.clone() });
             }
         }
     }
@@ -213,7 +227,8 @@ pub fn finished(dir: &Path) -> Result<Vec<Row>> {
             rows.push(read_row(&result)?);
         }
     }
-    let rank = |r: &Row| ["ancestral", "ddim", "dpm++", "unipc", "heun"].iter().position(|s| *s == r.sampler);
+    let order = ["ancestral", "ddim", "dpm++", "unipc", "heun", "sde", "sde-heun", "euler", "heun2", "rk4"];
+    let rank = |r: &Row| order.iter().position(|s| *s == r.sampler);
     rows.sort_by(|a, b| {
         (rank(a), &a.schedule)
             .cmp(&(rank(b), &b.schedule))
@@ -235,13 +250,13 @@ const SETTINGS_FILE: &str = "sweep-settings.json";
 const RESULT_FILE: &str = "result.json";
 
 impl Sweep<'_> {
-    fn generator(&self, c: &Combination) -> Generator<'_> {
+    fn generator(&self, c: &Combination) -> Result<Generator<'_>> {
         let settings = Settings {
-            method: Method::Diffusion { sampler: c.spec.sampler, schedule: c.spec.schedule, steps: c.steps },
+            method: c.spec.method(&self.base.process, c.steps)?,
             guidance: c.guidance.clone(),
             ..self.base.settings.clone()
         };
-        Generator { settings, ..self.base.clone() }
+        Ok(Generator { settings, ..self.base.clone() })
     }
 
     /// Checks every combination, the meter against the images and the folder against earlier
@@ -254,7 +269,11 @@ impl Sweep<'_> {
             bail!("a sweep scores FID, which needs --num-samples of at least 2, and --batch of at least 1");
         }
         for c in &self.combinations {
-            self.generator(c).validate().with_context(|| c.series())?;
+            let g = self.generator(c).with_context(|| c.series())?;
+            g.validate().with_context(|| c.series())?;
+            g.evaluations()?.with_context(|| {
+                format!("{}: a sweep compares samplers whose calls are known before the run", c.series())
+            })?;
         }
         let (channels, side) = self.base.image_shape();
         if meter == MeterKind::Classifier && (side, channels, self.base.config.num_classes()) != (32, 1, 10) {
@@ -294,8 +313,8 @@ impl Sweep<'_> {
         let total = self.combinations.len();
         for (i, c) in self.combinations.iter().enumerate() {
             let dir = self.out.join(c.dir_name());
-            let g = self.generator(c);
-            let e = g.evaluations()?.context("a sweep times samplers whose calls are known before the run")?;
+            let g = self.generator(c)?;
+            let e = g.evaluations()?.expect("validated: the calls are known");
             let what = format!("[{}/{total}] {}, {} steps", i + 1, c.series(), c.steps);
             let result = dir.join(RESULT_FILE);
             if result.exists() {
@@ -322,7 +341,7 @@ impl Sweep<'_> {
             eprintln!("{what}: scoring");
             let (fid, class_accuracy) = meter.score(&read_npz(&run.npz)?, &self.base.device)?;
             let row = Row {
-                sampler: c.spec.sampler.name().to_string(),
+                sampler: c.spec.name.clone(),
                 schedule: c.spec.schedule_name(),
                 steps: c.steps,
                 calls: e.calls,

@@ -104,11 +104,11 @@ pub const DOPRI5_ATOL: f64 = 1e-6;
 pub const DOPRI5_RTOL: f64 = 1e-3;
 
 impl OdeMethod {
-    /// `euler`, `heun2` (or `heun`), `rk4`, `dopri5` (with the given tolerances).
+    /// `euler`, `heun2`, `rk4`, `dopri5` (with the given tolerances).
     pub fn named(name: &str, atol: f64, rtol: f64) -> Result<Self> {
         Ok(match name {
             "euler" => Self::Euler,
-            "heun2" | "heun" => Self::Heun2,
+            "heun2" => Self::Heun2,
             "rk4" => Self::Rk4,
             "dopri5" => Self::Dopri5 { atol, rtol },
             other => bail!("unknown ODE method {other:?}: use euler, heun2, rk4 or dopri5"),
