@@ -69,6 +69,13 @@ fn clipping_scales_the_gradient_to_the_max_norm() {
     assert!((m[0] - 0.06).abs() < 1e-6 && (m[1] - 0.08).abs() < 1e-6, "{m:?}");
 }
 
+/// Runs the tests that train one at a time: training runs side by side in one process share
+/// rayon's threads, and bit-for-bit comparisons of two runs want each to have them alone.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tiny_model(dropout: f64) -> ModelConfig {
     ModelConfig::from_json(&format!(
         r#"{{"arch":"u-dit","input_size":8,"in_channels":4,"hidden_size":8,"num_heads":1,"depth":[1,1,1,1,1],"mlp_ratio":2,"downsampler":"dwconv3","num_classes":3,"class_dropout_prob":{dropout}}}"#
@@ -108,6 +115,7 @@ fn label_dropout_hits_the_requested_fraction_deterministically() {
 
 #[test]
 fn gradient_accumulation_equals_one_big_batch() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(tmp.path(), 8);
     let dev = Device::flex().autodiff();
@@ -149,6 +157,7 @@ fn params(state: &TrainState) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn resume_continues_bit_for_bit() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 6);
     let dev = Device::flex().autodiff();
@@ -232,6 +241,7 @@ fn tiny_sit_recipe(data: &std::path::Path, steps: u64, dropout: f64) -> TrainCon
 /// the Linear path at the drawn t and noise, computed here by hand from the draws.
 #[test]
 fn the_interpolant_loss_is_sits_at_the_drawn_points() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(tmp.path(), 4);
     let dev = Device::flex().autodiff();
@@ -278,6 +288,7 @@ fn the_interpolant_loss_is_sits_at_the_drawn_points() {
 
 #[test]
 fn an_interpolant_run_learns_resumes_bit_for_bit_and_exports_its_process() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 8);
     interpolant_run(tiny_sit_recipe(&tmp.path().join("data"), 60, 0.1), tmp.path());
@@ -285,6 +296,7 @@ fn an_interpolant_run_learns_resumes_bit_for_bit_and_exports_its_process() {
 
 #[test]
 fn a_udit_trains_as_an_interpolant_too_and_samples_with_the_ode_and_the_sde() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 8);
     let mut recipe = tiny_recipe(&tmp.path().join("data"), 60);
@@ -311,6 +323,7 @@ fn a_udit_trains_as_an_interpolant_too_and_samples_with_the_ode_and_the_sde() {
 
 #[test]
 fn a_sit_llama_trains_as_an_interpolant_and_resumes_bit_for_bit() {
+    let _serial = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 8);
     let model = ModelConfig::from_json(
