@@ -139,6 +139,16 @@ fn udit_sample_draws_sit_pngs_and_refuses_what_does_not_apply() {
         assert!(!ok && err.contains(says), "{extra:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{extra:?}: one line: {err}");
     }
+    // Weights that record their process refuse another.
+    let recorded = dir.path().join("sit.safetensors");
+    let cfg = udit::model::ModelConfig::from_file(&config).unwrap();
+    let spec = ProcessSpec::default_for(&cfg);
+    let meta = udit::checkpoint::model_metadata(&cfg, &spec, Some("none"), &Default::default()).unwrap();
+    let weights = udit::checkpoint::read_weights(&ckpt, None).unwrap();
+    udit::checkpoint::write_safetensors(&recorded, &weights.tensors, meta).unwrap();
+    let (ok, _, err) =
+        udit(&["sample", "--ckpt", recorded.to_str().unwrap(), "--path-type", "GVP", "--out", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("the weights were trained as interpolant (Linear path"), "{err}");
     // A diffusion model refuses the interpolant's knobs.
     let (ok, _, err) =
         udit(&["sample", "--diffusion-form", "sigma", "--num-samples", "1", "--out", out.to_str().unwrap()]);

@@ -70,12 +70,16 @@ impl ModelArgs {
         };
         let weights = read_weights(&ckpt, self.entry.as_deref())?;
         let config = self.model.resolve(weights.config.as_ref())?;
-        let process = ProcessSpec::of_weights(&weights.metadata, &config)?.overridden(
-            None,
-            self.path_type.as_deref(),
-            self.prediction.as_deref(),
-            None,
-        )?;
+        let stored = ProcessSpec::of_weights(&weights.metadata, &config)?;
+        let (path_type, prediction) = (self.path_type.as_deref(), self.prediction.as_deref());
+        let process = stored.clone().overridden(None, path_type, prediction, None)?;
+        // Weights that record their process sample with it: another one would only draw noise.
+        if weights.metadata.contains_key(crate::process::PROCESS_METADATA_KEY) && process != stored {
+            bail!(
+                "the weights were trained as {}; --path-type and --prediction describe another process",
+                stored.describe()
+            );
+        }
         let names = ClassNames::for_model(&weights.metadata, config.num_classes())?;
         let codec = codec_spec(self.vae.as_deref(), weights.codec.as_deref(), config.in_channels());
         Ok(ReadModel { weights, config, process, names, codec })
