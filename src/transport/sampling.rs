@@ -73,8 +73,9 @@ pub const TRANSPORT_SAMPLERS: &str = "sde (Euler-Maruyama), sde-heun, euler, heu
 impl TransportSampler {
     /// A sampler by name: `sde` (or `euler-maruyama`), `sde-heun`, and the ODE solvers `euler`,
     /// `heun2`, `rk4`, `dopri5` (or `ode`). `steps` counts time points (default: 250 for the
-    /// SDEs, as SiT's `sample.py`; 50 for the ODEs, as `sample_ode`). Options that do not
-    /// apply to the chosen solver are refused.
+    /// SDEs, as SiT's `sample.py`; 50 for the ODEs, as `sample_ode`); `sde` with no options
+    /// is the SiT paper's protocol (w_t = sigma_t, last step Mean of 0.04). Options that do
+    /// not apply to the chosen solver are refused.
     pub fn named(name: &str, steps: Option<usize>, o: &TransportOptions) -> Result<Self> {
         let sde_method = match name {
             "sde" | "euler-maruyama" => Some(SdeMethod::Euler),
@@ -139,18 +140,6 @@ impl TransportSampler {
     pub fn steps(&self) -> usize {
         let (Self::Ode { num_steps, .. } | Self::Sde { num_steps, .. }) = *self;
         num_steps
-    }
-
-    /// The SiT paper's protocol: Euler-Maruyama, 250 steps, w_t = sigma_t, last step Mean 0.04.
-    pub fn sit_paper() -> Self {
-        Self::Sde {
-            method: SdeMethod::Euler,
-            form: DiffusionForm::Sigma,
-            norm: 1.0,
-            last_step: LastStep::Mean,
-            last_step_size: 0.04,
-            num_steps: 250,
-        }
     }
 
     pub fn validate(&self) -> Result<()> {
