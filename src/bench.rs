@@ -2,13 +2,14 @@
 
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use crate::cost::Cost;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
 use crate::progress::Progress;
+use crate::train::optim::{AdamW, OptimState};
 
 #[derive(Debug, serde::Serialize)]
 pub struct BenchResult {
@@ -21,7 +22,8 @@ pub struct BenchResult {
 }
 
 /// Times `iters` calls after `warmup` untimed ones. Forward uses the merged inference form;
-/// `train` times forward + MSE loss + backward + AdamW step on the training form, the batch
+/// `train` times forward + MSE loss + backward + the trainer's AdamW and EMA update on the
+/// training form, the batch
 /// split into `grad_accum` forward/backward rounds (`batch` must be a multiple).
 pub fn run(
     cfg: &ModelConfig,
@@ -42,21 +44,24 @@ pub fn run(
     };
     let mut times = if train {
         let device = device.clone().autodiff();
-        let mut model = Denoiser::new(cfg, FfnForm::Train, &device);
-        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        let model = Denoiser::new(cfg, FfnForm::Train, &device);
+        let mut optim = OptimState::new(&model, crate::precision::current());
+        // The step takes the model and hands back the updated one.
+        let mut model = Some(model);
         timings(warmup, iters, &progress, &mut || {
             let micro = batch / grad_accum;
             let rounds: Vec<_> = (0..grad_accum).map(|_| inputs(micro, &device)).collect();
             let start = Instant::now();
             let mut acc = GradientsAccumulator::<Denoiser>::new();
             let mut losses = Vec::new();
+            let current = model.take().expect("the model of the last step");
             for (x, t, y) in rounds {
-                let out = model.forward(x.clone(), t, y);
+                let out = current.forward(x.clone(), t, y);
                 let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean() / grad_accum as f64;
-                acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+                acc.accumulate(&current, GradientsParams::from_grads(loss.backward(), &current));
                 losses.push(loss);
             }
-            model = optim.step(1e-4, model.clone(), acc.grads());
+            model = Some(optim.step(current, acc.grads(), &AdamW::default(), 1e-4, None, 0.9999).0);
             let _ = Tensor::cat(losses, 0).into_data(); // wait for the step to finish
             start.elapsed().as_secs_f64()
         })

@@ -1,4 +1,4 @@
-//! The fused GELU, adaLN pre-norm, gated residual and 1x1 convolution (forward and their own backward)
+//! The fused GELU, SwiGLU product, adaLN pre-norm, gated residual and 1x1 convolution (forward and their own backward)
 //! against the same ops in burn's generic tensor ops: output and every input gradient.
 #![cfg(not(feature = "cuda"))]
 
@@ -66,6 +66,19 @@ fn gated_residual_and_its_gradients() {
     let fused = run(&inputs, &weights, |t| pointwise::add_gated(t[0].clone(), g(&t[1]), t[2].clone()));
     let generic = run(&inputs, &weights, |t| generic::add_gated(t[0].clone(), g(&t[1]), t[2].clone()));
     compare("add_gated", fused, generic);
+}
+
+#[test]
+fn swiglu_and_its_gradients() {
+    // One shape within a parallel chunk of elements, one across several with a ragged end.
+    for shape in [[1, 8, 6, 6], [2, 37, 19, 13]] {
+        let (gate, up) = (normal(shape) * 3.0, normal(shape));
+        let weights = normal(shape);
+        let inputs = [gate.to_data(), up.to_data()];
+        let fused = run(&inputs, &weights, |t| pointwise::swiglu(t[0].clone(), t[1].clone()));
+        let generic = run(&inputs, &weights, |t| generic::swiglu(t[0].clone(), t[1].clone()));
+        compare(&format!("swiglu {shape:?}"), fused, generic);
+    }
 }
 
 #[test]

@@ -74,18 +74,23 @@ impl Conv1x1Grads for Flex {
         dx.par_chunks_mut(c * plane).zip(grad.par_chunks(o * plane)).for_each(|(dxb, gb)| {
             gemm_strided(c, plane, o, &weight, (1, c), gb, (plane, 1), dxb, (plane, 1), false, inner);
         });
-        // d W = sum_b g_b x_b^T: per sample in parallel, then summed; d bias = sum of g.
-        let per_sample: Vec<Vec<f32>> = grad
-            .par_chunks(o * plane)
-            .zip(x.par_chunks(c * plane))
-            .map(|(gb, xb)| {
+        // d W = sum_b g_b x_b^T: the samples split into one run per thread, each summing its
+        // samples' products into its own buffer with the GEMM's accumulation; then the runs summed.
+        let runs = rayon::current_num_threads().min(b);
+        let per_run = b.div_ceil(runs);
+        let mut partial: Vec<Vec<f32>> = (0..b.div_ceil(per_run))
+            .into_par_iter()
+            .map(|run| {
                 let mut dw = vec![0f32; o * c];
-                gemm_strided(o, c, plane, gb, (plane, 1), xb, (1, plane), &mut dw, (c, 1), false, inner);
+                for bi in run * per_run..((run + 1) * per_run).min(b) {
+                    let (gb, xb) = (&grad[bi * o * plane..][..o * plane], &x[bi * c * plane..][..c * plane]);
+                    gemm_strided(o, c, plane, gb, (plane, 1), xb, (1, plane), &mut dw, (c, 1), bi > run * per_run, inner);
+                }
                 dw
             })
             .collect();
-        let mut dw = vec![0f32; o * c];
-        for part in per_sample {
+        let mut dw = partial.remove(0);
+        for part in partial {
             dw.iter_mut().zip(part).for_each(|(a, v)| *a += v);
         }
         let mut db = vec![0f32; o];

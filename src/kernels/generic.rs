@@ -27,6 +27,25 @@ pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
     }
 }
 
+/// [`super::AdamWUpdate`] in tensor ops, each as PyTorch's in-place op of the same name.
+pub fn adamw(u: &super::AdamWUpdate, [w, g, m, v, ema]: [Tensor<1>; 5]) -> [Tensor<1>; 4] {
+    let g = if u.grad_scale != 1.0 { g * u.grad_scale } else { g };
+    let w = if u.weight_decay != 0.0 { w * (1.0 - u.lr * u.weight_decay) } else { w };
+    // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+    let m = m.clone() + (g.clone() - m) * (1.0 - u.beta1);
+    let v = v * u.beta2 + g.square() * (1.0 - u.beta2);
+    let denom = v.clone().sqrt() / u.bias_correction2.sqrt() + u.eps;
+    let w = w - m.clone() / denom * (u.lr / u.bias_correction1);
+    // ema.mul_(decay).add_(param, alpha=1 - decay)
+    let ema = ema * u.ema_decay + w.clone() * (1.0 - u.ema_decay);
+    [w, m, v, ema]
+}
+
+/// `silu(gate) * up`, SwiGLU's product.
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    burn::tensor::activation::silu(gate) * up
+}
+
 /// `modulate(LayerNorm2d(x), shift, scale)`, the adaLN pre-norm of every U-DiT pair.
 pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
     modulate_2d(layer_norm_2d(x), shift, scale)

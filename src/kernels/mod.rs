@@ -1,4 +1,4 @@
-//! The fused ops of a U-DiT step, each deciding here, in one place, which implementation
+//! The fused ops of a U-DiT or DiT-family step, each deciding here, in one place, which implementation
 //! runs: on the CPU a fused kernel with its own backward (a burn backend extension, so that
 //! autodiff keeps only what the backward needs), elsewhere burn's generic ops ([`generic`],
 //! also callable by name so that tests compare the two). Model code calls these and never
@@ -18,6 +18,8 @@ macro_rules! register {
     };
 }
 
+#[cfg(not(feature = "cuda"))]
+pub mod adamw;
 #[cfg(not(feature = "cuda"))]
 pub mod attention;
 #[cfg(not(feature = "cuda"))]
@@ -63,6 +65,11 @@ pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
     fused_or_generic!(pointwise::gelu(x, kind), generic::gelu(x, kind))
 }
 
+/// `silu(gate) * up` (SwiGLU's product, LLaMA's FFN).
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    fused_or_generic!(pointwise::swiglu(gate, up), generic::swiglu(gate, up))
+}
+
 /// `LayerNorm2d(x) * (1 + scale) + shift` with `[B, C]` shift and scale: adaLN's pre-norm.
 pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
     fused_or_generic!(pointwise::norm_modulate(x, shift, scale), generic::norm_modulate(x, shift, scale))
@@ -80,6 +87,29 @@ pub fn dot_product_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f6
     use crate::precision::{input, output};
     let options = burn::tensor::ops::AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
     output(burn::tensor::module::attention(input(q), input(k), input(v), None, None, options))
+}
+
+/// One AdamW step (PyTorch's `torch.optim.AdamW`, f32) and the EMA update of a parameter:
+/// the gradient times `grad_scale`, weight decay, the moments, the bias-corrected step, then
+/// `ema * ema_decay + w * (1 - ema_decay)`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWUpdate {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// 1 - beta1^t and 1 - beta2^t at step t.
+    pub bias_correction1: f64,
+    pub bias_correction2: f64,
+    pub grad_scale: f64,
+    pub ema_decay: f64,
+}
+
+/// [`AdamWUpdate`] of flat `[w, grad, exp_avg, exp_avg_sq, ema]` -> the new
+/// `[w, exp_avg, exp_avg_sq, ema]`: one pass on the CPU.
+pub fn adamw(update: &AdamWUpdate, state: [Tensor<1>; 5]) -> [Tensor<1>; 4] {
+    fused_or_generic!(adamw::adamw(update, state), generic::adamw(update, state))
 }
 
 /// Largest log temperature of cosine attention, ln(100) as the reference writes it.

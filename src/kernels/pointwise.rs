@@ -1,6 +1,6 @@
 //! The per-element and per-pixel ops around U-DiT's attention and FFN, fused with their own
 //! backward as a burn backend extension on the CPU `flex` backend: GELU (exact and tanh),
-//! the adaLN pre-norm `LayerNorm2d(x) * (1 + scale) + shift`, and the gated residual
+//! SwiGLU's `silu(gate) * up`, the adaLN pre-norm `LayerNorm2d(x) * (1 + scale) + shift`, and the gated residual
 //! `x + gate * y`. Burn's generic ops run these as chains of broadcast ops (and scalar erf),
 //! each keeping its own inputs for autodiff; here each op keeps only its inputs and the
 //! backward recomputes the rest in one pass. `tests/pointwise_kernels.rs` compares them
@@ -31,6 +31,8 @@ pub trait PointwiseOps: Backend {
     fn norm_modulate(x: FloatTensor<Self>, shift: FloatTensor<Self>, scale: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `[B, C, H, W]`, `[B, C]`, `[B, C, H, W]` -> `x + gate * y`.
     fn add_gated(x: FloatTensor<Self>, gate: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `silu(gate) * up`, both of one shape.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// The backward passes of [`PointwiseOps`], on the backends that run their forward.
@@ -48,6 +50,9 @@ pub trait PointwiseGrads: Backend {
         y: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 2];
+    /// d gate, d up.
+    fn swiglu_grads(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>)
+    -> [FloatTensor<Self>; 2];
 }
 
 pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {
@@ -68,6 +73,19 @@ pub fn add_gated(x: Tensor<4>, gate: Tensor<2>, y: Tensor<4>) -> Tensor<4> {
     ))
 }
 
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as PointwiseOps>::swiglu(gate.into_dispatch(), up.into_dispatch()))
+}
+
+/// sigmoid(x), through the vectorisable [`exp`].
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// Element chunks per parallel task of the per-element ops.
+const CHUNK: usize = 1 << 14;
+
 impl PointwiseOps for Flex {
     fn fused_gelu(x: FlexTensor, tanh: bool) -> FlexTensor {
         let shape = shape(&x);
@@ -87,6 +105,19 @@ impl PointwiseOps for Flex {
         let shape = shape(&x);
         let mut v = values(x);
         add_gated_in_place(&mut v, &slice(&gate), &slice(&y), shape[2] * shape[3]);
+        tensor(v, shape)
+    }
+
+    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        let shape = shape(&gate);
+        let mut v = values(gate);
+        let up = slice(&up);
+        v.par_chunks_mut(CHUNK).zip(up.par_chunks(CHUNK)).for_each(|(vs, us)| {
+            vectorized(
+                #[inline(always)]
+                || vs.iter_mut().zip(us).for_each(|(a, &u)| *a = *a * sigmoid(*a) * u),
+            )
+        });
         tensor(v, shape)
     }
 }
@@ -115,7 +146,7 @@ impl PointwiseGrads for Flex {
         let shape = shape(&x);
         let x = slice(&x);
         let mut g = values(grad);
-        g.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(gs, xs)| {
+        g.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(gs, xs)| {
             vectorized(
                 #[inline(always)]
                 || gs.iter_mut().zip(xs).for_each(|(g, &x)| *g *= gelu_derivative(x, tanh)),
@@ -177,6 +208,29 @@ impl PointwiseGrads for Flex {
                 )
             });
         [tensor(dgate, shape[..2].to_vec()), tensor(dy, shape)]
+    }
+
+    /// With s = sigmoid(a): d(a s b)/da = b s (1 + a (1 - s)), d/db = a s.
+    fn swiglu_grads(gate: FlexTensor, up: FlexTensor, grad: FlexTensor) -> [FlexTensor; 2] {
+        let shape = shape(&gate);
+        let (gate, up, g) = (slice(&gate), slice(&up), slice(&grad));
+        let mut dgate = vec![0f32; gate.len()];
+        let mut dup = vec![0f32; gate.len()];
+        dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dg, du))| {
+            let range = i * CHUNK..(i * CHUNK + dg.len());
+            let (a, b, g) = (&gate[range.clone()], &up[range.clone()], &g[range]);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for j in 0..dg.len() {
+                        let s = sigmoid(a[j]);
+                        dg[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
+                        du[j] = g[j] * a[j] * s;
+                    }
+                },
+            )
+        });
+        [tensor(dgate, shape.clone()), tensor(dup, shape)]
     }
 }
 
@@ -295,6 +349,27 @@ impl<B: Backend + PointwiseOps + PointwiseGrads, C: CheckpointStrategy> Pointwis
         let out = B::add_gated(x, gate.clone(), y.clone());
         match AddGatedBackward.prepare::<C>(guards).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((gate, y), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SwigluBackward;
+        impl<B: Backend + PointwiseGrads> Backward<B, 2> for SwigluBackward {
+            /// Both inputs.
+            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive);
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (gate, up) = ops.state;
+                register!(B, ops.parents, B::swiglu_grads(gate, up, grad), grads);
+            }
+        }
+        let guards = [gate.node(), up.node()];
+        let (gate, up) = (gate.into_primitive(), up.into_primitive());
+        let out = B::swiglu(gate.clone(), up.clone());
+        match SwigluBackward.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((gate, up), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }

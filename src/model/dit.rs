@@ -9,9 +9,9 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace, layer_norm_dim};
+use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace};
 use super::{default_cfg_channels, defaults, flag, validate_common};
-use crate::kernels::{AttnSpec, Gelu, gelu};
+use crate::kernels::{self, AttnSpec, Gelu};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,11 +116,9 @@ pub struct PatchEmbed {
 }
 
 impl PatchEmbed {
-    /// `(N, C, H, W) -> (N, T, D)`, tokens in row-major patch order.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
-        let x = self.proj.forward(x);
-        let [n, d, gh, gw] = x.dims();
-        x.reshape([n, d, gh * gw]).swap_dims(1, 2)
+    /// `(N, C, H, W) -> (N, D, H/p, W/p)`: the tokens of row-major patch order as a map.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.proj.forward(x)
     }
 }
 
@@ -133,24 +131,21 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         token_attention(&self.qkv, &self.proj, self.heads, false, x)
     }
 }
 
-/// Attention over the tokens `x` (N, T, D) of a square grid, q, k, v from `qkv` (channels
+/// Attention over the tokens of the map `x` (N, D, g, g), q, k, v from `qkv` (channels
 /// ordered q, k, v, then heads, as timm's), RoPE2D on q and k when `rope`, scaled dot product,
-/// then `proj`: through the attention op of `kernels` on the token map as one group (the
-/// fused kernel with its own backward on the CPU, which recomputes the scores instead of
-/// keeping T x T).
-fn token_attention(qkv: &Linear, proj: &Linear, heads: usize, rope: bool, x: Tensor<3>) -> Tensor<3> {
-    let [n, t, d] = x.dims();
-    let g = (t as f64).sqrt() as usize;
-    let hd = d / heads;
-    let map = qkv.forward(x).swap_dims(1, 2).reshape([n, 3 * d, g, g]); // (N, 3D, g, g)
+/// then `proj`: the attention op of `kernels` with the whole grid as one group (on the CPU
+/// the fused kernel with its own backward, which recomputes the scores instead of keeping
+/// T x T).
+fn token_attention(qkv: &Linear, proj: &Linear, heads: usize, rope: bool, x: Tensor<4>) -> Tensor<4> {
+    let hd = x.dims()[1] / heads;
     let spec = AttnSpec { heads, r: 1, rope, cosine: false, scale: (hd as f32).powf(-0.5) };
-    let out = crate::kernels::attention(map, None, spec); // (N, D, g, g)
-    proj.forward(out.reshape([n, d, t]).swap_dims(1, 2))
+    let qkv = qkv.forward_map(x); // (N, 3D, g, g)
+    proj.forward_map(kernels::attention(qkv, None, spec)) // (N, D, g, g)
 }
 
 /// The ViT MLP (timm `Mlp`): fc1, tanh GELU, fc2.
@@ -161,8 +156,8 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu(self.fc1.forward(x), Gelu::Tanh))
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.fc2.forward_map(kernels::gelu(self.fc1.forward_map(x), Gelu::Tanh))
     }
 }
 
@@ -186,23 +181,24 @@ impl DiTBlock {
         }
     }
 
-    pub fn forward(&self, x: Tensor<3>, c: Tensor<2>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<4>, c: Tensor<2>) -> Tensor<4> {
         adaln_zero(x, c, &self.adaLN_modulation, |h| self.attn.forward(h), |h| self.mlp.forward(h))
     }
 }
 
 /// adaLN-Zero around an attention and an FFN (DiT Fig. 3), the residual form of DiT's and
-/// LLaMA's blocks: x + gate * attn(modulate(norm(x))), then the same with the FFN.
+/// LLaMA's blocks: x + gate * attn(modulate(norm(x))), then the same with the FFN; norm is
+/// LayerNorm over each token's channels (eps 1e-6, no affine).
 fn adaln_zero(
-    x: Tensor<3>,
+    x: Tensor<4>,
     c: Tensor<2>,
     modulation: &AdaLnModulation,
-    attn: impl Fn(Tensor<3>) -> Tensor<3>,
-    mlp: impl Fn(Tensor<3>) -> Tensor<3>,
-) -> Tensor<3> {
+    attn: impl Fn(Tensor<4>) -> Tensor<4>,
+    mlp: impl Fn(Tensor<4>) -> Tensor<4>,
+) -> Tensor<4> {
     let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] = modulation.forward(c);
-    let x = x.clone() + gate_msa.unsqueeze_dim(1) * attn(modulate(norm(x), shift_msa, scale_msa));
-    x.clone() + gate_mlp.unsqueeze_dim(1) * mlp(modulate(norm(x), shift_mlp, scale_mlp))
+    let x = kernels::add_gated(x.clone(), gate_msa, attn(kernels::norm_modulate(x, shift_msa, scale_msa)));
+    kernels::add_gated(x.clone(), gate_mlp, mlp(kernels::norm_modulate(x, shift_mlp, scale_mlp)))
 }
 
 /// `FinalLayer`: LayerNorm modulated by c (shift and scale), then a linear map of every
@@ -214,13 +210,16 @@ pub struct FinalLayer {
 }
 
 impl FinalLayer {
-    pub fn forward(&self, x: Tensor<3>, c: Tensor<2>) -> Tensor<3> {
+    /// `(N, D, g, g) -> (N, p p C, g, g)`.
+    pub fn forward(&self, x: Tensor<4>, c: Tensor<2>) -> Tensor<4> {
         let [shift, scale] = self.adaLN_modulation.forward(c);
-        self.linear.forward(modulate(norm(x), shift, scale))
+        self.linear.forward_map(kernels::norm_modulate(x, shift, scale))
     }
 }
 
-/// The DiT denoiser.
+/// The DiT denoiser. Its tokens live channel-major, as a `(N, D, g, g)` map of the patch
+/// grid (the reference's `(N, T, D)` transposed): every linear layer is then a 1x1
+/// convolution and every op the one U-DiT's blocks use, with no layout copies.
 #[derive(Module, Debug)]
 pub struct DiT {
     pub x_embedder: PatchEmbed,
@@ -232,16 +231,6 @@ pub struct DiT {
     pub final_layer: FinalLayer,
     pub patch_size: usize,
     pub out_channels: usize,
-}
-
-/// `LayerNorm(elementwise_affine=False, eps=1e-6)` over the channels of every token.
-fn norm(x: Tensor<3>) -> Tensor<3> {
-    layer_norm_dim(x, 2)
-}
-
-/// `x * (1 + scale) + shift` with `[N, D]` modulation broadcast over tokens.
-fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
-    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim(1)
 }
 
 impl DiT {
@@ -269,23 +258,48 @@ impl DiT {
     }
 
     /// Denoiser output for latents `x`, timesteps `t` and labels `y`, as the reference
-    /// `DiT.forward`; T = H W / p^2 tokens of width D. `trace` taps the embedders and blocks.
+    /// `DiT.forward`; T = g g tokens of width D, g = H / p. `trace` taps the embedders and
+    /// blocks (in the reference's `(N, T, D)`).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, trace: &mut Trace) -> Tensor<4> {
-        let x = self.x_embedder.forward(x) + self.pos_embed.val(); // (N, T, D)
+        let x = self.x_embedder.forward(x) + token_map(self.pos_embed.val()); // (N, D, g, g)
         let c = trace.tap("t_embedder", self.t_embedder.forward(t)) + self.y_embedder.forward(y); // (N, D)
-        let x = self.blocks.iter().enumerate().fold(x, |x, (i, block)| {
-            trace.tap(format!("blocks.{i}"), block.forward(x, c.clone())) // (N, T, D)
-        });
-        let x = self.final_layer.forward(x, c); // (N, T, p p out_channels)
+        let x = run_blocks(&self.blocks, x, &c, trace, DiTBlock::forward); // (N, D, g, g)
+        let x = self.final_layer.forward(x, c); // (N, p p out_channels, g, g)
         unpatchify(x, self.patch_size, self.out_channels) // (N, out_channels, H, W)
     }
 }
 
-/// `(N, T, p p C) -> (N, C, H, W)`: each token's p x p patch back in its place.
-fn unpatchify(x: Tensor<3>, p: usize, c: usize) -> Tensor<4> {
-    let [n, t, _] = x.dims();
+/// The blocks in turn, each one's output tapped as `blocks.i` in the token layout.
+fn run_blocks<Block>(
+    blocks: &[Block],
+    x: Tensor<4>,
+    c: &Tensor<2>,
+    trace: &mut Trace,
+    forward: impl Fn(&Block, Tensor<4>, Tensor<2>) -> Tensor<4>,
+) -> Tensor<4> {
+    blocks.iter().enumerate().fold(x, |x, (i, block)| {
+        trace.tap_as(format!("blocks.{i}"), forward(block, x, c.clone()), tokens)
+    })
+}
+
+/// `(N, T, D) -> (N, D, g, g)`, T = g g.
+fn token_map(x: Tensor<3>) -> Tensor<4> {
+    let [n, t, d] = x.dims();
     let g = (t as f64).sqrt() as usize;
-    x.reshape([n, g, g, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([n, c, g * p, g * p])
+    x.swap_dims(1, 2).reshape([n, d, g, g])
+}
+
+/// `(N, D, g, g) -> (N, T, D)`, the reference's layout.
+fn tokens(x: Tensor<4>) -> Tensor<3> {
+    let [n, d, gh, gw] = x.dims();
+    x.reshape([n, d, gh * gw]).swap_dims(1, 2)
+}
+
+/// `(N, p p C, g, g) -> (N, C, g p, g p)`: each token's p x p patch (channels ordered
+/// (row, column, channel), as the reference's `unpatchify`) back in its place.
+fn unpatchify(x: Tensor<4>, p: usize, c: usize) -> Tensor<4> {
+    let [n, _, gh, gw] = x.dims();
+    x.reshape([n, p, p, c, gh, gw]).permute([0, 3, 4, 1, 5, 2]).reshape([n, c, gh * p, gw * p])
 }
 
 /// VisionLLaMA's `RAttention`: timm's attention with 2D RoPE on q and k (the token grid's
@@ -298,7 +312,7 @@ pub struct RAttention {
 }
 
 impl RAttention {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         token_attention(&self.qkv, &self.proj, self.heads, true, x)
     }
 }
@@ -318,9 +332,9 @@ pub struct LLaMAMLP {
 }
 
 impl LLaMAMLP {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = burn::tensor::activation::silu(self.c_fc1.forward(x.clone()));
-        self.c_proj.forward(gate * self.c_fc2.forward(x))
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let (gate, up) = (self.c_fc1.forward_map(x.clone()), self.c_fc2.forward_map(x));
+        self.c_proj.forward_map(kernels::swiglu(gate, up))
     }
 }
 
@@ -343,7 +357,7 @@ impl LLaMABlock {
         }
     }
 
-    pub fn forward(&self, x: Tensor<3>, c: Tensor<2>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<4>, c: Tensor<2>) -> Tensor<4> {
         adaln_zero(x, c, &self.adaLN_modulation, |h| self.attn.forward(h), |h| self.mlp.forward(h))
     }
 }
@@ -382,12 +396,10 @@ impl SiTLLaMA {
     /// As the reference `SiTLLaMA.forward` before its `learn_sigma` chunk (which
     /// `Denoiser::forward` takes).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>, trace: &mut Trace) -> Tensor<4> {
-        let x = self.x_embedder.forward(x); // (N, T, D), no position embedding
+        let x = self.x_embedder.forward(x); // (N, D, g, g), no position embedding
         let c = trace.tap("t_embedder", self.t_embedder.forward(t)) + self.y_embedder.forward(y); // (N, D)
-        let x = self.blocks.iter().enumerate().fold(x, |x, (i, block)| {
-            trace.tap(format!("blocks.{i}"), block.forward(x, c.clone())) // (N, T, D)
-        });
-        let x = self.final_layer.forward(x, c); // (N, T, p p out_channels)
+        let x = run_blocks(&self.blocks, x, &c, trace, LLaMABlock::forward); // (N, D, g, g)
+        let x = self.final_layer.forward(x, c); // (N, p p out_channels, g, g)
         unpatchify(x, self.patch_size, self.out_channels) // (N, out_channels, H, W)
     }
 }

@@ -73,6 +73,15 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Applies the layer to the channels of every pixel of a `(N, in, H, W)` map: a 1x1
+    /// convolution (the ops of [`crate::kernels`]).
+    pub fn forward_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let [o, i] = self.weight.dims();
+        crate::kernels::conv1x1(x, self.weight.val().reshape([o, i, 1, 1]), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
 /// `nn.Conv2d` with the PyTorch weight layout and padding (k - stride) / 2: "same" for odd
 /// kernels at stride 1, none for non-overlapping patches (k = stride), so the output side is
 /// the input side over the stride either way.
@@ -292,8 +301,18 @@ impl Trace {
     /// Records `x` under `name` (when on) and hands it back, so that a forward pass taps a
     /// stage in the line that computes it.
     pub fn tap<const D: usize>(&mut self, name: impl Into<String>, x: Tensor<D>) -> Tensor<D> {
+        self.tap_as(name, x, |x| x)
+    }
+
+    /// [`Trace::tap`] that records `view(x)`, the layout the reference's hook saw.
+    pub fn tap_as<const D: usize, const E: usize>(
+        &mut self,
+        name: impl Into<String>,
+        x: Tensor<D>,
+        view: impl FnOnce(Tensor<D>) -> Tensor<E>,
+    ) -> Tensor<D> {
         if let Some(acts) = &mut self.acts {
-            acts.insert(name.into(), x.to_data());
+            acts.insert(name.into(), view(x.clone()).to_data());
         }
         x
     }

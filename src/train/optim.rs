@@ -9,6 +9,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use crate::checkpoint::{PathStack, key_of};
+use crate::kernels::AdamWUpdate;
 use crate::precision::{LossScaler, Precision};
 
 /// AdamW hyper-parameters (reference recipe: lr 1e-4, betas (0.9, 0.999), no weight decay;
@@ -158,30 +159,28 @@ impl ModuleMapper for Step<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let key = key_of(&self.path.0);
         let Some(grad) = self.grads.remove::<D>(param.id) else { return param };
-        let st = self.state.get_mut(&key).unwrap_or_else(|| panic!("no optimizer state for parameter {key}"));
+        // Taken out and put back, so that the update owns (and reuses) the state's buffers.
+        let st = self.state.remove(&key).unwrap_or_else(|| panic!("no optimizer state for parameter {key}"));
         let AdamW { beta1, beta2, eps, weight_decay } = self.hyper;
-        let (lr, decay) = (self.lr, self.ema_decay);
-        let bias1 = 1.0 - beta1.powi(self.t);
-        let bias2 = 1.0 - beta2.powi(self.t);
-        let mut g = flat(grad);
-        if self.scale != 1.0 {
-            g = g * self.scale;
-        }
+        let update = AdamWUpdate {
+            lr: self.lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            bias_correction1: 1.0 - beta1.powi(self.t),
+            bias_correction2: 1.0 - beta2.powi(self.t),
+            grad_scale: self.scale,
+            ema_decay: self.ema_decay,
+        };
         let id = param.id;
         param.map(|p| {
             let shape = p.shape();
             let (require_grad, distributed) = (p.is_require_grad(), p.is_distributed());
-            let mut w = flat(p.inner());
-            if weight_decay != 0.0 {
-                w = w * (1.0 - lr * weight_decay);
-            }
-            // exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-            st.exp_avg = st.exp_avg.clone() + (g.clone() - st.exp_avg.clone()) * (1.0 - beta1);
-            st.exp_avg_sq = st.exp_avg_sq.clone() * beta2 + g.square() * (1.0 - beta2);
-            let denom = st.exp_avg_sq.clone().sqrt() / bias2.sqrt() + eps;
-            w = w - st.exp_avg.clone() / denom * (lr / bias1);
-            // ema.mul_(decay).add_(param, alpha=1 - decay)
-            st.ema = st.ema.clone() * decay + w.clone() * (1.0 - decay);
+            let ParamState { exp_avg, exp_avg_sq, ema } = st;
+            let [w, exp_avg, exp_avg_sq, ema] =
+                crate::kernels::adamw(&update, [flat(p.inner()), flat(grad), exp_avg, exp_avg_sq, ema]);
+            self.state.insert(key, ParamState { exp_avg, exp_avg_sq, ema });
             // Lifting back to autodiff drops the parameter's flags: restore them.
             let mut updated = Tensor::from_inner(w.reshape(shape));
             if require_grad {

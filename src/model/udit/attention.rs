@@ -60,7 +60,7 @@ impl DownSampleAttn {
     /// `(B, D, H, W) -> (B, D, H, W)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.downsampler.forward(x); // (B, D, H, W)
-        let qkv = pointwise(x, self.to_qkv.weight.val(), self.to_qkv.bias.as_ref().map(|b| b.val())); // (B, 3D, H, W)
+        let qkv = self.to_qkv.forward_map(x); // (B, 3D, H, W)
         let out = kernels::attention(qkv, self.logit_scale.as_ref().map(|s| s.val()), self.spec()); // (B, D, H, W)
         self.to_out.forward(out)
     }
@@ -77,11 +77,4 @@ impl DownSampleAttn {
             scale: (hd as f32).powf(-0.5),
         }
     }
-}
-
-/// A token-wise linear map `[out, in]` as a 1x1 conv on the whole map, before the split into
-/// groups: one call instead of one matmul per group.
-fn pointwise(x: Tensor<4>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<4> {
-    let [o, i] = weight.dims();
-    kernels::conv1x1(x, weight.reshape([o, i, 1, 1]), bias)
 }
