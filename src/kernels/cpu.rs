@@ -307,8 +307,14 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh)
 }
 
-/// `x W^T + b` over the last dimension, `W` in PyTorch layout `[out, in]`: one multi-threaded
-/// GEMM on the flattened rows (burn's batched matmul with a broadcast weight is slower).
+/// Rows of every GEMM call of [`linear`].
+const LINEAR_ROWS: usize = 16;
+
+/// `x W^T + b` over the last dimension, `W` in PyTorch layout `[out, in]`, as GEMMs of
+/// exactly [`LINEAR_ROWS`] rows (the last padded with zeros), each on every thread. The GEMM
+/// picks its blocking and code path by shape, so a row's result would otherwise depend on
+/// how many rows share its call: with a fixed shape a sample's conditioning, and so the
+/// sample, is the same whatever its batch.
 pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     let mut dims = x.dims();
     let device = x.device();
@@ -316,16 +322,22 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
     let rows = x.shape().num_elements() / n_in;
     let x = x.into_data().convert::<f32>();
     let w = weight.into_data().convert::<f32>();
-    let mut out = match bias {
-        Some(b) => {
-            let b = b.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-            b.iter().copied().cycle().take(rows * n_out).collect()
-        }
-        None => vec![0f32; rows * n_out],
+    let bias = match bias {
+        Some(b) => b.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data"),
+        None => vec![0f32; n_out],
     };
     let (x, w) = (x.as_slice::<f32>().expect("f32 data"), w.as_slice::<f32>().expect("f32 data"));
     let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
-    gemm_strided(rows, n_out, n_in, x, (n_in, 1), w, (1, n_in), &mut out, (n_out, 1), true, threads);
+    let mut out = vec![0f32; rows * n_out];
+    let mut lhs = vec![0f32; LINEAR_ROWS * n_in];
+    let mut dst = vec![0f32; LINEAR_ROWS * n_out];
+    for (xs, outs) in x.chunks(LINEAR_ROWS * n_in).zip(out.chunks_mut(LINEAR_ROWS * n_out)) {
+        lhs[..xs.len()].copy_from_slice(xs);
+        lhs[xs.len()..].fill(0.0);
+        dst.chunks_exact_mut(n_out).for_each(|row| row.copy_from_slice(&bias));
+        gemm_strided(LINEAR_ROWS, n_out, n_in, &lhs, (n_in, 1), w, (1, n_in), &mut dst, (n_out, 1), true, threads);
+        outs.copy_from_slice(&dst[..outs.len()]);
+    }
     dims[D - 1] = n_out;
     Tensor::from_data(TensorData::new(out, dims), &device)
 }

@@ -5,7 +5,6 @@ use burn::prelude::*;
 
 use super::cpu::Gelu;
 use super::{AttnSpec, LOGIT_SCALE_MAX};
-use crate::model::layers::{layer_norm_2d, modulate_2d};
 use crate::precision;
 
 /// A 1x1 convolution as one batched matmul: its backward is two matmuls, where burn's
@@ -49,6 +48,20 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 /// `modulate(LayerNorm2d(x), shift, scale)`, the adaLN pre-norm of every U-DiT pair.
 pub fn norm_modulate(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
     modulate_2d(layer_norm_2d(x), shift, scale)
+}
+
+/// LayerNorm over the channels of every pixel, eps 1e-6, no affine weights
+/// (`LayerNorm2d(affine=False)` of the reference).
+pub fn layer_norm_2d(x: Tensor<4>) -> Tensor<4> {
+    let (var, mean) = x.clone().var_mean_bias(1);
+    (x - mean) / (var + 1e-6).sqrt()
+}
+
+/// `x * (1 + scale) + shift`, with `[N, C]` modulation broadcast over the spatial dims.
+pub fn modulate_2d(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
+    let scale: Tensor<4> = scale.unsqueeze_dims(&[2, 3]);
+    let shift: Tensor<4> = shift.unsqueeze_dims(&[2, 3]);
+    x * (scale + 1.0) + shift
 }
 
 /// `x + gate * y`, gate `[N, C]` broadcast over the spatial dims (adaLN-Zero residual).

@@ -248,25 +248,6 @@ impl AdaLnModulation {
     }
 }
 
-/// LayerNorm over the channels of every pixel, eps 1e-6, no affine weights
-/// (`LayerNorm2d(affine=False)` of the reference).
-pub fn layer_norm_2d(x: Tensor<4>) -> Tensor<4> {
-    layer_norm_dim(x, 1)
-}
-
-/// LayerNorm without affine weights over one dimension, eps 1e-6.
-pub fn layer_norm_dim<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
-    let (var, mean) = x.clone().var_mean_bias(dim);
-    (x - mean) / (var + 1e-6).sqrt()
-}
-
-/// `x * (1 + scale) + shift`, with `[N, C]` modulation broadcast over the spatial dims.
-pub fn modulate_2d(x: Tensor<4>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<4> {
-    let scale: Tensor<4> = scale.unsqueeze_dims(&[2, 3]);
-    let shift: Tensor<4> = shift.unsqueeze_dims(&[2, 3]);
-    x * (scale + 1.0) + shift
-}
-
 /// `nn.PixelUnshuffle(r)`: channel c at pixel (r*h+i, r*w+j) goes to channel
 /// c*r*r + r*i + j at (h, w).
 pub fn pixel_unshuffle(x: Tensor<4>, r: usize) -> Tensor<4> {

@@ -19,7 +19,7 @@ pub use ffn::{FeedForward, Mlp, RepFeedForward, SingleFeedForward};
 
 use super::FfnForm;
 use super::layers::{
-    AdaLnModulation, Conv2d, Init, LabelEmbedder, TimestepEmbedder, Trace, layer_norm_2d, modulate_2d, pixel_shuffle,
+    AdaLnModulation, Conv2d, Init, LabelEmbedder, TimestepEmbedder, Trace, pixel_shuffle,
     pixel_unshuffle,
 };
 use crate::kernels;
@@ -243,7 +243,7 @@ pub struct FinalLayer {
 impl FinalLayer {
     fn forward(&self, x: Tensor<4>, c: Tensor<2>, trace: &mut Trace) -> Tensor<4> {
         let [shift, scale] = self.adaLN_modulation.forward(c);
-        let x = trace.tap("final_layer.norm_final", layer_norm_2d(x));
-        self.out_proj.forward(modulate_2d(x, shift, scale))
+        let x = trace.tap_as("final_layer.norm_final", x, kernels::generic::layer_norm_2d);
+        self.out_proj.forward(kernels::norm_modulate(x, shift, scale))
     }
 }
