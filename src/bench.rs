@@ -21,6 +21,26 @@ pub struct BenchResult {
     pub iters: usize,
 }
 
+/// This machine's f32 GEMM throughput in GFLOP/s: the GEMM the CPU kernels call, on a
+/// 2048-cube product on every thread, best of `iters` after one warm-up: the ceiling a
+/// step's GFLOP/s is measured against.
+pub fn gemm_peak(iters: usize) -> f64 {
+    const N: usize = 2048;
+    let a: Vec<f32> = (0..N * N).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+    let b: Vec<f32> = (0..N * N).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
+    let mut c = vec![0f32; N * N];
+    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    let best = (0..=iters)
+        .map(|_| {
+            let start = Instant::now();
+            crate::kernels::cpu::gemm_strided(N, N, N, &a, (N, 1), &b, (N, 1), &mut c, (N, 1), false, threads);
+            start.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (N * N * N) as f64 / best / 1e9
+}
+
 /// Times `iters` calls after `warmup` untimed ones. Forward uses the merged inference form;
 /// `train` times forward + MSE loss + backward + the trainer's AdamW and EMA update on the
 /// training form, the batch

@@ -50,6 +50,9 @@ enum Command {
     Ablate(ablate::AblateArgs),
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     udit::tune_allocator();
     // `udit info | head` ends quietly when the reader goes away, as other command-line tools.

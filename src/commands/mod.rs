@@ -247,6 +247,10 @@ pub struct BenchArgs {
     /// Compute precision of the matmul-like ops: f32, bf16 or f16 (autocast; weights stay f32).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Also measure this machine's f32 GEMM peak (a 2048-cube GEMM on every thread, best of
+    /// 5) and say what share of it the model's step reaches.
+    #[arg(long)]
+    pub peak: bool,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
@@ -269,14 +273,20 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let peak = a.peak.then(|| crate::bench::gemm_peak(5));
     let r = crate::bench::run(&cfg, a.batch, a.train, a.grad_accum, (a.warmup, a.iters), &crate::default_device());
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(peak) = peak {
+            v["peak_gflops"] = peak.into();
+        }
+        println!("{v}");
     } else {
         let what = if a.train { "train step" } else { "forward" };
         let precision = if a.precision == Precision::F32 { String::new() } else { format!(" {}", a.precision) };
+        let share = peak.map_or(String::new(), |p| format!(" ({:.0}% of the {p:.0} GFLOP/s f32 GEMM peak)", 100.0 * r.gflops / p));
         println!(
-            "{what} batch {}{precision}: best {:.1} ms, median {:.1} ms over {} runs, {:.1} GFLOP/s",
+            "{what} batch {}{precision}: best {:.1} ms, median {:.1} ms over {} runs, {:.1} GFLOP/s{share}",
             a.batch, r.best_ms, r.median_ms, r.iters, r.gflops
         );
     }

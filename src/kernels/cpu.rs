@@ -250,11 +250,13 @@ pub(crate) fn max(x: &[f32]) -> f32 {
 }
 
 /// e^x for x <= 88, branch-free (Cephes `expf`: relative error ~1e-7), so loops over it
-/// vectorise.
+/// vectorise. n = round(x log2 e) by adding and subtracting 1.5 * 2^23, which rounds in the
+/// float adder: `floor` would be a call into libm, one element at a time.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
         + 0.5;
