@@ -72,17 +72,21 @@ pub fn run(
             let micro = batch / grad_accum;
             let rounds: Vec<_> = (0..grad_accum).map(|_| inputs(micro, &device)).collect();
             let start = Instant::now();
-            let mut acc = GradientsAccumulator::<Denoiser>::new();
-            let mut losses = Vec::new();
             let current = model.take().expect("the model of the last step");
-            for (x, t, y) in rounds {
-                let out = current.forward(x.clone(), t, y);
-                let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean() / grad_accum as f64;
-                acc.accumulate(&current, GradientsParams::from_grads(loss.backward(), &current));
-                losses.push(loss);
-            }
-            model = Some(optim.step(current, acc.grads(), &AdamW::default(), 1e-4, None, 0.9999).0);
-            let _ = Tensor::cat(losses, 0).into_data(); // wait for the step to finish
+            // On the workers, as `Trainer::step` runs.
+            model = Some(crate::on_workers(|| {
+                let mut acc = GradientsAccumulator::<Denoiser>::new();
+                let mut losses = Vec::new();
+                for (x, t, y) in rounds {
+                    let out = current.forward(x.clone(), t, y);
+                    let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean() / grad_accum as f64;
+                    acc.accumulate(&current, GradientsParams::from_grads(loss.backward(), &current));
+                    losses.push(loss);
+                }
+                let updated = optim.step(current, acc.grads(), &AdamW::default(), 1e-4, None, 0.9999).0;
+                let _ = Tensor::cat(losses, 0).into_data(); // wait for the step to finish
+                updated
+            }));
             start.elapsed().as_secs_f64()
         })
     } else {
@@ -90,7 +94,7 @@ pub fn run(
         timings(warmup, iters, &progress, &mut || {
             let (x, t, y) = inputs(batch, device);
             let start = Instant::now();
-            let _ = model.forward(x, t, y).into_data();
+            let _ = crate::on_workers(|| model.forward(x, t, y).into_data());
             start.elapsed().as_secs_f64()
         })
     };

@@ -114,6 +114,10 @@ impl Trainer {
     /// `self.state.optim.step` (a data-parallel replica takes its share of the global batch;
     /// burn averages the gradients across replicas during backward).
     pub fn step(&mut self, batch: &HostBatch, first: usize, count: usize) -> Result<StepStats> {
+        crate::on_workers(|| self.step_here(batch, first, count))
+    }
+
+    fn step_here(&mut self, batch: &HostBatch, first: usize, count: usize) -> Result<StepStats> {
         let grads_and_stats = self.gradients(batch, first, count)?;
         let cfg = &self.state.config;
         let lr = cfg.lr_at(self.state.optim.step + 1);
