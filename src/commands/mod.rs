@@ -284,7 +284,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     } else {
         let what = if a.train { "train step" } else { "forward" };
         let precision = if a.precision == Precision::F32 { String::new() } else { format!(" {}", a.precision) };
-        let share = peak.map_or(String::new(), |p| format!(" ({:.0}% of the {p:.0} GFLOP/s f32 GEMM peak)", 100.0 * r.gflops / p));
+        let share = peak
+            .map_or(String::new(), |p| format!(" ({:.0}% of the {p:.0} GFLOP/s f32 GEMM peak)", 100.0 * r.gflops / p));
         println!(
             "{what} batch {}{precision}: best {:.1} ms, median {:.1} ms over {} runs, {:.1} GFLOP/s{share}",
             a.batch, r.best_ms, r.median_ms, r.iters, r.gflops

@@ -84,7 +84,8 @@ impl Conv1x1Grads for Flex {
                 let mut dw = vec![0f32; o * c];
                 for bi in run * per_run..((run + 1) * per_run).min(b) {
                     let (gb, xb) = (&grad[bi * o * plane..][..o * plane], &x[bi * c * plane..][..c * plane]);
-                    gemm_strided(o, c, plane, gb, (plane, 1), xb, (1, plane), &mut dw, (c, 1), bi > run * per_run, inner);
+                    let add = bi > run * per_run;
+                    gemm_strided(o, c, plane, gb, (plane, 1), xb, (1, plane), &mut dw, (c, 1), add, inner);
                 }
                 dw
             })

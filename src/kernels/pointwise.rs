@@ -51,8 +51,7 @@ pub trait PointwiseGrads: Backend {
         grad: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 2];
     /// d gate, d up.
-    fn swiglu_grads(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>)
-    -> [FloatTensor<Self>; 2];
+    fn swiglu_grads(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 2];
 }
 
 pub fn gelu<const D: usize>(x: Tensor<D>, kind: Gelu) -> Tensor<D> {

@@ -277,9 +277,10 @@ fn run_blocks<Block>(
     trace: &mut Trace,
     forward: impl Fn(&Block, Tensor<4>, Tensor<2>) -> Tensor<4>,
 ) -> Tensor<4> {
-    blocks.iter().enumerate().fold(x, |x, (i, block)| {
-        trace.tap_as(format!("blocks.{i}"), forward(block, x, c.clone()), tokens)
-    })
+    blocks
+        .iter()
+        .enumerate()
+        .fold(x, |x, (i, block)| trace.tap_as(format!("blocks.{i}"), forward(block, x, c.clone()), tokens))
 }
 
 /// `(N, T, D) -> (N, D, g, g)`, T = g g.

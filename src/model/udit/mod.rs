@@ -19,8 +19,7 @@ pub use ffn::{FeedForward, Mlp, RepFeedForward, SingleFeedForward};
 
 use super::FfnForm;
 use super::layers::{
-    AdaLnModulation, Conv2d, Init, LabelEmbedder, TimestepEmbedder, Trace, pixel_shuffle,
-    pixel_unshuffle,
+    AdaLnModulation, Conv2d, Init, LabelEmbedder, TimestepEmbedder, Trace, pixel_shuffle, pixel_unshuffle,
 };
 use crate::kernels;
 
