@@ -14,6 +14,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::classes::ClassNames;
+use crate::io::pickle::Arg;
 pub use crate::model::StateDict;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
 use crate::process::{PROCESS_METADATA_KEY, ProcessSpec};
@@ -192,7 +193,59 @@ fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
     if tensors.is_empty() {
         bail!("no float tensors found in the checkpoint");
     }
-    Ok(Weights { tensors, config: None, codec: None, metadata: Default::default() })
+    let args = training_args(path)?.unwrap_or_default();
+    let mut metadata = std::collections::HashMap::new();
+    if let Some(process) = process_of_args(&args) {
+        metadata.insert(PROCESS_METADATA_KEY.to_string(), serde_json::to_string(&process)?);
+    }
+    Ok(Weights { tensors, config: config_of_args(&args), codec: None, metadata })
+}
+
+/// The `argparse.Namespace` a training checkpoint (a zip archive) pickles as `args`, if any.
+fn training_args(path: &Path) -> Result<Option<BTreeMap<String, Arg>>> {
+    use std::io::Read;
+    let Ok(mut zip) = zip::ZipArchive::new(open_file(path)?) else { return Ok(None) };
+    let Some(name) = zip.file_names().find(|n| n.ends_with("data.pkl")).map(str::to_owned) else { return Ok(None) };
+    let mut pickle = Vec::new();
+    zip.by_name(&name)?.read_to_end(&mut pickle).with_context(|| format!("cannot read {name}"))?;
+    crate::io::pickle::namespace_args(&pickle).with_context(|| format!("in {name}"))
+}
+
+/// The model the args of SiT's and VisionLLaMA's `train.py` name (`--model`, `--image-size`
+/// through the SD VAE's 8x, `--num-classes`), when it is one of our presets.
+fn config_of_args(args: &BTreeMap<String, Arg>) -> Option<ModelConfig> {
+    let Some(Arg::Str(name)) = args.get("model") else { return None };
+    // VisionLLaMA names its models `SiTLLaMA-S/2`.
+    let name = name.replace("SiTLLaMA-", "SiT-LLaMA-");
+    let mut json = serde_json::to_value(ModelConfig::preset(&name).ok()?).ok()?;
+    if let Some(Arg::Int(side)) = args.get("image_size") {
+        json["input_size"] = (side / 8).into();
+    }
+    if let Some(Arg::Int(n)) = args.get("num_classes") {
+        json["num_classes"] = (*n).into();
+    }
+    ModelConfig::from_json(&json.to_string()).ok()
+}
+
+/// The interpolant SiT's `train.py` trained with (`--path-type`, `--prediction`,
+/// `--loss-weight`, `--train-eps`, `--sample-eps`), when its args name one.
+fn process_of_args(args: &BTreeMap<String, Arg>) -> Option<ProcessSpec> {
+    let text = |key: &str| match args.get(key) {
+        Some(Arg::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let number = |key: &str| match args.get(key) {
+        Some(Arg::Float(v)) => Some(*v),
+        Some(Arg::Int(v)) => Some(*v as f64),
+        _ => None,
+    };
+    Some(ProcessSpec::Interpolant {
+        path_type: text("path_type")?,
+        prediction: text("prediction").unwrap_or_else(|| "velocity".into()),
+        loss_weight: text("loss_weight"),
+        train_eps: number("train_eps"),
+        sample_eps: number("sample_eps"),
+    })
 }
 
 /// A zip file (PyTorch's format) whose end-of-central-directory record is missing was cut
