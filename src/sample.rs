@@ -362,8 +362,10 @@ impl Generator<'_> {
 
     /// Samples `first..first + count` as uint8 images (see [`Self::generate_latents`]).
     pub fn generate(&self, first: usize, count: usize, on_step: &mut OnStep) -> Result<Images> {
-        let (z, labels) = self.generate_latents(first, count, on_step)?;
-        Ok(self.decode(z, labels))
+        crate::on_workers(|| {
+            let (z, labels) = self.generate_latents(first, count, on_step)?;
+            Ok(self.decode(z, labels))
+        })
     }
 
     /// Model space (a finished sample, or a step's x_0 prediction) -> uint8 images.

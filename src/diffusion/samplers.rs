@@ -16,7 +16,7 @@ use crate::rng::NoiseStreams;
 pub type ModelFn<'a> = dyn FnMut(Tensor<4>, Tensor<1>) -> Tensor<4> + 'a;
 
 /// Told after each denoiser call with the x_0 prediction; an error stops the sampling.
-pub type OnStep<'a> = dyn FnMut(&Tensor<4>) -> Result<()> + 'a;
+pub type OnStep<'a> = dyn FnMut(&Tensor<4>) -> Result<()> + Send + 'a;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Sampler {
