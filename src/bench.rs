@@ -43,8 +43,8 @@ pub fn gemm_peak(iters: usize) -> f64 {
 
 /// Times `iters` calls after `warmup` untimed ones. Forward uses the merged inference form;
 /// `train` times forward + MSE loss + backward + the trainer's AdamW and EMA update on the
-/// training form, the batch
-/// split into `grad_accum` forward/backward rounds (`batch` must be a multiple).
+/// training form, the batch split into `grad_accum` forward/backward rounds (`batch` must be
+/// a multiple).
 pub fn run(
     cfg: &ModelConfig,
     batch: usize,

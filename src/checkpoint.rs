@@ -217,14 +217,14 @@ fn config_of_args(args: &BTreeMap<String, Arg>) -> Option<ModelConfig> {
     let Some(Arg::Str(name)) = args.get("model") else { return None };
     // VisionLLaMA names its models `SiTLLaMA-S/2`.
     let name = name.replace("SiTLLaMA-", "SiT-LLaMA-");
-    let mut json = serde_json::to_value(ModelConfig::preset(&name).ok()?).ok()?;
-    if let Some(Arg::Int(side)) = args.get("image_size") {
-        json["input_size"] = (side / 8).into();
+    let mut config = ModelConfig::preset(&name).ok()?;
+    if let Some(&Arg::Int(side)) = args.get("image_size") {
+        config = config.with_input_size(usize::try_from(side / 8).ok()?).ok()?;
     }
-    if let Some(Arg::Int(n)) = args.get("num_classes") {
-        json["num_classes"] = (*n).into();
+    if let Some(&Arg::Int(n)) = args.get("num_classes") {
+        config = config.with_num_classes(usize::try_from(n).ok()?).ok()?;
     }
-    ModelConfig::from_json(&json.to_string()).ok()
+    Some(config)
 }
 
 /// The interpolant SiT's `train.py` trained with (`--path-type`, `--prediction`,

@@ -65,9 +65,8 @@ pub fn devices(n: usize) -> anyhow::Result<Vec<burn::prelude::Device>> {
 }
 
 /// Runs `f` on one of rayon's worker threads and waits for it (a training step, a batch of
-/// samples). Every parallel op of the CPU
-/// kernels inside `f` then starts from a worker, which runs its share in place while the
-/// others steal the rest; called from another thread, each op is handed to the pool and
+/// samples). Every parallel op of the CPU kernels inside `f` then starts from a worker, which
+/// runs its share in place while the others steal the rest; called from another thread, each op is handed to the pool and
 /// waited for, a sleep and a wake-up per op that small models feel (the bundled
 /// configuration's training step 342-352 ms outside, 318-321 ms inside). `f` must not wait
 /// for other work on the pool (a worker blocked in it would be one fewer to do that work).

@@ -2,8 +2,9 @@
 //! `{"model": ..., "ema": ..., "opt": ..., "args": args}`, where `args` is the run's
 //! `argparse.Namespace`, pickled in the archive's `data.pkl` as a class with a state dict.
 //! Its keys and values are often memo references (BINGET) to strings pickled earlier in the
-//! stream, so one pass over every opcode keeps the memo of strings and reads the Namespace's
-//! scalar entries. Nothing is executed: the classes are only names.
+//! stream, so one pass runs a small pickle machine over every opcode: its stack and memo hold
+//! scalars, dicts of scalars and class names, and everything else as an opaque value. Nothing
+//! is executed: the classes are only names.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -38,17 +39,16 @@ pub fn namespace_args(pickle: &[u8]) -> Result<Option<BTreeMap<String, Arg>>> {
     let mut r = Reader { bytes: pickle, pos: 0 };
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: HashMap<u64, Value> = HashMap::new();
-    let scalar = |v: Arg| Value::Scalar(v);
     loop {
         let op = r.take(1)?[0];
         match op {
             b'.' => return Ok(None),
-            b'X' => stack.push(scalar(Arg::Str(r.text(4)?))),
-            0x8c => stack.push(scalar(Arg::Str(r.text(1)?))),
-            0x8d => stack.push(scalar(Arg::Str(r.text(8)?))),
-            b'J' => stack.push(scalar(Arg::Int(i32::from_le_bytes(r.take(4)?.try_into()?) as i64))),
-            b'K' => stack.push(scalar(Arg::Int(r.take(1)?[0] as i64))),
-            b'M' => stack.push(scalar(Arg::Int(u16::from_le_bytes(r.take(2)?.try_into()?) as i64))),
+            b'X' => stack.push(Value::Scalar(Arg::Str(r.text(4)?))),
+            0x8c => stack.push(Value::Scalar(Arg::Str(r.text(1)?))),
+            0x8d => stack.push(Value::Scalar(Arg::Str(r.text(8)?))),
+            b'J' => stack.push(Value::Scalar(Arg::Int(i32::from_le_bytes(r.take(4)?.try_into()?) as i64))),
+            b'K' => stack.push(Value::Scalar(Arg::Int(r.take(1)?[0] as i64))),
+            b'M' => stack.push(Value::Scalar(Arg::Int(u16::from_le_bytes(r.take(2)?.try_into()?) as i64))),
             0x8a => {
                 let n = r.take(1)?[0] as usize;
                 let b = r.take(n)?;
@@ -56,15 +56,15 @@ pub fn namespace_args(pickle: &[u8]) -> Result<Option<BTreeMap<String, Arg>>> {
                     let fill = if b.last().is_some_and(|&x| x & 0x80 != 0) { 0xff } else { 0 };
                     let mut v = [fill; 8];
                     v[..n].copy_from_slice(b);
-                    scalar(Arg::Int(i64::from_le_bytes(v)))
+                    Value::Scalar(Arg::Int(i64::from_le_bytes(v)))
                 } else {
                     Value::Other
                 });
             }
-            b'G' => stack.push(scalar(Arg::Float(f64::from_be_bytes(r.take(8)?.try_into()?)))),
-            b'N' => stack.push(scalar(Arg::None)),
-            0x88 => stack.push(scalar(Arg::Bool(true))),
-            0x89 => stack.push(scalar(Arg::Bool(false))),
+            b'G' => stack.push(Value::Scalar(Arg::Float(f64::from_be_bytes(r.take(8)?.try_into()?)))),
+            b'N' => stack.push(Value::Scalar(Arg::None)),
+            0x88 => stack.push(Value::Scalar(Arg::Bool(true))),
+            0x89 => stack.push(Value::Scalar(Arg::Bool(false))),
             b'c' => {
                 let (module, name) = (r.line()?, r.line()?);
                 stack.push(Value::Class(module == "argparse" && name == "Namespace"));
@@ -117,7 +117,10 @@ pub fn namespace_args(pickle: &[u8]) -> Result<Option<BTreeMap<String, Arg>>> {
             }
             // The rest only move values the Namespace does not hold.
             _ => {
-                let (pops, pushes) = r.skip_argument(op)?;
+                r.skip_argument(op)?;
+                let Some((pops, pushes)) = stack_effect(op) else {
+                    bail!("unknown pickle opcode 0x{op:02x} at byte {}", r.pos - 1)
+                };
                 match pops {
                     Pops::N(n) => drop(stack.drain(stack.len().saturating_sub(n)..)),
                     Pops::ToMark => drop(pop_mark(&mut stack)?),
@@ -200,74 +203,41 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    /// Steps over the argument of opcode `op` (pickle protocols 0 to 5) and says what it
-    /// takes off the stack and how many values it leaves.
-    fn skip_argument(&mut self, op: u8) -> Result<(Pops, usize)> {
-        use Pops::{N, ToMark};
-        Ok(match op {
-            b'0' => (N(1), 0),
-            b'1' => (ToMark, 0),
-            b'2' => (N(1), 2),
-            b')' | b']' | 0x8f => (N(0), 1),
-            b't' | b'l' | 0x91 | b'o' => (ToMark, 1),
-            0x85 => (N(1), 1),
-            0x86 => (N(2), 1),
-            0x87 => (N(3), 1),
-            b'a' => (N(1), 0),
-            b'e' | 0x90 => (ToMark, 0),
-            b'Q' => (N(1), 1),
-            0x92 => (N(3), 1),
-            0x97 => (N(0), 1),
-            0x98 => (N(1), 1),
-            0x80 => {
-                self.take(1)?;
-                (N(0), 0)
-            }
-            0x95 => {
-                self.take(8)?;
-                (N(0), 0)
-            }
-            0x82 => {
-                self.take(1)?;
-                (N(0), 1)
-            }
-            0x83 => {
-                self.take(2)?;
-                (N(0), 1)
-            }
-            0x84 => {
-                self.take(4)?;
-                (N(0), 1)
-            }
-            b'U' | b'C' => {
-                self.text(1)?;
-                (N(0), 1)
-            }
-            b'T' | b'B' | 0x8b => {
-                self.text(4)?;
-                (N(0), 1)
-            }
-            0x8e | 0x96 => {
-                self.text(8)?;
-                (N(0), 1)
-            }
-            b'I' | b'L' | b'S' | b'V' | b'F' | b'g' => {
-                self.line()?;
-                (N(0), 1)
-            }
-            b'P' => {
-                self.line()?;
-                (N(0), 1)
-            }
-            b'p' => {
-                self.line()?;
-                (N(0), 0)
-            }
-            b'i' => {
-                (self.line()?, self.line()?);
-                (ToMark, 1)
-            }
-            _ => bail!("unknown pickle opcode 0x{op:02x} at byte {}", self.pos - 1),
-        })
+    /// Steps over the argument of opcode `op` (pickle protocols 0 to 5).
+    fn skip_argument(&mut self, op: u8) -> Result<()> {
+        match op {
+            0x80 | 0x82 => drop(self.take(1)?),
+            0x83 => drop(self.take(2)?),
+            0x84 => drop(self.take(4)?),
+            0x95 => drop(self.take(8)?),
+            b'U' | b'C' => drop(self.text(1)?),
+            b'T' | b'B' | 0x8b => drop(self.text(4)?),
+            0x8e | 0x96 => drop(self.text(8)?),
+            b'I' | b'L' | b'S' | b'V' | b'F' | b'g' | b'P' | b'p' => drop(self.line()?),
+            b'i' => drop((self.line()?, self.line()?)),
+            _ => {}
+        }
+        Ok(())
     }
+}
+
+/// What an opcode the machine does not model takes off the stack and how many opaque values
+/// it leaves; `None` for an opcode pickle does not have.
+fn stack_effect(op: u8) -> Option<(Pops, usize)> {
+    use Pops::{N, ToMark};
+    Some(match op {
+        0x80 | 0x95 | b'p' => (N(0), 0),
+        b'0' | b'a' => (N(1), 0),
+        b'1' | b'e' | 0x90 => (ToMark, 0),
+        b'2' => (N(1), 2),
+        // Empty containers, extension codes, buffers.
+        b')' | b']' | 0x8f | 0x97 | 0x82 | 0x83 | 0x84 => (N(0), 1),
+        // Bytes, old-style strings and numbers, GET and PERSID of protocol 0.
+        b'U' | b'C' | b'T' | b'B' | 0x8b | 0x8e | 0x96 | b'I' | b'L' | b'S' | b'V' | b'F' | b'g' | b'P' => (N(0), 1),
+        b't' | b'l' | 0x91 | b'o' | b'i' => (ToMark, 1),
+        0x85 | b'Q' | 0x98 => (N(1), 1),
+        0x86 => (N(2), 1),
+        0x87 | 0x92 => (N(3), 1),
+        _ => return None,
+    })
 }

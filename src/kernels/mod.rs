@@ -1,7 +1,8 @@
-//! The fused ops of a U-DiT or DiT-family step, each deciding here, in one place, which implementation
-//! runs: on the CPU a fused kernel with its own backward (a burn backend extension, so that
-//! autodiff keeps only what the backward needs), elsewhere burn's generic ops ([`generic`],
-//! also callable by name so that tests compare the two). Model code calls these and never
+//! The fused ops of a U-DiT or DiT-family step (and the optimizer's update), each deciding
+//! here, in one place, which implementation runs: on the CPU a fused kernel with its own
+//! backward (a burn backend extension, so that autodiff keeps only what the backward needs),
+//! elsewhere burn's generic ops ([`generic`], also callable by name so that tests compare the
+//! two). Model code calls these and never
 //! branches on the backend.
 
 /// Registers the `computed` gradients of the tracked `parents` of a backward step (a macro:

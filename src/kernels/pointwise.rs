@@ -1,7 +1,7 @@
 //! The per-element and per-pixel ops around U-DiT's attention and FFN, fused with their own
 //! backward as a burn backend extension on the CPU `flex` backend: GELU (exact and tanh),
-//! SwiGLU's `silu(gate) * up`, the adaLN pre-norm `LayerNorm2d(x) * (1 + scale) + shift`, and the gated residual
-//! `x + gate * y`. Burn's generic ops run these as chains of broadcast ops (and scalar erf),
+//! SwiGLU's `silu(gate) * up`, the adaLN pre-norm `LayerNorm2d(x) * (1 + scale) + shift`,
+//! and the gated residual `x + gate * y`. Burn's generic ops run these as chains of broadcast ops (and scalar erf),
 //! each keeping its own inputs for autodiff; here each op keeps only its inputs and the
 //! backward recomputes the rest in one pass. `tests/pointwise_kernels.rs` compares them
 //! with [`super::generic`].

@@ -59,6 +59,13 @@ impl Linear {
         }
     }
 
+    /// Applies the layer to the channels of every pixel of a `(N, in, H, W)` map: a 1x1
+    /// convolution (the ops of [`crate::kernels`]).
+    pub fn forward_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let [o, i] = self.weight.dims();
+        crate::kernels::conv1x1(x, self.weight.val().reshape([o, i, 1, 1]), self.bias.as_ref().map(|b| b.val()))
+    }
+
     /// Applies the layer to the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if crate::kernels::cpu::applies(&x) {
@@ -70,15 +77,6 @@ impl Linear {
             Some(b) => y + b.val().unsqueeze(),
             None => y,
         }
-    }
-}
-
-impl Linear {
-    /// Applies the layer to the channels of every pixel of a `(N, in, H, W)` map: a 1x1
-    /// convolution (the ops of [`crate::kernels`]).
-    pub fn forward_map(&self, x: Tensor<4>) -> Tensor<4> {
-        let [o, i] = self.weight.dims();
-        crate::kernels::conv1x1(x, self.weight.val().reshape([o, i, 1, 1]), self.bias.as_ref().map(|b| b.val()))
     }
 }
 

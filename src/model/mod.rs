@@ -125,6 +125,16 @@ impl ModelConfig {
         Ok(self)
     }
 
+    /// Replaces the number of classes (and keeps everything else).
+    pub fn with_num_classes(mut self, n: usize) -> Result<Self> {
+        match &mut self {
+            Self::UDiT(c) => c.num_classes = n,
+            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.num_classes = n,
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
     pub fn input_size(&self) -> usize {
         match self {
             Self::UDiT(c) => c.input_size,
