@@ -138,6 +138,14 @@ impl ProcessSpec {
         })
     }
 
+    /// `diffusion` or `interpolant`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Diffusion => "diffusion",
+            Self::Interpolant { .. } => "interpolant",
+        }
+    }
+
     /// For people: "Gaussian diffusion" or "interpolant (Linear path, velocity)".
     pub fn describe(&self) -> String {
         match self {

@@ -149,6 +149,23 @@ impl Method {
             Self::Interpolant(s) => s.steps(),
         }
     }
+
+    /// Where a diffusion sampler calls the model on `process` (an error for an interpolant).
+    pub fn plan(&self, process: &Process) -> Result<Plan> {
+        match (self, process) {
+            (Self::Diffusion { sampler, schedule, steps }, Process::Diffusion(d)) => sampler.plan(d, *steps, *schedule),
+            _ => bail!("{} is not a sampler of this model's process", self.name()),
+        }
+    }
+
+    /// The model time of every denoiser call, when known before the run (dopri5 chooses its
+    /// steps as it goes).
+    pub fn call_times(&self, process: &Process) -> Result<Option<Vec<f64>>> {
+        Ok(match (self, process) {
+            (Self::Interpolant(s), Process::Interpolant(transport)) => s.call_times(transport),
+            _ => Some(self.plan(process)?.call_times()),
+        })
+    }
 }
 
 /// Everything that decides what sample i looks like.
@@ -184,7 +201,7 @@ impl Settings {
                 s.name()
             ),
         }
-        self.call_times(process)?;
+        self.method.call_times(process)?;
         let scale = self.guidance.scale;
         if !(scale >= 1.0) {
             bail!("--cfg-scale must be at least 1 (1 = no guidance), got {scale}");
@@ -212,25 +229,6 @@ impl Settings {
             }
         }
         Ok(())
-    }
-
-    /// Where a diffusion sampler calls the model on `process` (an error for an interpolant).
-    pub fn plan(&self, process: &Process) -> Result<Plan> {
-        match (&self.method, process) {
-            (Method::Diffusion { sampler, schedule, steps }, Process::Diffusion(d)) => {
-                sampler.plan(d, *steps, *schedule)
-            }
-            _ => bail!("{} is not a sampler of this model's process", self.method.name()),
-        }
-    }
-
-    /// The model time of every denoiser call, when known before the run (dopri5 chooses its
-    /// steps as it goes).
-    pub fn call_times(&self, process: &Process) -> Result<Option<Vec<f64>>> {
-        Ok(match (&self.method, process) {
-            (Method::Interpolant(s), Process::Interpolant(transport)) => s.call_times(transport),
-            _ => Some(self.plan(process)?.call_times()),
-        })
     }
 
     /// The channels guidance mixes: the asked-for ones, else the model's.
@@ -322,12 +320,12 @@ impl Generator<'_> {
 
     /// Denoiser calls per image, when known before the run.
     pub fn calls(&self) -> Result<Option<usize>> {
-        Ok(self.settings.call_times(&self.process)?.map(|t| t.len()))
+        Ok(self.settings.method.call_times(&self.process)?.map(|t| t.len()))
     }
 
     /// Network evaluations per image, when known before the run.
     pub fn evaluations(&self) -> Result<Option<Evaluations>> {
-        let times = self.settings.call_times(&self.process)?;
+        let times = self.settings.method.call_times(&self.process)?;
         Ok(times.map(|t| self.settings.guidance.evaluations(&t, &self.process)))
     }
 
@@ -355,7 +353,7 @@ impl Generator<'_> {
             (Method::Interpolant(sampler), Process::Interpolant(transport)) => {
                 sampler.run(transport, model, x_t, &mut || noise.next(dev), on_step)?
             }
-            _ => self.settings.plan(&self.process)?.run(model, x_t, &mut noise, dev, on_step)?,
+            _ => self.settings.method.plan(&self.process)?.run(model, x_t, &mut noise, dev, on_step)?,
         };
         Ok((z, labels))
     }

@@ -1,8 +1,9 @@
-//! `udit ablate` end to end on two tiny models (Fashion-MNIST through `unshuffle2`, the
-//! offline meter): the results, their agreement with `udit sample` and `udit eval` on the
-//! same model, reuse of finished runs, exact resume of a lost one, runs side by side
-//! (`--jobs`, `--shard`), a wall-clock budget, the plans refused before any training, and the
-//! plans shipped in configs/ablation/.
+//! `udit ablate` end to end on two tiny models, one trained as Gaussian diffusion and one as
+//! an interpolant, each scored with its own process's sampler (Fashion-MNIST through
+//! `unshuffle2`, the offline meter): the results, their agreement with `udit sample` and
+//! `udit eval` on the same model, the table of what is finished, reuse of finished runs,
+//! exact resume of a lost one, runs side by side (`--jobs`, `--shard`), a wall-clock budget,
+//! the plans refused before any training, and the plans shipped in configs/ablation/.
 
 mod common;
 
@@ -28,13 +29,18 @@ fn tiny(down: bool) -> Value {
     m
 }
 
+/// Full attention with Gaussian diffusion (sampled with DDIM over 4 steps), the tiny U-DiT
+/// as an interpolant (Heun over 3 time points: 4 calls as well).
 fn plan() -> Value {
     json!({
         "note": "two tiny models",
-        "entries": [{"name": "full attention", "model": tiny(false)}, {"name": "U-DiT (tiny)", "model": tiny(true)}],
+        "entries": [
+            {"name": "full attention", "model": tiny(false)},
+            {"name": "U-DiT (tiny)", "system": "U-DiT", "model": tiny(true), "process": {"process": "interpolant"}}
+        ],
         "recipe": {"dataset": "fashion-mnist", "codec": "unshuffle2", "steps": 3, "global_batch": 8, "lr": 1e-3,
                    "log_every": 1, "ckpt_every": 1, "keep_last": 2, "seeds": [0, 1]},
-        "meter": {"samples": 20, "steps": 4, "batch": 10}
+        "meter": {"samples": 20, "steps": 4, "interpolant": {"sampler": "heun2", "steps": 3}, "batch": 10}
     })
 }
 
@@ -108,18 +114,29 @@ fn two_entries_train_score_tabulate_and_resume() {
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert_eq!(md.trim(), table.trim(), "stdout shows results.md");
-    assert!(md.contains("| entry | params | GMACs | training time | steps | FID, guidance 1 |"), "{md}");
+    assert!(
+        md.contains("| entry | process | sampler | params | GMACs | training time | steps | FID, guidance 1 |"),
+        "{md}"
+    );
     let rows: Vec<&str> =
         md.lines().filter(|l| l.starts_with("| full attention |") || l.starts_with("| U-DiT (tiny) |")).collect();
     assert!(rows.len() == 2 && rows.iter().all(|r| r.contains(" ± ") && r.contains("| 3 |")), "{md}");
+    assert!(rows[0].contains("| diffusion | ddim 4 steps, 4 calls |"), "{md}");
+    assert!(rows[1].contains("| interpolant | heun2 3 steps, 4 calls |"), "{md}");
+    assert!(!md.contains("Not finished"), "{md}");
+    assert_eq!(entries[1]["system"], "U-DiT");
+    assert_eq!(entries[0]["system"], "full attention");
     let png = image::open(out.join("fid-vs-gmacs.png")).unwrap();
     assert_eq!((png.width(), png.height()), (900, 600));
 
-    // A run is an ordinary `udit train` run, and its scores are `udit sample --npz` then
-    // `udit eval --features` of its model with the protocol's settings.
+    // A run is an ordinary `udit train` run of its entry's process, and its scores are `udit
+    // sample --npz` with the interpolant's sampler then `udit eval --features` of its model.
     let run = udit::train::RunDir(out.join("u-dit-tiny/seed-1"));
     let recipe = json_of(&run.0.join("recipe.json"));
     assert_eq!((recipe["seed"].as_u64(), recipe["steps"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(recipe["process"]["process"], "interpolant");
+    let (ok, info, err) = udit(&["info", "--ckpt", run.export().to_str().unwrap()]);
+    assert!(ok && info.contains("interpolant"), "{info}{err}");
     assert_eq!(run.list().unwrap(), [run.checkpoint(2), run.checkpoint(3)]);
     let again = s.p("again.npz").display().to_string();
     let export = run.export().display().to_string();
@@ -128,9 +145,9 @@ fn two_entries_train_score_tabulate_and_resume() {
         "--ckpt",
         &export,
         "--sampler",
-        "ddim",
+        "heun2",
         "--steps",
-        "4",
+        "3",
         "--cfg-scale",
         "1.5",
         "--seed",
@@ -170,12 +187,25 @@ fn two_entries_train_score_tabulate_and_resume() {
     assert_eq!(err.matches("trained and scored before").count(), 4, "{err}");
     assert_eq!(json_of(&out.join("results.json"))["entries"], results["entries"]);
 
-    // Lose one run's model and its last checkpoint: only that run trains again, from step
-    // 2, to the same weights (exact resume), and is sampled and scored again, to the same
-    // scores.
+    // Lose one run's model and its last checkpoint: the table of what is finished names it
+    // as missing and keeps its entry's other seed; then only that run trains again, from
+    // step 2, to the same weights (exact resume), and is sampled and scored again, to the
+    // same scores.
     let model = weights(&run.export());
     std::fs::remove_file(run.export()).unwrap();
     std::fs::remove_file(run.checkpoint(3)).unwrap();
+    std::fs::write(s.p("plan.json"), plan().to_string()).unwrap();
+    let plan_path = s.p("plan.json");
+    let args = ["ablate", "--plan", plan_path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--table"];
+    let (ok, partial, err) = udit(&args);
+    assert!(ok && !err.contains("training"), "{err}");
+    assert!(partial.contains("Not finished yet (1): U-DiT (tiny), seed 1."), "{partial}");
+    let row = partial.lines().find(|l| l.starts_with("| U-DiT (tiny) |")).unwrap();
+    let fid = entries[1]["runs"][0]["scores"][0]["fid"].as_f64().unwrap();
+    assert!(row.contains(&format!("| {fid:.2} |")) && !row.contains(" ± "), "one seed left: {row}");
+    let partial_json = json_of(&out.join("results.json"));
+    assert_eq!(partial_json["missing"], json!(["U-DiT (tiny), seed 1"]));
+    assert_eq!(partial_json["entries"][1]["runs"].as_array().unwrap().len(), 1);
     let (ok, _, err) = s.ablate("plan.json", &plan(), "out");
     assert!(ok, "{err}");
     assert!(err.contains("[4/4] U-DiT (tiny), seed 1: resuming training to 3 steps"), "{err}");
@@ -231,7 +261,7 @@ fn jobs_run_the_plan_side_by_side_as_one_process_does() {
     let (ok, table, err) = run("two", &["--jobs", "2"], "2");
     assert!(ok, "{err}");
     assert!(err.contains("2 jobs side by side, 1 thread(s) each"), "{err}");
-    for label in ["[1/4] full attention, seed 0", "[2/4] full attention, seed 1", "[4/4] U-DiT (tiny), seed 1"] {
+    for label in ["[1/4] full attention, seed 0", "[3/4] full attention, seed 1", "[4/4] U-DiT (tiny), seed 1"] {
         assert!(err.contains(&format!("{label}: training 3 steps")), "{label} trained in a job:\n{err}");
     }
     assert_eq!(err.matches("trained and scored before").count(), 4, "then tabulated:\n{err}");
@@ -255,11 +285,25 @@ fn jobs_run_the_plan_side_by_side_as_one_process_does() {
     assert_eq!(scores("one"), scores("two"), "the same scores (not the same sampling times)");
     assert_eq!(table.trim(), std::fs::read_to_string(s.p("two/results.md")).unwrap().trim());
 
-    // A shard alone does its runs (i mod 2 = 1: every seed 1) and writes no results.
+    // A shard alone does its runs (i mod 2 = 1 of runs that go seed by seed: the second
+    // entry's) and writes no results.
     let (ok, _, err) = run("shard", &["--shard", "1/2"], "1");
     assert!(ok && err.contains("shard 1/2 done"), "{err}");
     assert!(!s.p("shard/results.json").exists());
-    assert!(s.p("shard/u-dit-tiny/seed-1/model.safetensors").exists() && !s.p("shard/u-dit-tiny/seed-0").exists());
+    assert!(s.p("shard/u-dit-tiny/seed-1/model.safetensors").exists() && !s.p("shard/full-attention").exists());
+    // A claiming process (what --jobs starts) skips the runs another holds: with the lock of
+    // full attention's seed 0 held here, it trains only seed 1's, and says so.
+    std::fs::create_dir_all(s.p("shard/.claims")).unwrap();
+    let lock = std::fs::File::create(s.p("shard/.claims/full-attention-seed-0.lock")).unwrap();
+    lock.lock().unwrap();
+    let (ok, _, err) = run("shard", &["--claim"], "1");
+    assert!(ok && err.contains("no run left to claim"), "{err}");
+    assert!(err.contains("[3/4] full attention, seed 1: training 3 steps") && !err.contains("seed 0"), "{err}");
+    assert!(!s.p("shard/full-attention/seed-0").exists());
+    drop(lock);
+    let (ok, _, err) = run("shard", &["--claim"], "1");
+    assert!(ok && err.contains("[1/4] full attention, seed 0: training 3 steps"), "{err}");
+    assert!(!err.contains("seed 1"), "finished runs are left to the last pass: {err}");
     for (args, says) in [
         (&["--jobs", "0"][..], "--jobs must be at least 1"),
         (&["--jobs", "2", "--shard", "0/2"][..], "not both"),
@@ -310,15 +354,22 @@ fn bad_plans_are_one_line_errors_before_any_training() {
         ),
         (edit(&|p| p["meter"]["cfg_scales"] = json!([0.5])), "at least 1"),
         (edit(&|p| p["meter"]["sampler"] = json!("euler")), "unknown sampler"),
-        // A SiT entry samples with its interpolant, where the meter's ddim does not exist.
+        // A SiT entry samples with its interpolant, where the meter's ddim does not exist
+        // unless the meter names an interpolant sampler.
         (
             edit(&|p| {
                 let sit = json!({"arch": "sit", "input_size": 16, "hidden_size": 16, "depth": 1, "num_heads": 2,
                                  "num_classes": 10});
                 p["entries"][1]["model"] = sit;
+                p["entries"][1].as_object_mut().unwrap().remove("process");
+                p["meter"].as_object_mut().unwrap().remove("interpolant");
             }),
             "unknown sampler \"ddim\" for an interpolant",
         ),
+        (edit(&|p| p["meter"]["interpolant"]["sampler"] = json!("ddim")), "unknown sampler \"ddim\""),
+        (edit(&|p| p["meter"]["interpolant"]["steps"] = json!(0)), "at least 1"),
+        (edit(&|p| p["entries"][1]["process"] = json!({"process": "flow"})), "unknown variant `flow`"),
+        (edit(&|p| p["entries"][1]["process"]["path_type"] = json!("Cosine")), "entry \"U-DiT (tiny)\""),
         (edit(&|p| p["meter"]["reference"] = json!("no-such-batch.npz")), "does not exist"),
         (edit(&|p| p["entries"][0]["model"]["class_dropout_prob"] = json!(0)), "needs a null class"),
     ];
@@ -362,7 +413,7 @@ fn a_wall_clock_budget_ends_each_run_at_a_finished_checkpoint() {
 fn the_shipped_plans_are_valid() {
     let device = burn::prelude::Device::flex();
     let dir = tempfile::tempdir().unwrap();
-    for name in ["ladder", "vs-dit", "ladder-imagenet", "vs-dit-imagenet"] {
+    for name in ["ladder", "figure1", "ladder-imagenet", "figure1-imagenet"] {
         let path = PathBuf::from(format!("configs/ablation/{name}.json"));
         let plan = Plan::load(&path).unwrap();
         let (entries, runs) = plan.resolve().unwrap();

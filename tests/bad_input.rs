@@ -170,3 +170,20 @@ fn a_sweep_of_one_sample_is_refused_before_sampling() {
     refused(&["sweep", "--num-samples", "1", "--out", out.to_str().unwrap()], "needs --num-samples of at least 2");
     assert!(!out.exists(), "nothing written, so the corrected command runs in the same folder");
 }
+
+#[test]
+fn a_sit_llama_whose_heads_the_2d_rope_cannot_split_is_refused() {
+    // VisionLLaMA's RoPE turns a quarter of each head's channels per axis: head dim 14 (the
+    // reference fails there with a shape error) is refused by name; 16 is taken.
+    let dir = tempfile::tempdir().unwrap();
+    let config = |hidden: usize| {
+        let path = dir.path().join(format!("sit-llama-{hidden}.json"));
+        let json = serde_json::json!({"arch": "sit-llama", "input_size": 16, "in_channels": 4, "num_classes": 10,
+            "patch_size": 2, "hidden_size": hidden, "depth": 2, "num_heads": 4});
+        std::fs::write(&path, json.to_string()).unwrap();
+        path.display().to_string()
+    };
+    refused(&["info", "--config", &config(56)], "2D RoPE needs a head dim divisible by 4, this model has 14");
+    let (ok, out, err) = udit(&["info", "--config", &config(64)]);
+    assert!(ok && out.contains("parameters"), "{err}");
+}

@@ -172,7 +172,7 @@ fn guidance_interval_bounds_are_plain_guidance_and_no_guidance_bit_for_bit() {
     for (sampler, steps) in [(Sampler::DpmSolverPp2M, 6), (Sampler::Ancestral, 6), (Sampler::Heun, 4)] {
         let mut g = generator(&s, sampler, steps, 2.0, classes.clone());
         // Plain guidance as the reference computes it: forward_with_cfg on [x; x], [y; null].
-        let plan = g.settings.plan(&g.process).unwrap();
+        let plan = g.settings.method.plan(&g.process).unwrap();
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![3i64, 9, 3], [3]), &dev);
         let y2 = Tensor::cat(vec![y.clone(), Tensor::full([3], 10, &dev)], 0);
         let mut reference = Vec::new();

@@ -1,9 +1,10 @@
 //! `udit ablate --jobs N`: a plan's runs in N processes side by side, each on an equal share
 //! of the CPU threads. Small models use many threads poorly (on the 2-core machine a ladder
 //! model trains at 0.28 s a step on one thread beside another run, 0.33 s alone on both), so
-//! N runs at once finish the plan sooner. Each process is `udit ablate --shard k/N` on the
-//! same output folder (disjoint runs, each an ordinary resumable run folder); this one
-//! forwards their lines and stops them all when one fails.
+//! N runs at once finish the plan sooner. Each process is `udit ablate --claim` on the same
+//! output folder: it takes the next run that no other holds a lock on (so a job that drew
+//! small models does not wait idle while another trains large ones), each run an ordinary
+//! resumable run folder; this one forwards their lines and stops them all when one fails.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-/// Runs `udit ablate --plan PLAN --out OUT --shard k/JOBS EXTRA` for every k at once and
-/// waits for them. Their stderr comes through this one's, line by line (plain progress
+/// Runs `udit ablate --plan PLAN --out OUT --claim EXTRA` `jobs` times at once and waits
+/// for them. Their stderr comes through this one's, line by line (plain progress
 /// lines: theirs is not a terminal). The first that fails kills the others.
 pub fn run_shards(plan: &Path, out: &Path, jobs: usize, extra: &[String]) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the udit binary to start the jobs")?;
@@ -27,8 +28,7 @@ pub fn run_shards(plan: &Path, out: &Path, jobs: usize, extra: &[String]) -> Res
             .arg(plan)
             .arg("--out")
             .arg(out)
-            .arg("--shard")
-            .arg(format!("{k}/{jobs}"))
+            .arg("--claim")
             .args(extra)
             .env("RAYON_NUM_THREADS", threads.to_string())
             .stdout(Stdio::null())

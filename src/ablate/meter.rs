@@ -21,7 +21,7 @@ use crate::guidance::Guidance;
 use crate::io::Images;
 use crate::io::npz::{NpzRun, read_npz};
 use crate::process::ProcessSpec;
-use crate::sample::{Classes, Generator, Method, Settings, run_npz};
+use crate::sample::{Classes, Generator, Settings, run_npz};
 use crate::train::RunDir;
 
 /// The scores of one run at one guidance scale.
@@ -131,9 +131,15 @@ fn cached(run: &RunDir, protocol: &Protocol) -> Option<Vec<Score>> {
     (cache.protocol == *protocol).then_some(cache.scores)
 }
 
+/// `run`'s scores at every scale of `protocol`, in its order, if its cache holds them all.
+pub fn scores(run: &RunDir, protocol: &Protocol) -> Option<Vec<Score>> {
+    let cached = cached(run, protocol)?;
+    protocol.cfg_scales.iter().map(|c| cached.iter().find(|s| s.cfg_scale == *c).cloned()).collect()
+}
+
 /// Whether every scale of `protocol` is scored in `run`'s cache.
 pub fn is_scored(run: &RunDir, protocol: &Protocol) -> bool {
-    cached(run, protocol).is_some_and(|s| protocol.cfg_scales.iter().all(|c| s.iter().any(|s| s.cfg_scale == *c)))
+    scores(run, protocol).is_some()
 }
 
 /// Forgets `run`'s samples and scores: its model is about to change.
@@ -172,9 +178,9 @@ pub fn score_run(
             ClassOrder::Cycled => Classes::Listed((0..num_classes).collect()),
             ClassOrder::Random => Classes::Random,
         };
-        // The protocol's sampler of the model's own process (an interpolant refuses `ddim`).
+        // The protocol's sampler of the model's own process.
         let process = ProcessSpec::of_weights(&weights.metadata, &config)?.process()?;
-        let method = Method::named(&process, Some(&protocol.sampler), Some(protocol.steps), &Default::default())?;
+        let method = protocol.method(&process)?;
         for cfg_scale in missing {
             say(&format!("meter: {} samples at guidance {cfg_scale}", protocol.samples));
             let start = Instant::now();

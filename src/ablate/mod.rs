@@ -1,9 +1,10 @@
-//! `udit ablate`: the paper's comparisons (its Figure 4 ladder, Figure 6 against DiT) as one
-//! resumable command. Every entry of a plan trains once per seed as an ordinary `udit train`
-//! run folder (`OUT/ENTRY/seed-N/`), so an interrupted ablation continues where it stopped
-//! and finished runs are not retrained; each finished model is sampled and scored with the
-//! plan's meter protocol (scores cached in its folder); then the results are tabulated and
-//! plotted (FID against GMACs).
+//! `udit ablate`: the paper's comparisons (its Figure 4 ladder, Figure 1 across DiT, SiT,
+//! SiT-LLaMA and U-DiT) as one resumable command. Every entry of a plan (a model and its
+//! process) trains once per seed as an ordinary `udit train` run folder
+//! (`OUT/ENTRY/seed-N/`), so an interrupted ablation continues where it stopped and finished
+//! runs are not retrained; each finished model is sampled with its process's sampler and
+//! scored with the plan's meter protocol (scores cached in its folder); then what is finished
+//! is tabulated and plotted (FID against GMACs, a line per system).
 
 pub mod jobs;
 pub mod meter;
@@ -19,11 +20,20 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 
 pub use self::meter::{Score, Scorer};
-pub use self::plan::{ClassOrder, Entry, EntryModel, Plan, PlanRecipe, Protocol, RunSpec};
+pub use self::plan::{ClassOrder, Entry, EntryModel, MeterSampler, Plan, PlanRecipe, Protocol, RunSpec};
 pub use self::report::{EntryResult, Results, RunResult, Spread};
 use crate::codec::Codec;
 use crate::data::Dataset;
 use crate::train::{DataSpec, RunDir, TrainState};
+
+/// Which runs of the plan one process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// The runs i with i mod n = k (`Shard(0, 1)`: every run, then the results).
+    Shard(usize, usize),
+    /// Any run not claimed by another process, one at a time (`udit ablate --jobs`).
+    Claim,
+}
 
 /// A plan checked against its data, codecs, meter and output folder: ready to run.
 pub struct Ablation {
@@ -44,16 +54,7 @@ impl Ablation {
     pub fn prepare(plan: &Plan, out: &Path, font: &Path, device: &Device) -> Result<Self> {
         let (entries, runs) = plan.resolve()?;
         let plan = plan.resolved(&entries)?;
-        let stored = out.join("plan.json");
-        if stored.exists() {
-            let old = Plan::load(&stored)?;
-            if !old.same_as(&plan)? {
-                bail!(
-                    "{} holds the results of another plan (its plan.json differs): choose another --out",
-                    out.display()
-                );
-            }
-        } else if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        if !holds(&plan, out)? && std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
             bail!("{} is not empty and holds no plan.json: choose another --out", out.display());
         }
         crate::io::plot::register_font(font)?;
@@ -81,23 +82,33 @@ impl Ablation {
 
     /// The run folder of `run`.
     pub fn run_dir(&self, run: &RunSpec) -> RunDir {
-        RunDir(self.out.join(&self.entries[run.entry].folder).join(format!("seed-{}", run.seed)))
+        run_dir(&self.out, &self.entries[run.entry], run.seed)
     }
 
     /// Trains (on `devices`, data-parallel when several), samples and scores (on the first)
     /// every run not done yet, with a line per run (which, how far, and the plan's ETA), then
-    /// writes `results.json`, `results.md` and `fid-vs-gmacs.png` into the output folder.
-    /// With a `shard` k/n other than 0/1 it does only the runs i with i mod n = k and writes
-    /// no results (`None`): the shards share the output folder, and a last run without a
-    /// shard finds every run done and tabulates.
-    pub fn run(&self, devices: &[Device], (k, n): (usize, usize)) -> Result<Option<Results>> {
+    /// writes `results.json`, `results.md` and `fid-vs-gmacs.png` into the output folder
+    /// ([`tabulate`]).
+    /// With another [`Pick`] than every run it writes no results (`None`): the processes
+    /// share the output folder, and a last pass over every run finds them done and tabulates.
+    pub fn run(&self, devices: &[Device], pick: Pick) -> Result<Option<Results>> {
         let device = devices.first().context("no device to run on")?;
         self.write_plan()?;
         let (start, mut eta) = (Instant::now(), Eta::default());
-        let mine: Vec<(usize, &RunSpec)> = self.runs.iter().enumerate().filter(|(i, _)| i % n == k).collect();
-        let mut results = Vec::new();
+        let mine: Vec<(usize, &RunSpec)> = match pick {
+            Pick::Shard(k, n) => self.runs.iter().enumerate().filter(|(i, _)| i % n == k).collect(),
+            Pick::Claim => self.runs.iter().enumerate().collect(),
+        };
         for (j, &(i, run)) in mine.iter().enumerate() {
             let dir = self.run_dir(run);
+            let _claim = match pick {
+                Pick::Shard(..) => None,
+                Pick::Claim => match self.claim(run)? {
+                    // Finished runs are for the last pass to report.
+                    Some(lock) if !(dir.export().exists() && meter::is_scored(&dir, &self.plan.meter)) => Some(lock),
+                    _ => continue,
+                },
+            };
             let label = format!("[{}/{}] {}, seed {}", i + 1, self.runs.len(), self.entries[run.entry].name, run.seed);
             let left = eta
                 .left(mine[j..].iter().map(|(_, r)| self.work_left(r)))
@@ -112,21 +123,37 @@ impl Ablation {
             let protocol = &self.plan.meter;
             let say = |what: &str| eprintln!("{label}: {what}");
             let scores = meter::score_run(&dir, protocol, self.data.num_classes(), &self.scorer, device, &say)?;
-            let cost = &self.entries[run.entry].cost;
-            eta.add((t1 - t0).as_secs_f64(), steps as f64 * train_macs(cost, &run.config));
+            let entry = &self.entries[run.entry];
+            eta.add((t1 - t0).as_secs_f64(), steps as f64 * train_macs(&entry.cost, &run.config));
             if fresh {
-                eta.add(t1.elapsed().as_secs_f64(), meter_macs(cost, protocol));
+                eta.add(t1.elapsed().as_secs_f64(), meter_macs(entry, protocol));
             }
-            let result = RunResult::read(&dir, run.seed, scores)?;
-            eprintln!("{label}: {}", result.summary());
-            results.push(result);
+            eprintln!("{label}: {}", RunResult::read(&dir, run.seed, scores)?.summary());
         }
-        if n > 1 {
+        if pick != Pick::Shard(0, 1) {
             return Ok(None);
         }
-        let results = Results::new(&self.plan, &self.entries, results);
-        results.write(&self.out, &self.font)?;
-        Ok(Some(results))
+        Ok(Some(tabulate(&self.plan, &self.entries, &self.runs, &self.out, &self.font)?))
+    }
+
+    /// Claims `run` for this process: an exclusive lock on `OUT/.claims/FOLDER-seed-N.lock`,
+    /// held until the returned file is dropped or the process ends, however it ends. None if
+    /// another process holds it.
+    fn claim(&self, run: &RunSpec) -> Result<Option<std::fs::File>> {
+        let dir = self.out.join(".claims");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{}-seed-{}.lock", self.entries[run.entry].folder, run.seed));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
     }
 
     /// Creates the output folder with `plan.json` (the plan, every model written out), which
@@ -174,8 +201,9 @@ impl Ablation {
     /// What `run` still needs: (seconds known in advance, MACs of work at the measured rate).
     fn work_left(&self, run: &RunSpec) -> (f64, f64) {
         let dir = self.run_dir(run);
-        let cost = &self.entries[run.entry].cost;
-        let meter = if meter::is_scored(&dir, &self.plan.meter) { 0.0 } else { meter_macs(cost, &self.plan.meter) };
+        let entry = &self.entries[run.entry];
+        let cost = &entry.cost;
+        let meter = if meter::is_scored(&dir, &self.plan.meter) { 0.0 } else { meter_macs(entry, &self.plan.meter) };
         match (dir.export().exists(), run.config.budget_s) {
             (true, _) => (0.0, meter),
             (false, Some(budget)) => (budget, meter),
@@ -189,10 +217,54 @@ fn train_macs(cost: &crate::cost::Cost, cfg: &crate::train::TrainConfig) -> f64 
     3.0 * cfg.global_batch as f64 * cost.macs as f64
 }
 
-/// MACs of the meter's sampling: a forward per sample and step, two when guided.
-fn meter_macs(cost: &crate::cost::Cost, p: &Protocol) -> f64 {
+/// MACs of the meter's sampling: a forward per sample and call, two when guided.
+fn meter_macs(entry: &EntryModel, p: &Protocol) -> f64 {
     let passes: f64 = p.cfg_scales.iter().map(|&s| if s > 1.0 { 2.0 } else { 1.0 }).sum();
-    passes * (p.samples * p.steps) as f64 * cost.macs as f64
+    let calls = entry.calls.unwrap_or(entry.method.steps());
+    passes * (p.samples * calls) as f64 * entry.cost.macs as f64
+}
+
+/// Whether `out` holds `plan`'s runs (its `plan.json`); an error if it holds another plan's.
+fn holds(plan: &Plan, out: &Path) -> Result<bool> {
+    let stored = out.join("plan.json");
+    if !stored.exists() {
+        return Ok(false);
+    }
+    if !Plan::load(&stored)?.same_as(plan)? {
+        bail!("{} holds the results of another plan (its plan.json differs): choose another --out", out.display());
+    }
+    Ok(true)
+}
+
+/// Tabulates what is finished of `plan` in `out` without training anything ([`tabulate`]).
+pub fn table(plan: &Plan, out: &Path, font: &Path) -> Result<Results> {
+    let (entries, runs) = plan.resolve()?;
+    if !holds(&plan.resolved(&entries)?, out)? {
+        bail!("{} holds no plan.json: no run of this plan has started there", out.display());
+    }
+    crate::io::plot::register_font(font)?;
+    tabulate(plan, &entries, &runs, out, font)
+}
+
+/// The folder of `entry`'s run with `seed`.
+fn run_dir(out: &Path, entry: &EntryModel, seed: u64) -> RunDir {
+    RunDir(out.join(&entry.folder).join(format!("seed-{seed}")))
+}
+
+/// The results of every run of `runs` trained and scored in `out` (the others named as
+/// missing), written there as `results.json`, `results.md` and `fid-vs-gmacs.png`.
+pub fn tabulate(plan: &Plan, entries: &[EntryModel], runs: &[RunSpec], out: &Path, font: &Path) -> Result<Results> {
+    let (mut finished, mut missing) = (Vec::new(), Vec::new());
+    for run in runs {
+        let dir = run_dir(out, &entries[run.entry], run.seed);
+        match meter::scores(&dir, &plan.meter).filter(|_| dir.export().exists()) {
+            Some(scores) => finished.push((run.entry, RunResult::read(&dir, run.seed, scores)?)),
+            None => missing.push(format!("{}, seed {}", entries[run.entry].name, run.seed)),
+        }
+    }
+    let results = Results::new(plan, entries, finished, missing);
+    results.write(out, font)?;
+    Ok(results)
 }
 
 /// The plan's ETA: seconds per MAC, measured on what this invocation trained and sampled

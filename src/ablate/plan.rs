@@ -1,6 +1,7 @@
-//! An ablation plan (`udit ablate --plan FILE.json`): named model configurations, one shared
-//! training recipe with a list of seeds, and the meter protocol that scores every trained
-//! model. Parsing, and the checks that need neither data nor weights.
+//! An ablation plan (`udit ablate --plan FILE.json`): named model configurations, each with
+//! the process it trains with, one shared training recipe with a list of seeds, and the meter
+//! protocol that scores every trained model with a sampler of its process. Parsing, and the
+//! checks that need neither data nor weights.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::cost::Cost;
 use crate::model::ModelConfig;
 use crate::precision::Precision;
+use crate::process::{Process, ProcessSpec};
 use crate::progress::plural;
 use crate::sample::Method;
 use crate::train::{RecipeOverrides, RunOverrides, TrainConfig};
@@ -35,9 +37,18 @@ pub struct Entry {
     /// The label of the table row and the plotted point; its letters and digits name the
     /// entry's folder.
     pub name: String,
+    /// The system this entry is one size of (`DiT`, `SiT`): the plot draws a line per system
+    /// through its sizes, as the paper's Figure 1. Default: the entry alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     /// A configuration object (as in `--config` files), a preset name (`U-DiT-S`,
     /// `DiT-B/2`) or the path of a configuration file.
     pub model: serde_json::Value,
+    /// The process it trains and samples with, as recipes write it (`{"process":
+    /// "interpolant", "path_type": "Linear"}`); default: the model's own (the interpolant for
+    /// SiT and SiT-LLaMA, Gaussian diffusion for DiT and U-DiT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSpec>,
 }
 
 /// The recipe every entry trains with: `udit train`'s flags as fields (unset ones keep the
@@ -80,18 +91,25 @@ fn d_seeds() -> Vec<u64> {
 }
 
 /// How every trained model is scored: `samples` samples of its EMA weights at each guidance
-/// scale, drawn like `udit sample --npz`, then the offline Fashion-MNIST meter (`features`,
-/// the default) or, with `reference`, the ADM evaluator (`udit eval`).
+/// scale, drawn like `udit sample --npz` with a sampler of its process, then the offline
+/// Fashion-MNIST meter (`features`, the default) or, with `reference`, the ADM evaluator
+/// (`udit eval`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Protocol {
     #[serde(default = "d_samples")]
     pub samples: usize,
-    /// ancestral, ddim or dpm++.
+    /// The sampler of every entry (`udit sample --sampler`), or, with `interpolant`, of the
+    /// Gaussian-diffusion entries.
     #[serde(default = "d_sampler")]
     pub sampler: String,
     #[serde(default = "d_steps")]
     pub steps: usize,
+    /// The sampler and steps of the entries trained as an interpolant, so that both processes
+    /// are sampled at the same number of network calls (ddim 50 and heun2 over 26 points both
+    /// call the network 50 times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolant: Option<MeterSampler>,
     #[serde(default = "d_cfg_scales")]
     pub cfg_scales: Vec<f64>,
     #[serde(default)]
@@ -110,6 +128,14 @@ pub struct Protocol {
     /// FID Inception weights for `reference` (default as `udit eval --inception`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inception: Option<PathBuf>,
+}
+
+/// A sampler and its steps, as `udit sample --sampler --steps` take them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterSampler {
+    pub sampler: String,
+    pub steps: usize,
 }
 
 fn d_samples() -> usize {
@@ -149,13 +175,22 @@ pub enum ClassOrder {
 /// An entry with its configuration resolved.
 pub struct EntryModel {
     pub name: String,
+    /// Its system (its name if the plan gives none).
+    pub system: String,
     /// Its folder under the output folder.
     pub folder: String,
     pub config: ModelConfig,
+    pub process: ProcessSpec,
+    /// The meter's sampler for it, and its network calls per image unguided (None: chosen as
+    /// it goes, dopri5).
+    pub method: Method,
+    pub calls: Option<usize>,
     pub cost: Cost,
 }
 
-/// One training run of the plan: an entry with one seed.
+/// One training run of the plan: an entry with one seed. The plan's runs go seed by seed (the
+/// first seed of every entry, then the second), so that a plan stopped early has compared
+/// every entry.
 pub struct RunSpec {
     pub entry: usize,
     pub seed: u64,
@@ -168,8 +203,8 @@ impl Plan {
         serde_json::from_str(&text).with_context(|| format!("{} is not a valid plan", path.display()))
     }
 
-    /// Checks what needs no data or weights, and resolves every entry's model and recipe:
-    /// the entries and the runs (entry by entry, seed by seed).
+    /// Checks what needs no data or weights, and resolves every entry's model, process,
+    /// meter sampler and recipe: the entries and the runs (seed by seed, entry by entry).
     pub fn resolve(&self) -> Result<(Vec<EntryModel>, Vec<RunSpec>)> {
         let r = &self.recipe;
         if self.entries.is_empty() {
@@ -194,37 +229,44 @@ impl Plan {
             if let Some(other) = entries.iter().find(|o| o.folder == folder) {
                 bail!("entries {:?} and {:?} have the same name (folder {folder:?})", other.name, e.name);
             }
-            let config = model_of(&e.model).with_context(|| format!("entry {:?}", e.name))?;
+            let context = || format!("entry {:?}", e.name);
+            let config = model_of(&e.model).with_context(context)?;
+            let process = e.process.clone().unwrap_or_else(|| ProcessSpec::default_for(&config));
+            // The meter samples every model with its own process: the sampler must be one of it.
+            let p = process.process().with_context(context)?;
+            let method = self.meter.method(&p).with_context(|| format!("entry {:?}: the meter's sampler", e.name))?;
+            let calls = method.call_times(&p)?.map(|t| t.len());
+            if self.meter.cfg_scales.iter().any(|&s| s > 1.0) && !config.has_null_class() {
+                bail!("entry {:?}: guidance above 1 needs a null class (class_dropout_prob > 0)", e.name);
+            }
             let cost = Cost::of(&config);
-            entries.push(EntryModel { name: e.name.clone(), folder, config, cost });
+            let system = e.system.clone().unwrap_or_else(|| e.name.clone());
+            entries.push(EntryModel { name: e.name.clone(), system, folder, config, process, method, calls, cost });
         }
         let mut runs = Vec::new();
-        for (i, e) in entries.iter().enumerate() {
-            for &seed in &r.seeds {
-                let config = r.config(e.config.clone(), seed).with_context(|| format!("entry {:?}", e.name))?;
-                // The meter samples every model with its own process: the sampler must be one of it.
-                let (m, process) = (&self.meter, config.process().process()?);
-                Method::named(&process, Some(&m.sampler), Some(m.steps), &Default::default())
-                    .with_context(|| format!("entry {:?}: the meter's sampler", e.name))?;
-                if self.meter.cfg_scales.iter().any(|&s| s > 1.0) && !e.config.has_null_class() {
-                    bail!("entry {:?}: guidance above 1 needs a null class (class_dropout_prob > 0)", e.name);
-                }
+        for &seed in &r.seeds {
+            for (i, e) in entries.iter().enumerate() {
+                let mut config = r.config(e.config.clone(), seed).with_context(|| format!("entry {:?}", e.name))?;
+                config.process = Some(e.process.clone());
                 runs.push(RunSpec { entry: i, seed, config });
             }
         }
         Ok((entries, runs))
     }
 
-    /// A table of the entries (parameters, GMACs) and a line on the runs and the meter.
+    /// A table of the entries (parameters, GMACs, process, meter sampler) and a line on the
+    /// runs and the meter.
     pub fn summary(&self, entries: &[EntryModel]) -> String {
         let width = entries.iter().map(|e| e.name.chars().count()).max().unwrap_or(0).max(5);
-        let mut out = format!("{:width$}  {:>8}  {:>8}\n", "entry", "params", "GMACs");
+        let mut out = format!("{:width$}  {:>8}  {:>8}  {:11}  meter sampler\n", "entry", "params", "GMACs", "process");
         for e in entries {
             out += &format!(
-                "{:width$}  {:>7.2}M  {:>8.3}\n",
+                "{:width$}  {:>7.2}M  {:>8.3}  {:11}  {}\n",
                 e.name,
                 e.cost.params_merged as f64 / 1e6,
-                e.cost.macs as f64 / 1e9
+                e.cost.macs as f64 / 1e9,
+                e.process.kind(),
+                e.sampler()
             );
         }
         let (r, m) = (&self.recipe, &self.meter);
@@ -236,15 +278,13 @@ impl Plan {
         };
         let scales: Vec<String> = m.cfg_scales.iter().map(|s| s.to_string()).collect();
         out += &format!(
-            "{} x {} = {} of {length} on {}; meter: {} samples at guidance {} ({} {} steps)",
+            "{} x {} = {} of {length} on {}; meter: {} samples at guidance {}",
             plural(entries.len(), "model"),
             plural(r.seeds.len(), "seed"),
             plural(entries.len() * r.seeds.len(), "run"),
             r.dataset,
             m.samples,
             scales.join(", "),
-            m.sampler,
-            m.steps
         );
         out
     }
@@ -311,9 +351,31 @@ impl PlanRecipe {
     }
 }
 
+impl EntryModel {
+    /// "ddim 50 steps, 50 calls": the meter's sampler for this entry.
+    pub fn sampler(&self) -> String {
+        let calls = self.calls.map_or("calls chosen as it goes".into(), |c| plural(c, "call"));
+        format!("{} {} steps, {calls}", self.method.name(), self.method.steps())
+    }
+}
+
 impl Protocol {
+    /// The sampler of a model of `process`: `interpolant`'s for an interpolant if given, else
+    /// `sampler` and `steps` (refused if it is not one of the process's samplers).
+    pub fn method(&self, process: &Process) -> Result<Method> {
+        let (name, steps) = match (process, &self.interpolant) {
+            (Process::Interpolant(_), Some(s)) => (&s.sampler, s.steps),
+            _ => (&self.sampler, self.steps),
+        };
+        Method::named(process, Some(name), Some(steps), &Default::default())
+    }
+
     fn check(&self) -> Result<()> {
-        if self.samples == 0 || self.steps == 0 || self.batch == 0 {
+        if self.samples == 0
+            || self.steps == 0
+            || self.batch == 0
+            || self.interpolant.as_ref().is_some_and(|s| s.steps == 0)
+        {
             bail!("the meter's samples, steps and batch must be at least 1");
         }
         if self.cfg_scales.is_empty() {

@@ -1,5 +1,6 @@
-//! The results of a plan: per run (seed) and per entry (mean and spread over seeds), as
-//! `results.json`, a Markdown table (`results.md`) and the FID-vs-GMACs plot.
+//! The results of a plan: per run (seed) and per entry (mean and spread over the seeds
+//! finished), as `results.json`, a Markdown table (`results.md`) and the FID-vs-GMACs plot,
+//! with the runs still missing named.
 
 use std::path::Path;
 
@@ -18,11 +19,19 @@ pub struct Results {
     pub protocol: Protocol,
     pub seeds: Vec<u64>,
     pub entries: Vec<EntryResult>,
+    /// Runs not trained and scored yet ("DiT-64/2, seed 2").
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct EntryResult {
     pub name: String,
+    /// The plot's line it lies on.
+    pub system: String,
+    /// `diffusion` or `interpolant`.
+    pub process: String,
+    /// The meter's sampler for it ("ddim 50 steps, 50 calls").
+    pub sampler: String,
     /// Its folder in the output folder.
     pub folder: String,
     /// Weights of the inference model (FFN merged), as the paper counts them.
@@ -32,11 +41,11 @@ pub struct EntryResult {
     /// Forward GMACs at batch 1 (`udit info`).
     pub gmacs: f64,
     pub runs: Vec<RunResult>,
-    /// Per guidance scale, over the seeds.
+    /// Per guidance scale, over the seeds finished (empty while none is).
     pub summary: Vec<Summary>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct RunResult {
     pub seed: u64,
     pub steps: u64,
@@ -102,27 +111,31 @@ impl RunResult {
 }
 
 impl Results {
-    /// Groups `runs` (in the plan's order: entry by entry, seed by seed) by entry.
-    pub fn new(plan: &Plan, entries: &[EntryModel], runs: Vec<RunResult>) -> Self {
+    /// Groups the finished `runs` (entry index, result) by entry, in seed order; `missing`
+    /// names the others.
+    pub fn new(plan: &Plan, entries: &[EntryModel], runs: Vec<(usize, RunResult)>, missing: Vec<String>) -> Self {
         let seeds = plan.recipe.seeds.clone();
-        let mut runs = runs.into_iter();
         let entries = entries
             .iter()
-            .map(|e| {
-                let runs: Vec<RunResult> = runs.by_ref().take(seeds.len()).collect();
-                let summary = plan
-                    .meter
-                    .cfg_scales
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &cfg_scale)| {
-                        let fids: Vec<f64> = runs.iter().map(|r| r.scores[k].fid).collect();
-                        let accs: Option<Vec<f64>> = runs.iter().map(|r| r.scores[k].class_accuracy).collect();
-                        Summary { cfg_scale, fid: Spread::of(&fids), class_accuracy: accs.map(|a| Spread::of(&a)) }
-                    })
-                    .collect();
+            .enumerate()
+            .map(|(i, e)| {
+                let mut runs: Vec<RunResult> = runs.iter().filter(|(j, _)| *j == i).map(|(_, r)| r.clone()).collect();
+                runs.sort_by_key(|r| seeds.iter().position(|&s| s == r.seed));
+                let summary = match runs.is_empty() {
+                    true => Vec::new(),
+                    false => (plan.meter.cfg_scales.iter().enumerate())
+                        .map(|(k, &cfg_scale)| {
+                            let fids: Vec<f64> = runs.iter().map(|r| r.scores[k].fid).collect();
+                            let accs: Option<Vec<f64>> = runs.iter().map(|r| r.scores[k].class_accuracy).collect();
+                            Summary { cfg_scale, fid: Spread::of(&fids), class_accuracy: accs.map(|a| Spread::of(&a)) }
+                        })
+                        .collect(),
+                };
                 EntryResult {
                     name: e.name.clone(),
+                    system: e.system.clone(),
+                    process: e.process.kind().into(),
+                    sampler: e.sampler(),
                     folder: e.folder.clone(),
                     params: e.cost.params_merged,
                     params_training: e.cost.params,
@@ -136,7 +149,7 @@ impl Results {
             None => "the offline Fashion-MNIST meter (classifier FID against the test split, class accuracy)".into(),
             Some(r) => format!("the ADM evaluator (Inception FID against {})", r.display()),
         };
-        Self { meter, protocol: plan.meter.clone(), seeds, entries }
+        Self { meter, protocol: plan.meter.clone(), seeds, entries, missing }
     }
 
     /// `results.json`, `results.md` and `fid-vs-gmacs.png` into `out`.
@@ -147,26 +160,26 @@ impl Results {
         plot::fid_vs_gmacs(self, &out.join("fid-vs-gmacs.png"), font)
     }
 
-    /// The table: one row per entry, FID (and class accuracy) per guidance scale.
+    /// The table: one row per entry, FID (and class accuracy) per guidance scale, then the
+    /// runs still missing.
     pub fn markdown(&self) -> String {
         let p = &self.protocol;
         let accuracy = self.entries.iter().all(|e| e.summary.iter().all(|s| s.class_accuracy.is_some()));
         let spread = match self.seeds.len() {
             1 => format!("one seed ({})", self.seeds[0]),
-            n => format!("mean ± sample standard deviation over {n} seeds ({:?})", self.seeds),
+            n => format!("mean ± sample standard deviation over the finished of {n} seeds ({:?})", self.seeds),
         };
         let mut md = format!(
-            "Scored by {}: {} samples per guidance scale, {} {} steps, classes {}, sampling seed {}; {spread}. \
-             Training time is wall-clock time of training, meter sampling excluded.\n\n",
+            "Scored by {}: {} samples per guidance scale with each entry's sampler (calls: network calls per \
+             image, a guided call counting once), classes {}, sampling seed {}; {spread}. Training time is \
+             wall-clock time of training, meter sampling excluded.\n\n",
             self.meter,
             p.samples,
-            p.sampler,
-            p.steps,
             format!("{:?}", p.classes).to_lowercase(),
             p.seed
         );
         let mut head =
-            vec!["entry".to_string(), "params".into(), "GMACs".into(), "training time".into(), "steps".into()];
+            ["entry", "process", "sampler", "params", "GMACs", "training time", "steps"].map(String::from).to_vec();
         for s in &p.cfg_scales {
             head.push(format!("FID, guidance {s}"));
             if accuracy {
@@ -178,6 +191,8 @@ impl Results {
             let mean = |f: fn(&RunResult) -> f64| e.runs.iter().map(f).sum::<f64>() / e.runs.len() as f64;
             let mut row = vec![
                 e.name.clone(),
+                e.process.clone(),
+                e.sampler.clone(),
                 format!("{:.2}M", e.params as f64 / 1e6),
                 format!("{:.3}", e.gmacs),
                 clock(mean(|r| r.train_seconds)),
@@ -189,7 +204,14 @@ impl Results {
                     row.push(a.show(3));
                 }
             }
+            if e.runs.is_empty() {
+                row.truncate(5);
+                row.resize(head.len(), "not yet".into());
+            }
             md += &format!("| {} |\n", row.join(" | "));
+        }
+        if !self.missing.is_empty() {
+            md += &format!("\nNot finished yet ({}): {}.\n", self.missing.len(), self.missing.join("; "));
         }
         md
     }

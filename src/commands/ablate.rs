@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::ablate::{Ablation, Plan};
+use crate::ablate::{Ablation, Pick, Plan};
 use crate::io::npz::parse_shard;
 
 #[derive(Args)]
@@ -18,22 +18,31 @@ pub struct AblateArgs {
     /// results.md, fid-vs-gmacs.png. The same command again resumes an interrupted plan.
     #[arg(long, required_unless_present = "check")]
     pub out: Option<PathBuf>,
-    /// Only check the plan (without data) and print its entries' parameters and GMACs.
+    /// Only check the plan (without data) and print its entries' parameters, GMACs, processes
+    /// and meter samplers.
     #[arg(long)]
     pub check: bool,
+    /// Only tabulate and plot the runs finished in --out (while a plan runs, or after it
+    /// stopped), naming the ones still missing; trains nothing.
+    #[arg(long, conflicts_with = "check")]
+    pub table: bool,
     /// GPUs to train each run on, data-parallel (needs --features cuda); the global batch is
     /// split evenly over them, which does not change the run.
     #[arg(long, default_value_t = 1)]
     pub devices: usize,
     /// Runs trained side by side, each in its own process on an equal share of the CPU
-    /// threads (`--shard k/N` each, then the results). Small models train sooner so than one
-    /// at a time on every thread: the Fashion-MNIST plans take `--jobs 2` on 2 cores.
+    /// threads, each taking the next run no other has claimed, then the results. Small
+    /// models train sooner so than one at a time on every thread: the Fashion-MNIST plans
+    /// take `--jobs 2` on 2 cores.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
     /// k/n: only the runs i with i mod n = k, for machines or processes that share the output
     /// folder; writes no results (the command without --shard, once all are done, tabulates).
     #[arg(long, default_value = "0/1")]
     pub shard: String,
+    /// Take any run no other process has claimed, one at a time (what --jobs starts).
+    #[arg(long, hide = true, conflicts_with = "shard")]
+    pub claim: bool,
     /// A TrueType font for the plot's labels.
     #[arg(long, default_value = crate::io::plot::DEFAULT_FONT)]
     pub font: PathBuf,
@@ -49,6 +58,12 @@ pub fn ablate(a: AblateArgs) -> Result<()> {
         return Ok(());
     }
     let out = a.out.context("--out is required")?;
+    if a.table {
+        let results = crate::ablate::table(&plan, &out, &a.font)?;
+        println!("{}", results.markdown());
+        eprintln!("wrote results.json, results.md and fid-vs-gmacs.png to {}", out.display());
+        return Ok(());
+    }
     let (k, n) = parse_shard(&a.shard)?;
     if a.jobs == 0 {
         bail!("--jobs must be at least 1");
@@ -63,11 +78,13 @@ pub fn ablate(a: AblateArgs) -> Result<()> {
         let extra = ["--devices".to_string(), a.devices.to_string(), "--font".into(), a.font.display().to_string()];
         crate::ablate::jobs::run_shards(&a.plan, &out, a.jobs, &extra)?;
     }
-    match ablation.run(&devices, (k, n))? {
+    let pick = if a.claim { Pick::Claim } else { Pick::Shard(k, n) };
+    match ablation.run(&devices, pick)? {
         Some(results) => {
             println!("{}", results.markdown());
             eprintln!("wrote results.json, results.md and fid-vs-gmacs.png to {}", out.display());
         }
+        None if a.claim => eprintln!("no run left to claim"),
         None => eprintln!("shard {k}/{n} done; the same command without --shard tabulates once every shard is"),
     }
     Ok(())

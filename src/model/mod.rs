@@ -111,7 +111,14 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             Self::UDiT(c) => c.validate(),
-            Self::DiT(c) | Self::SiT(c) | Self::SiTLLaMA(c) => c.validate(),
+            Self::DiT(c) | Self::SiT(c) => c.validate(),
+            Self::SiTLLaMA(c) => {
+                c.validate()?;
+                // VisionLLaMA's RoPE turns a quarter of each head's channels per grid axis.
+                let hd = c.hidden_size / c.num_heads;
+                anyhow::ensure!(hd % 4 == 0, "2D RoPE needs a head dim divisible by 4, this model has {hd}");
+                Ok(())
+            }
         }
     }
 

@@ -158,7 +158,7 @@ async fn generate(State(app): Shared, body: Bytes) -> Result<(StatusCode, Json<J
         request.resolve(&app.config, &app.process, &app.names, app.limits).map_err(ApiError::bad_request)?;
     let labels = settings.labels(0, shown.num_images, app.config.num_classes());
     // dopri5 chooses its calls as it runs: its time points stand in.
-    let times = settings.call_times(&app.process).map_err(ApiError::bad_request)?;
+    let times = settings.method.call_times(&app.process).map_err(ApiError::bad_request)?;
     let calls = times.map_or(settings.method.steps(), |t| t.len());
     let mut jobs = app.jobs.lock().unwrap_or_else(|e| e.into_inner());
     let id = std::iter::repeat_with(new_id).find(|id| !jobs.contains_key(id)).expect("endless");
