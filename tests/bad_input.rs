@@ -187,3 +187,30 @@ fn a_sit_llama_whose_heads_the_2d_rope_cannot_split_is_refused() {
     let (ok, out, err) = udit(&["info", "--config", &config(64)]);
     assert!(ok && out.contains("parameters"), "{err}");
 }
+
+#[test]
+fn an_sd_vae_codec_not_in_the_cache_is_refused_at_once_offline() {
+    // A 4-channel preset trains through the SD VAE by default; with an empty Hugging Face
+    // cache and HF_HUB_OFFLINE set, one line says so before any data is read.
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("run");
+    let start = std::time::Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_udit"))
+        .args(["train", "--model", "DiT-S/2", "--dataset", "fashion-mnist", "--steps", "1", "--out"])
+        .arg(&out)
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("config.json and diffusion_pytorch_model.safetensors of huggingface.co/stabilityai/sd-vae-ft-ema")
+            && err.contains("are not in the Hugging Face cache")
+            && err.contains("HF_HUB_OFFLINE is set"),
+        "{err}"
+    );
+    // (the model's line comes first, as every `udit train` prints it)
+    assert!(err.trim().lines().last().unwrap().starts_with("error: config.json"), "{err}");
+    assert!(start.elapsed().as_secs() < 10 && !out.exists());
+}
