@@ -419,14 +419,32 @@ fn the_shipped_plans_are_valid() {
         let (entries, runs) = plan.resolve().unwrap();
         assert!(entries.len() >= 6 && runs.len() >= entries.len(), "{name}");
         let (ok, out, err) = udit(&["ablate", "--plan", path.to_str().unwrap(), "--check"]);
-        assert!(ok && out.lines().count() == entries.len() + 2, "{name}: {err}");
-        // The Fashion-MNIST plans pass every check that needs the data (not the ImageNet
-        // latents, which are not here).
-        if !name.ends_with("imagenet") {
+        // The ImageNet latents are not here: --check says so in one line.
+        if name.ends_with("imagenet") {
+            let says = "the data folder imagenet256-latents does not exist";
+            assert!(!ok && err.trim().lines().count() == 1 && err.contains(says), "{name}: {err}");
+        } else {
+            assert!(ok && out.lines().count() == entries.len() + 2, "{name}: {err}");
+            // The Fashion-MNIST plans pass every check that needs the data.
             let out = dir.path().join(name);
             Ablation::prepare(&plan, &out, Path::new(udit::io::plot::DEFAULT_FONT), &device).unwrap();
             assert!(!out.exists());
         }
+    }
+    // --check names a missing data folder or meter file, as the run itself would.
+    let s = Scratch(tempfile::tempdir().unwrap());
+    let bad: [(&str, Value, &str); 3] = [
+        ("data_dir", json!("no-such-folder"), "the data folder no-such-folder does not exist"),
+        ("features", json!("no-such-meter.safetensors"), "the meter's classifier no-such-meter.safetensors"),
+        ("reference", json!("no-such-batch.npz"), "the meter's reference batch no-such-batch.npz does not exist"),
+    ];
+    for (field, value, says) in bad {
+        let mut p = plan();
+        let part = if field == "data_dir" { "recipe" } else { "meter" };
+        p[part][field] = value;
+        std::fs::write(s.p("plan.json"), p.to_string()).unwrap();
+        let (ok, _, err) = udit(&["ablate", "--plan", s.p("plan.json").to_str().unwrap(), "--check"]);
+        assert!(!ok && err.trim().lines().count() == 1 && err.contains(says), "{field}: {err}");
     }
     assert_eq!(Spread::of(&[1.0, 2.0, 3.0]).sd, Some(1.0));
     assert_eq!(Spread::of(&[2.5]).sd, None);

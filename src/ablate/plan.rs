@@ -254,6 +254,30 @@ impl Plan {
         Ok((entries, runs))
     }
 
+    /// Checks that the files the plan reads exist, without reading them (what `--check` can
+    /// say without the data's cost): the data folder of `runs`, and the meter's classifier or
+    /// its reference batch and Inception weights.
+    pub fn check_files(&self, runs: &[RunSpec]) -> Result<()> {
+        let data = runs.first().context("the plan has no runs")?.config.data.dir();
+        if !data.is_dir() {
+            bail!("the data folder {} does not exist (the recipe's data_dir)", data.display());
+        }
+        let m = &self.meter;
+        let files = match &m.reference {
+            None => vec![("classifier", m.features.clone().unwrap_or_else(|| crate::BUNDLED_METER.into()))],
+            Some(r) => vec![
+                ("reference batch", r.clone()),
+                ("FID Inception", crate::eval::inception::weights_path(m.inception.as_deref())),
+            ],
+        };
+        for (what, path) in files {
+            if !path.is_file() {
+                bail!("the meter's {what} {} does not exist", path.display());
+            }
+        }
+        Ok(())
+    }
+
     /// A table of the entries (parameters, GMACs, process, meter sampler) and a line on the
     /// runs and the meter.
     pub fn summary(&self, entries: &[EntryModel]) -> String {

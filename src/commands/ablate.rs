@@ -18,8 +18,8 @@ pub struct AblateArgs {
     /// results.md, fid-vs-gmacs.png. The same command again resumes an interrupted plan.
     #[arg(long, required_unless_present = "check")]
     pub out: Option<PathBuf>,
-    /// Only check the plan (without data) and print its entries' parameters, GMACs, processes
-    /// and meter samplers.
+    /// Only check the plan and that its data folder and meter files exist (without reading
+    /// them), and print its entries' parameters, GMACs, processes and meter samplers.
     #[arg(long)]
     pub check: bool,
     /// Only tabulate and plot the runs finished in --out (while a plan runs, or after it
@@ -53,7 +53,8 @@ pub struct AblateArgs {
 pub fn ablate(a: AblateArgs) -> Result<()> {
     let plan = Plan::load(&a.plan)?;
     if a.check {
-        let (entries, _) = plan.resolve()?;
+        let (entries, runs) = plan.resolve()?;
+        plan.check_files(&runs)?;
         println!("{}", plan.summary(&entries));
         return Ok(());
     }

@@ -26,6 +26,13 @@ pub enum DataSpec {
 }
 
 impl DataSpec {
+    /// The folder the data is read from.
+    pub fn dir(&self) -> &std::path::Path {
+        match self {
+            Self::FashionMnist { dir } | Self::ImageFolder { dir, .. } | Self::Latents { dir } => dir,
+        }
+    }
+
     pub fn open(&self) -> Result<Arc<dyn Dataset>> {
         Ok(match self {
             Self::FashionMnist { dir } => {
