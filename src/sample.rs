@@ -31,6 +31,71 @@ pub fn default_cfg_scale(config: &ModelConfig) -> f64 {
     if config.has_null_class() { PAPER_CFG_SCALE } else { 1.0 }
 }
 
+/// What made a set of samples, written beside them (`settings.json` in a PNG folder,
+/// `NAME.npz.json` beside an `.npz`): enough to make them again and to tell two runs apart.
+#[derive(Debug, serde::Serialize)]
+pub struct Record {
+    pub udit_version: &'static str,
+    /// The command line.
+    pub command: Vec<String>,
+    pub weights: String,
+    pub weights_sha256: String,
+    pub model: ModelConfig,
+    pub process: ProcessSpec,
+    pub codec: String,
+    pub sampler: String,
+    pub steps: usize,
+    /// Every knob of the sampler (schedule, eta, the interpolant's options), as Rust prints it.
+    pub sampler_settings: String,
+    pub cfg_scale: f64,
+    pub guidance_interval: String,
+    pub cfg_channels: usize,
+    pub seed: u64,
+    pub classes: String,
+    pub num_samples: usize,
+    pub batch: usize,
+    pub precision: String,
+}
+
+impl Record {
+    /// The record of `g` (a model of `process`) run over `num_samples` samples in batches of
+    /// `batch`, from the weights file `weights` (hashed now) through the codec `codec`.
+    pub fn new(
+        g: &Generator,
+        process: &ProcessSpec,
+        weights: &Path,
+        codec: &str,
+        (num_samples, batch): (usize, usize),
+    ) -> Result<Self> {
+        let s = &g.settings;
+        Ok(Self {
+            udit_version: env!("CARGO_PKG_VERSION"),
+            command: std::env::args().collect(),
+            weights: weights.display().to_string(),
+            weights_sha256: crate::io::sha256_file(weights)?,
+            model: g.config.clone(),
+            process: process.clone(),
+            codec: codec.to_string(),
+            sampler: s.method.name().to_string(),
+            steps: s.method.steps(),
+            sampler_settings: format!("{:?}", s.method),
+            cfg_scale: s.guidance.scale,
+            guidance_interval: format!("{:?}", s.guidance.interval),
+            cfg_channels: s.guidance.channels.unwrap_or(g.config.guided_channels()),
+            seed: s.seed,
+            classes: format!("{:?}", s.classes),
+            num_samples,
+            batch,
+            precision: format!("{:?}", crate::precision::current()),
+        })
+    }
+
+    /// Writes the record to `path` as pretty JSON (atomically).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::checkpoint::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+}
+
 /// Which classes to draw.
 #[derive(Clone, Debug)]
 pub enum Classes {

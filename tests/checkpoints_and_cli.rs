@@ -220,3 +220,47 @@ fn cli_info_json_has_the_documented_keys() {
     assert!(v["params"].as_u64().unwrap() > 204425064);
     assert_eq!(format!("{:.2}", v["macs"].as_f64().unwrap() / 1e9), "22.22");
 }
+
+#[test]
+fn samples_carry_the_settings_that_make_them_again() {
+    // `udit sample` writes settings.json beside PNGs (NAME.npz.json beside an .npz): the
+    // weights and their digest, model, process, sampler, guidance, seed and the command line,
+    // which run again gives the same images.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pngs");
+    let args = ["sample", "--num-samples", "3", "--sampler", "ddim", "--steps", "4", "--seed", "5", "--out"];
+    let (ok, _, err) = udit(&[&args[..], &[out.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("settings.json")).unwrap()).unwrap();
+    let weights = std::fs::read(record["weights"].as_str().unwrap()).unwrap();
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    assert_eq!(record["weights_sha256"], digest.as_str());
+    for (key, value) in [("sampler", "ddim"), ("classes", "Random"), ("codec", "unshuffle2")] {
+        assert_eq!(record[key], value, "{record}");
+    }
+    assert_eq!((record["steps"].as_u64(), record["seed"].as_u64()), (Some(4), Some(5)));
+    assert_eq!((record["cfg_scale"].as_f64(), record["num_samples"].as_u64()), (Some(1.5), Some(3)));
+    assert_eq!(record["process"]["process"], "diffusion");
+    assert_eq!(record["model"]["arch"], "u-dit");
+    // The recorded command, pointed at another folder, makes the same PNGs.
+    let mut command: Vec<String> =
+        record["command"].as_array().unwrap().iter().skip(1).map(|v| v.as_str().unwrap().to_string()).collect();
+    let again = dir.path().join("again");
+    *command.last_mut().unwrap() = again.display().to_string();
+    let (ok, _, err) = udit(&command.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    for i in 0..3 {
+        let png = |d: &Path| std::fs::read(d.join(format!("{i:06}.png"))).unwrap();
+        assert!(png(&out) == png(&again), "sample {i}");
+    }
+    let npz = dir.path().join("s.npz");
+    let (ok, _, err) = udit(&[&args[..9], &["--npz", npz.to_str().unwrap()]].concat());
+    assert!(ok && err.contains("settings: "), "{err}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.npz.json")).unwrap()).unwrap();
+    assert_eq!(record["num_samples"], 3);
+}

@@ -15,7 +15,9 @@ use crate::model::{ModelChoice, ModelConfig};
 use crate::precision::{Precision, autocast};
 use crate::process::ProcessSpec;
 use crate::progress::plural;
-use crate::sample::{Classes, Method, SamplerOptions, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs};
+use crate::sample::{
+    Classes, Method, Record, SamplerOptions, SamplingModel, Settings, default_cfg_scale, run_npz, run_pngs,
+};
 use crate::transport::sampling::TransportOptions;
 
 /// The model flags of `udit sample`, `udit serve` and `udit sweep`: weights, configuration
@@ -49,6 +51,8 @@ pub struct ModelArgs {
 /// Weights read, with their configuration and class names, before the network and codec are
 /// built: settings can be refused first, before the slow part (and any VAE download).
 pub struct ReadModel {
+    /// The weights file (downloaded, for `hf://`).
+    pub path: PathBuf,
     weights: Weights,
     pub config: ModelConfig,
     pub process: ProcessSpec,
@@ -82,7 +86,7 @@ impl ModelArgs {
         }
         let names = ClassNames::for_model(&weights.metadata, config.num_classes())?;
         let codec = codec_spec(self.vae.as_deref(), weights.codec.as_deref(), config.in_channels());
-        Ok(ReadModel { weights, config, process, names, codec })
+        Ok(ReadModel { path: ckpt, weights, config, process, names, codec })
     }
 }
 
@@ -260,22 +264,32 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         seed: a.seed,
         classes: Classes::parse(&a.classes, &read.names, read.config.num_classes())?,
     };
+    let (path, codec) = (read.path.clone(), read.codec.clone());
     let loaded = read.load(&device)?;
     let batch = a.batch.unwrap_or(loaded.default_batch());
     let g = loaded.generator(settings, device)?;
     g.validate()?;
+    let record = Record::new(&g, &loaded.process, &path, &codec, (a.num_samples, batch))?;
     match a.npz {
         Some(npz) => {
             let run = NpzRun { npz, num_samples: a.num_samples, batch };
             if run_npz(&g, &run, shard, shards)? {
-                eprintln!("wrote {} samples to {}", a.num_samples, run.npz.display());
+                let settings = run.settings_path();
+                record.write(&settings)?;
+                eprintln!(
+                    "wrote {} samples to {} (settings: {})",
+                    a.num_samples,
+                    run.npz.display(),
+                    settings.display()
+                );
             } else {
                 eprintln!("shard {shard}/{shards} done; other batches are missing in {}", run.parts_dir().display());
             }
         }
         None => {
             run_pngs(&g, &a.out, a.num_samples, batch, a.grid_cols, &loaded.names)?;
-            eprintln!("wrote {} and grid.png to {}", plural(a.num_samples, "PNG"), a.out.display());
+            record.write(&a.out.join("settings.json"))?;
+            eprintln!("wrote {}, grid.png and settings.json to {}", plural(a.num_samples, "PNG"), a.out.display());
         }
     }
     Ok(())

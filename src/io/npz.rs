@@ -26,8 +26,18 @@ pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
 
 impl NpzRun {
     pub fn parts_dir(&self) -> PathBuf {
+        self.beside(".parts")
+    }
+
+    /// `NAME.npz.json`: the settings that made the samples.
+    pub fn settings_path(&self) -> PathBuf {
+        self.beside(".json")
+    }
+
+    /// `NAME.npz` + `suffix`, in the same folder.
+    fn beside(&self, suffix: &str) -> PathBuf {
         let mut name = self.npz.file_name().unwrap_or_default().to_os_string();
-        name.push(".parts");
+        name.push(suffix);
         self.npz.with_file_name(name)
     }
 
