@@ -84,6 +84,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Ctrl-C during training: the checkpoint is written, the status is the shell's 130.
+        Err(e) if e.chain().any(|c| c.is::<udit::train::Interrupted>()) => {
+            eprintln!("{e:#}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

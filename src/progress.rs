@@ -21,6 +21,8 @@ struct Plain {
     label: String,
     phase: String,
     unit: &'static str,
+    /// Counted steps per shown unit (see [`Progress::fine`]).
+    per_unit: u64,
     pos: u64,
     len: u64,
     msg: String,
@@ -32,19 +34,31 @@ struct Plain {
 impl Progress {
     /// `len` units of work (`unit`, e.g. "steps") in the phase `phase` (e.g. "sampling").
     pub fn new(phase: &str, len: u64, unit: &'static str) -> Self {
+        Self::fine(phase, len, unit, 1)
+    }
+
+    /// `len` steps of work counted `per_unit` to a shown `unit`: sampling counts every
+    /// network call of every image (smooth percentages and ETA) and shows images, the whole
+    /// ones' worth of calls done.
+    pub fn fine(phase: &str, len: u64, unit: &'static str, per_unit: u64) -> Self {
+        let per_unit = per_unit.max(1);
         let terminal = std::io::stderr().is_terminal();
         let bar = terminal.then(|| {
             let bar = indicatif::ProgressBar::new(len);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(&format!(
-                    "{{prefix}} {{wide_bar}} {{pos}}/{{len}} {unit} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"
-                ))
-                .expect("valid template"),
-            );
+            let style = indicatif::ProgressStyle::with_template(&format!(
+                "{{prefix}} {{wide_bar}} {{count}} {unit} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"
+            ))
+            .expect("valid template")
+            .with_key("count", move |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}/{}", s.pos() / per_unit, s.len().unwrap_or(0) / per_unit);
+            });
+            bar.set_style(style);
             bar.set_prefix(phase.to_string());
             bar
         });
-        Self { bar, lines: !terminal, plain: Mutex::new(Plain::new(phase, len, unit)) }
+        let mut plain = Plain::new(phase, len, unit);
+        plain.per_unit = per_unit;
+        Self { bar, lines: !terminal, plain: Mutex::new(plain) }
     }
 
     /// Names what the work is part of, before every phase (e.g. "[3/14] slim, seed 1").
@@ -134,7 +148,7 @@ impl Plain {
         let now = Instant::now();
         let phase = phase.to_string();
         let (label, msg) = (String::new(), String::new());
-        Self { label, phase, unit, pos: 0, len, msg, start: now, last_line: now, last_twentieth: 0 }
+        Self { label, phase, unit, per_unit: 1, pos: 0, len, msg, start: now, last_line: now, last_twentieth: 0 }
     }
 
     fn maybe_print(&mut self) {
@@ -157,8 +171,8 @@ impl Plain {
             "{}{}: {}/{} {} ({pct}%), {}:{:02}:{:02} elapsed{msg}",
             self.label,
             self.phase,
-            self.pos,
-            self.len,
+            self.pos / self.per_unit,
+            self.len / self.per_unit,
             self.unit,
             elapsed / 3600,
             elapsed / 60 % 60,

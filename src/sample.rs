@@ -442,21 +442,31 @@ impl Generator<'_> {
     }
 }
 
-/// Progress over denoiser calls (one unit per image and call), with a "decoding" phase
-/// while a finished batch goes through the codec. A run whose calls are not known before
-/// (dopri5) counts against its time points, an estimate.
+/// Progress in images, counted per image and denoiser call, with a "decoding" phase while a
+/// finished batch goes through the codec. A run whose calls are not known before (dopri5)
+/// counts against its time points, an estimate.
 fn sampling_progress(g: &Generator, images: usize) -> Result<Progress> {
     let calls = g.calls()?.unwrap_or(g.settings.method.steps());
-    Ok(Progress::new("sampling", (images * calls) as u64, "image-steps"))
+    Ok(Progress::fine("sampling", (images * calls) as u64, "images", calls as u64))
 }
 
-/// Generates one batch while `progress` counts its calls and names the decoding phase.
-fn generate_batch(g: &Generator, first: usize, n: usize, progress: &Progress) -> Result<Images> {
+/// Generates one batch (number `b` of `batches`) while `progress` counts its calls, says
+/// which call of which batch runs, and names the decoding phase.
+fn generate_batch(
+    g: &Generator,
+    first: usize,
+    n: usize,
+    (b, batches): (usize, usize),
+    progress: &Progress,
+) -> Result<Images> {
     let calls = g.calls()?;
-    let mut call = 0;
+    let (mut call, start) = (0, std::time::Instant::now());
+    let of_calls = calls.map_or(String::new(), |c| format!("/{c}"));
     progress.phase("sampling");
     let images = g.generate(first, n, &mut |_| {
         call += 1;
+        let per_call = start.elapsed().as_secs_f64() / call as f64;
+        progress.set_message(format!("batch {b}/{batches}, call {call}{of_calls} ({per_call:.2} s a call)"));
         progress.inc(n as u64);
         if Some(call) == calls {
             progress.phase("decoding");
@@ -489,15 +499,12 @@ pub fn run_pngs(
             out.display()
         ));
     }
-    let start = std::time::Instant::now();
     let mut grid: Option<Images> = None;
-    for first in (0..count).step_by(batch) {
+    let batches = count.div_ceil(batch);
+    for (b, first) in (0..count).step_by(batch).enumerate() {
         let n = batch.min(count - first);
-        let images = generate_batch(g, first, n, &progress)?;
+        let images = generate_batch(g, first, n, (b + 1, batches), &progress)?;
         write_pngs(out, first, &images)?;
-        let done = first + n;
-        progress
-            .set_message(format!("{done}/{count} images, {:.2} img/s", done as f64 / start.elapsed().as_secs_f64()));
         // The grid shows the first GRID_MAX samples; the rest only go to their PNGs.
         match &mut grid {
             None => grid = Some(images),
@@ -522,14 +529,11 @@ pub fn run_npz(g: &Generator, run: &NpzRun, shard: usize, shards: usize) -> Resu
     let pending = run.pending(shard, shards);
     let todo: usize = pending.iter().map(|&b| run.range(b).len()).sum();
     let progress = sampling_progress(g, todo)?;
-    let start = std::time::Instant::now();
-    let mut done = 0;
-    for b in pending {
+    let batches = pending.len();
+    for (i, &b) in pending.iter().enumerate() {
         let range = run.range(b);
-        let images = generate_batch(g, range.start, range.len(), &progress)?;
+        let images = generate_batch(g, range.start, range.len(), (i + 1, batches), &progress)?;
         run.save_part(b, &images)?;
-        done += range.len();
-        progress.set_message(format!("{done}/{todo} images, {:.2} img/s", done as f64 / start.elapsed().as_secs_f64()));
     }
     progress.finish();
     run.merge()

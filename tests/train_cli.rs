@@ -131,3 +131,50 @@ fn impossible_training_options_are_one_line_errors() {
         assert!(!ok && err.lines().count() == 1 && err.contains(needle), "{args}: {err}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_ends_training_at_a_checkpoint_that_resume_continues() {
+    // A tiny U-DiT on Fashion-MNIST through unshuffle2, far more steps than the test waits
+    // for: SIGINT after the first log line ends it at the step in flight, checkpointed, with
+    // the shell's status 130 and one line saying how to continue; --resume then says where it
+    // starts and trains on from there.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.json");
+    std::fs::write(
+        &config,
+        TINY.replace(r#""input_size":8"#, r#""input_size":16"#).replace(r#""num_classes":2"#, r#""num_classes":10"#),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_udit"))
+        .args(["train", "--config", config.to_str().unwrap(), "--dataset", "fashion-mnist", "--codec", "unshuffle2"])
+        .args(["--global-batch", "4", "--steps", "100000", "--log-every", "1", "--ckpt-every", "100000", "--out"])
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = RunDir(out.clone());
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(run.log()).map_or(true, |l| l.lines().count() < 2) {
+        assert!(start.elapsed().as_secs() < 120, "no training steps logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    let last = err.trim().lines().last().unwrap();
+    assert!(last.starts_with("interrupted at step ") && last.ends_with("--resume` continues"), "{err}");
+    let step: u64 = last["interrupted at step ".len()..].split(';').next().unwrap().parse().unwrap();
+    assert!(step >= 2 && step < 100_000, "{last}");
+    assert_eq!(run.list().unwrap(), [run.checkpoint(step)]);
+    assert!(!run.export().exists(), "an interrupted run exports nothing");
+    let (ok, _, err) = udit(&["train", "--out", out.to_str().unwrap(), "--resume", "--steps", &(step + 2).to_string()]);
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("resuming at step {step} of {} from ", step + 2)), "{err}");
+    assert!(run.export().exists() && run.list().unwrap().contains(&run.checkpoint(step + 2)));
+}

@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::ablate::{Ablation, Pick, Plan};
 use crate::io::npz::parse_shard;
+use crate::train::Interrupted;
 
 #[derive(Args)]
 pub struct AblateArgs {
@@ -74,13 +75,16 @@ pub fn ablate(a: AblateArgs) -> Result<()> {
     }
     let devices = crate::devices(a.devices)?;
     let ablation = Ablation::prepare(&plan, &out, &a.font, &devices[0])?;
+    // Ctrl-C: every run in flight (here or in a job) ends at a checkpoint.
+    crate::train::stop_on_ctrl_c();
     if a.jobs > 1 {
         ablation.write_plan()?;
         let extra = ["--devices".to_string(), a.devices.to_string(), "--font".into(), a.font.display().to_string()];
         crate::ablate::jobs::run_shards(&a.plan, &out, a.jobs, &extra)?;
     }
     let pick = if a.claim { Pick::Claim } else { Pick::Shard(k, n) };
-    match ablation.run(&devices, pick)? {
+    let resume = "the same command continues the plan".to_string();
+    match ablation.run(&devices, pick).map_err(|e| Interrupted::resumed_by(e, resume))? {
         Some(results) => {
             println!("{}", results.markdown());
             eprintln!("wrote results.json, results.md and fid-vs-gmacs.png to {}", out.display());

@@ -7,7 +7,7 @@ use burn::prelude::*;
 use clap::Args;
 
 use crate::progress::Progress;
-use crate::train::{RecipeOverrides, RunDir, RunOverrides, TrainConfig, TrainState};
+use crate::train::{Interrupted, RecipeOverrides, RunDir, RunOverrides, TrainConfig, TrainState};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -35,7 +35,7 @@ pub struct TrainArgs {
 pub fn train(a: TrainArgs) -> Result<()> {
     let devices: Vec<Device> = crate::devices(a.devices)?.into_iter().map(|d| d.autodiff()).collect();
     let run = RunDir(a.out.clone());
-    let mut state = if a.resume {
+    let (mut state, resumed) = if a.resume {
         if a.recipe.is_some() || a.recipe_fields.any() {
             bail!("--resume continues the stored recipe; only --steps and the logging flags may change");
         }
@@ -43,20 +43,25 @@ pub fn train(a: TrainArgs) -> Result<()> {
             .list()?
             .pop()
             .with_context(|| format!("no checkpoints in {} to resume", run.checkpoints().display()))?;
-        eprintln!("resuming from {}", last.display());
-        TrainState::load(&last, &devices[0])?
+        (TrainState::load(&last, &devices[0])?, Some(last))
     } else {
         if !run.list()?.is_empty() {
             bail!("{} already holds checkpoints: pass --resume, or choose another --out", a.out.display());
         }
         let base = a.recipe.as_deref().map(TrainConfig::from_file).transpose()?;
-        TrainState::new(a.recipe_fields.recipe(base)?, &devices[0])?
+        (TrainState::new(a.recipe_fields.recipe(base)?, &devices[0])?, None)
     };
     a.run_fields.apply(&mut state.config);
     state.config.validate()?;
+    if let Some(last) = resumed {
+        eprintln!("resuming at step {} of {} from {}", state.optim.step, state.config.steps, last.display());
+    }
     eprintln!("{}", crate::model::describe(&state.config.model));
     let progress = crate::train::progress(&state);
-    let trainer = crate::train::train(state, &run, &devices, &progress)?;
+    crate::train::stop_on_ctrl_c();
+    let resume = format!("`udit train --out {} --resume` continues", a.out.display());
+    let trainer =
+        crate::train::train(state, &run, &devices, &progress).map_err(|e| Interrupted::resumed_by(e, resume))?;
     eprintln!(
         "trained to step {}; EMA model in {}, log in {}",
         trainer.state.optim.step,

@@ -1,10 +1,11 @@
 //! The training loop, read as the phases of DiT's `train.py`: set up the replicas, then per
 //! step read the batch, step, log, checkpoint and sample; at the end export the EMA model.
-//! Also the run directory's files.
+//! Also the run directory's files, and the stop at a checkpoint on Ctrl-C.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,59 @@ use crate::checkpoint;
 use crate::data::{Dataset, HostBatch};
 use crate::model::Denoiser;
 use crate::progress::Progress;
+
+/// Set by the first Ctrl-C once [`stop_on_ctrl_c`] is installed.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Makes the first Ctrl-C (SIGINT) end training after the step in flight, with a checkpoint
+/// ([`Interrupted`]); a second one ends the process at once, as usual.
+pub fn stop_on_ctrl_c() {
+    #[cfg(unix)]
+    // SAFETY: the handler only stores an atomic and calls `signal`, both async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
+#[cfg(unix)]
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+    // SAFETY: `signal` is async-signal-safe; the next Ctrl-C takes the default action.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+}
+
+/// Training stopped by Ctrl-C, its state saved.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub step: u64,
+    pub checkpoint: PathBuf,
+    /// What continues the run (the caller knows its command).
+    pub resume: Option<String>,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "interrupted at step {}; its checkpoint is {}", self.step, self.checkpoint.display())?;
+        match &self.resume {
+            Some(resume) => write!(f, "; {resume}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+impl Interrupted {
+    /// `e`, if it is an interruption, saying that `resume` continues the run.
+    pub fn resumed_by(e: anyhow::Error, resume: String) -> anyhow::Error {
+        match e.downcast::<Self>() {
+            Ok(i) => Self { resume: Some(resume), ..i }.into(),
+            Err(e) => e,
+        }
+    }
+}
 
 /// Files of a run directory.
 pub struct RunDir(pub PathBuf);
@@ -303,18 +357,26 @@ pub fn train(state: TrainState, run: &RunDir, devices: &[Device], progress: &Pro
             if cfg.budget_s.is_some_and(|b| trainer.state.seconds >= b) {
                 trainer.state.config.steps = step;
             }
+            progress.set_message(match cfg.budget_s {
+                Some(_) => format!("step {step}, loss {:.4}", stats.loss),
+                None => format!("loss {:.4}", stats.loss),
+            });
             show(progress, &trainer.state);
-            progress.set_message(format!("step {step}, loss {:.4}", stats.loss));
             // Log, checkpoint and sample on their schedules (and after the last step).
             let last = step == trainer.state.config.steps;
             log.add(&stats);
             if step % cfg.log_every == 0 || last {
                 log.write(step, trainer.state.seconds, &cfg)?;
             }
-            if step % cfg.ckpt_every == 0 || last {
+            let stop = STOP.load(Ordering::SeqCst) && !last;
+            if step % cfg.ckpt_every == 0 || last || stop {
                 progress.phase("checkpoint");
                 trainer.state.save(&run.checkpoint(step))?;
                 run.prune(cfg.keep_last)?;
+            }
+            if stop {
+                progress.finish();
+                return Err(Interrupted { step, checkpoint: run.checkpoint(step), resume: None }.into());
             }
             if (cfg.sample_every > 0 && step % cfg.sample_every == 0) || last {
                 progress.phase("EMA sample grid");
