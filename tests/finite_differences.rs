@@ -1,5 +1,7 @@
 //! The gradients of a whole U-DiT (every fused kernel's backward chained through blocks,
-//! downsampling and upsampling) against central finite differences of its loss.
+//! downsampling and upsampling), DiT and SiT-LLaMA (their token maps: 1x1 convolutions,
+//! adaLN, attention with and without RoPE, GELU and SwiGLU, unpatchify of every output
+//! channel, learned sigma included) against central finite differences of a loss.
 
 mod common;
 
@@ -21,22 +23,6 @@ impl burn::module::ModuleMapper for GradOf<'_> {
 
 #[test]
 fn whole_model_gradients_match_finite_differences() {
-    let dev = Device::flex().autodiff();
-    let cfg = ModelConfig::from_file(&fixture("udit_tiny.json")).unwrap();
-    let weights = read_weights(&fixture("udit_tiny.weights.safetensors"), None).unwrap().tensors;
-    let fresh = || Denoiser::new(&cfg, FfnForm::Train, &dev);
-    let model = load_into(fresh(), &weights, &dev).unwrap();
-    let t = Tensor::<1>::from_floats([37.0, 810.0], &dev);
-    let y = Tensor::<1, Int>::from_ints([3, 7], &dev);
-    let (x, w) = udit::rng::seeded(&dev, 5, || {
-        let normal = Distribution::Normal(0.0, 1.0);
-        (Tensor::<4>::random([2, 4, 16, 16], normal, &dev), Tensor::<4>::random([2, 8, 16, 16], normal, &dev))
-    });
-    let loss = |m: &Denoiser| (m.forward(x.clone(), t.clone(), y.clone()) * w.clone()).sum();
-    let w_host = w.to_data().try_to_vec::<f32>().unwrap();
-
-    let grads = burn::optim::GradientsParams::from_grads(loss(&model).backward(), &model);
-    let analytic = state_dict(&model.clone().map(&mut GradOf(&grads)));
     // One element of each kind of parameter: attention (qkv, out, logit scale, downsampler),
     // FFN branches, adaLN, embedders, up/downsampling and the output layer.
     let probes = [
@@ -51,8 +37,67 @@ fn whole_model_gradients_match_finite_differences() {
         "down1_2.body.0.weight",
         "final_layer.out_proj.weight",
     ];
+    check("udit_tiny", &probes);
+}
+
+#[test]
+fn dit_gradients_match_finite_differences() {
+    // Patch embedding, attention, MLP, adaLN, both embedders and the final layer (whose
+    // output is unpatchified from the map, learned-sigma channels included: w weighs all 8).
+    let probes = [
+        "x_embedder.proj.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.1.attn.proj.bias",
+        "blocks.0.mlp.fc1.weight",
+        "blocks.1.mlp.fc2.weight",
+        "blocks.0.adaLN_modulation.1.weight",
+        "t_embedder.mlp.0.weight",
+        "y_embedder.embedding_table.weight",
+        "final_layer.adaLN_modulation.1.weight",
+        "final_layer.linear.weight",
+        "final_layer.linear.bias",
+    ];
+    check("dit_tiny", &probes);
+}
+
+#[test]
+fn sit_llama_gradients_match_finite_differences() {
+    let probes = [
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.mlp.c_fc1.weight",
+        "blocks.0.mlp.c_fc2.weight",
+        "blocks.0.mlp.c_proj.weight",
+        "final_layer.linear.weight",
+    ];
+    check("sitllama_tiny", &probes);
+}
+
+/// Autodiff gradients of `sum(model(x, t, y) * w)` for the fixture model `name` against
+/// central differences, at the largest-gradient element of each probed parameter.
+fn check(name: &str, probes: &[&str]) {
+    let dev = Device::flex().autodiff();
+    let cfg = ModelConfig::from_file(&fixture(&format!("{name}.json"))).unwrap();
+    let weights = read_weights(&fixture(&format!("{name}.weights.safetensors")), None).unwrap().tensors;
+    let fresh = || Denoiser::new(&cfg, FfnForm::Train, &dev);
+    let model = load_into(fresh(), &weights, &dev).unwrap();
+    let t = Tensor::<1>::from_floats([37.0, 810.0], &dev);
+    let y = Tensor::<1, Int>::from_ints([3, 7], &dev);
+    let (c, side) = (cfg.in_channels(), cfg.input_size());
+    let out_channels = fresh()
+        .forward(Tensor::zeros([1, c, side, side], &dev), t.clone().slice(0..1), y.clone().slice(0..1))
+        .dims()[1];
+    let (x, w) = udit::rng::seeded(&dev, 5, || {
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<4>::random([2, c, side, side], normal, &dev);
+        (x, Tensor::<4>::random([2, out_channels, side, side], normal, &dev))
+    });
+    let loss = |m: &Denoiser| (m.forward(x.clone(), t.clone(), y.clone()) * w.clone()).sum();
+    let w_host = w.to_data().try_to_vec::<f32>().unwrap();
+
+    let grads = burn::optim::GradientsParams::from_grads(loss(&model).backward(), &model);
+    let analytic = state_dict(&model.clone().map(&mut GradOf(&grads)));
     let h = 2e-2f32;
-    for key in probes {
+    for &key in probes {
         let g = analytic.get(key).unwrap_or_else(|| panic!("no gradient for {key}"));
         let g = g.as_slice::<f32>().unwrap();
         // The element with the largest gradient, so that the difference is well above rounding.
@@ -72,7 +117,7 @@ fn whole_model_gradients_match_finite_differences() {
         // this step (measured: about 1e-3 here, for gradients from 0.03 to 4).
         assert!(
             (numeric - gi).abs() <= 2e-2 * gi.abs() + 2e-3,
-            "{key}[{i}]: autodiff {gi}, finite difference {numeric}"
+            "{name} {key}[{i}]: autodiff {gi}, finite difference {numeric}"
         );
     }
 }
