@@ -125,6 +125,7 @@ fn impossible_training_options_are_one_line_errors() {
         ("--model U-DiT-S --dataset fashion-mnist --devices 2", "--features cuda"),
         ("--model U-DiT-S --dataset fashion-mnist --global-batch 6 --grad-accum 4", "multiple"),
         ("--model U-DiT-S --dataset fashion-mnist --steps 5 --cooldown-steps 6", "cool-down"),
+        ("--model U-DiT-S --dataset fashion-mnist --lr-schedule cosine --cooldown-steps 6", "no cool-down steps"),
         ("--resume", "no checkpoints"),
     ] {
         let (ok, err) = s.udit(&format!("train --out {out} {args}"));

@@ -227,6 +227,21 @@ fn lr_schedule_warms_up_holds_and_cools_down_to_zero() {
     cfg.cooldown_steps = 9;
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("cool-down (9)") && err.contains("10 steps"), "{err}");
+
+    // The cosine schedule: after the warm-up, lr (1 + cos(pi (s - 2) / 9)) / 2 at step s,
+    // from 1 at step 2 down to 0.030 at step 10 (0 would be step 11); no cool-down with it.
+    cfg.lr_schedule = udit::train::LrSchedule::Cosine;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("takes no cool-down steps"), "{err}");
+    cfg.cooldown_steps = 0;
+    cfg.validate().unwrap();
+    let cosine = |s: f64| 0.5 * (1.0 + (std::f64::consts::PI * (s - 2.0) / 9.0).cos());
+    assert_eq!(cfg.lr_at(1), 0.5);
+    for s in 2..=10 {
+        assert!((cfg.lr_at(s) - cosine(s as f64)).abs() < 1e-12, "step {s}");
+    }
+    assert!((cfg.lr_at(10) - 0.030153689607045786).abs() < 1e-12);
+    assert!((1..10).all(|s| cfg.lr_at(s + 1) < cfg.lr_at(s) || s < 2));
 }
 
 fn tiny_sit_recipe(data: &std::path::Path, steps: u64, dropout: f64) -> TrainConfig {

@@ -14,7 +14,7 @@ use crate::precision::Precision;
 use crate::process::{Process, ProcessSpec};
 use crate::progress::plural;
 use crate::sample::Method;
-use crate::train::{RecipeOverrides, RunOverrides, TrainConfig};
+use crate::train::{LrSchedule, RecipeOverrides, RunOverrides, TrainConfig};
 
 /// The plan file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,6 +70,8 @@ pub struct PlanRecipe {
     pub lr: Option<f64>,
     pub warmup_steps: Option<u64>,
     pub cooldown_steps: Option<u64>,
+    /// constant (default) or cosine.
+    pub lr_schedule: Option<LrSchedule>,
     pub grad_clip: Option<f64>,
     pub weight_decay: Option<f64>,
     pub ema_decay: Option<f64>,
@@ -348,6 +350,7 @@ impl PlanRecipe {
             lr: self.lr,
             warmup_steps: self.warmup_steps,
             cooldown_steps: self.cooldown_steps,
+            lr_schedule: self.lr_schedule,
             grad_clip: self.grad_clip,
             weight_decay: self.weight_decay,
             ema_decay: self.ema_decay,

@@ -25,6 +25,18 @@ pub enum DataSpec {
     Latents { dir: PathBuf },
 }
 
+/// The learning rate after the warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Constant (the reference), with `cooldown_steps` of linear decay at the end.
+    #[default]
+    Constant,
+    /// A half cosine from the lr down to 0 after the last step (Loshchilov and Hutter's
+    /// SGDR without restarts).
+    Cosine,
+}
+
 impl DataSpec {
     /// The folder the data is read from.
     pub fn dir(&self) -> &std::path::Path {
@@ -68,6 +80,9 @@ pub struct TrainConfig {
     /// reference): a short run's last weights then settle instead of jittering at full lr.
     #[serde(default)]
     pub cooldown_steps: u64,
+    /// The shape of the lr after the warm-up.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     /// Max global L2 norm of the gradients (None = no clipping, the reference).
     pub grad_clip: Option<f64>,
     pub adamw: AdamW,
@@ -107,6 +122,7 @@ impl TrainConfig {
             lr: 1e-4,
             warmup_steps: 0,
             cooldown_steps: 0,
+            lr_schedule: LrSchedule::Constant,
             grad_clip: None,
             adamw: AdamW::default(),
             ema_decay: 0.9999,
@@ -153,6 +169,9 @@ impl TrainConfig {
         if self.grad_clip.is_some_and(|c| !(c > 0.0)) {
             bail!("the gradient clipping norm must be positive");
         }
+        if self.lr_schedule == LrSchedule::Cosine && self.cooldown_steps > 0 {
+            bail!("the cosine schedule decays to 0 by itself: it takes no cool-down steps");
+        }
         if self.warmup_steps + self.cooldown_steps > self.steps {
             bail!(
                 "the warm-up ({}) and cool-down ({}) steps must fit in the run's {} steps",
@@ -167,12 +186,15 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Learning rate of step `step` (1-based): linear warm-up from 0, constant, then a linear
-    /// cool-down that reaches 0 after the last step.
+    /// Learning rate of step `step` (1-based): linear warm-up from 0, then constant with a
+    /// linear cool-down that reaches 0 after the last step, or a half cosine that does.
     pub fn lr_at(&self, step: u64) -> f64 {
         let cooldown_start = self.steps.saturating_sub(self.cooldown_steps);
         if step < self.warmup_steps {
             self.lr * step as f64 / self.warmup_steps as f64
+        } else if self.lr_schedule == LrSchedule::Cosine {
+            let done = (step - self.warmup_steps) as f64 / (self.steps - self.warmup_steps + 1) as f64;
+            self.lr * 0.5 * (1.0 + (std::f64::consts::PI * done).cos())
         } else if step > cooldown_start {
             self.lr * (self.steps + 1 - step) as f64 / (self.cooldown_steps + 1) as f64
         } else {
@@ -236,6 +258,10 @@ pub struct RecipeOverrides {
     /// Steps of linear learning-rate decay to 0 at the end of the run [recipe default: 0].
     #[arg(long, value_name = "STEPS")]
     pub cooldown_steps: Option<u64>,
+    /// The learning rate after the warm-up: constant (with --cooldown-steps) or cosine (a
+    /// half cosine down to 0 at the end) [recipe default: constant].
+    #[arg(long)]
+    pub lr_schedule: Option<LrSchedule>,
     /// Clip the gradients' global L2 norm to this [recipe default: no clipping].
     #[arg(long)]
     pub grad_clip: Option<f64>,
@@ -282,6 +308,7 @@ impl RecipeOverrides {
             || self.lr.is_some()
             || self.warmup_steps.is_some()
             || self.cooldown_steps.is_some()
+            || self.lr_schedule.is_some()
             || self.grad_clip.is_some()
             || self.weight_decay.is_some()
             || self.ema_decay.is_some()
@@ -336,6 +363,7 @@ impl RecipeOverrides {
         set(&mut cfg.lr, self.lr);
         set(&mut cfg.warmup_steps, self.warmup_steps);
         set(&mut cfg.cooldown_steps, self.cooldown_steps);
+        set(&mut cfg.lr_schedule, self.lr_schedule);
         set(&mut cfg.adamw.weight_decay, self.weight_decay);
         set(&mut cfg.ema_decay, self.ema_decay);
         set(&mut cfg.seed, self.seed);
