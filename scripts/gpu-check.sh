@@ -32,7 +32,7 @@ for p in $precisions; do
       flags=""
       [ "$form" = train ] && flags="--train-form"
       [ "$name.$form" = dit_tiny.train ] && continue # DiT has one form
-      if out=$(./udit forward --config "fixtures/$name.json" --weights "fixtures/$name.weights.safetensors" \
+      if out=$(./udit forward --config "fixtures/$name.json" --ckpt "fixtures/$name.weights.safetensors" \
           --inputs "fixtures/$name.io.safetensors" --expect "out_$form" --tolerance "$(tolerance "$p")" \
           --precision "$p" $flags 2>&1); then
         row "parity $name out_$form | $p | ok: $(echo "$out" | grep -o 'largest difference [^ ]*')"

@@ -40,7 +40,7 @@ fn plan() -> Value {
         ],
         "recipe": {"dataset": "fashion-mnist", "codec": "unshuffle2", "steps": 3, "global_batch": 8, "lr": 1e-3,
                    "log_every": 1, "ckpt_every": 1, "keep_last": 2, "seeds": [0, 1]},
-        "meter": {"samples": 20, "steps": 4, "interpolant": {"sampler": "heun2", "steps": 3}, "batch": 10}
+        "meter": {"num_samples": 20, "steps": 4, "interpolant": {"sampler": "heun2", "steps": 3}, "batch": 10}
     })
 }
 
@@ -472,6 +472,7 @@ fn the_adm_evaluator_scores_as_udit_eval_does() {
     p["entries"].as_array_mut().unwrap().truncate(1);
     p["recipe"]["seeds"] = json!([0]);
     p["recipe"]["steps"] = json!(2);
+    // (`samples`: the old name of num_samples, still taken)
     p["meter"] = json!({"samples": 5, "steps": 2, "cfg_scales": [1.5], "classes": "random", "batch": 5,
                         "reference": s.p("reference.npz"), "inception": inception});
     let (ok, table, err) = s.ablate("plan.json", &p, "out");

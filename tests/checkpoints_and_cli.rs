@@ -103,10 +103,10 @@ fn cli_forward_reproduces_the_fixture_outputs() {
     let io = io("udit_tiny.io.safetensors");
     let out = dir.path().join("out.safetensors");
     let weights = fixture("udit_tiny.train-checkpoint.pt");
-    let base = ["forward", "--config", cfg.to_str().unwrap(), "--weights", weights.to_str().unwrap()];
+    let base = ["forward", "--config", cfg.to_str().unwrap(), "--ckpt", weights.to_str().unwrap()];
     for (extra, reference) in [(vec![], "out_eval"), (vec!["--train-form"], "out_train")] {
         let mut args = base.to_vec();
-        args.extend(["--inputs", io_path.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+        args.extend(["--inputs", io_path.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         args.extend(extra);
         let (ok, _, err) = udit(&args);
         assert!(ok, "{err}");
@@ -117,7 +117,7 @@ fn cli_forward_reproduces_the_fixture_outputs() {
     let renamed = [("x", "cfg_x"), ("t", "cfg_t"), ("y", "cfg_y")].map(|(a, b)| (a.to_string(), io[b].clone()));
     write_safetensors(&cfg_inputs, &renamed.into_iter().collect(), vec![]).unwrap();
     let mut args = base.to_vec();
-    args.extend(["--inputs", cfg_inputs.to_str().unwrap(), "--output", out.to_str().unwrap(), "--cfg-scale", "1.5"]);
+    args.extend(["--inputs", cfg_inputs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--cfg-scale", "1.5"]);
     let (ok, _, err) = udit(&args);
     assert!(ok, "{err}");
     assert_close("out_cfg", &read_weights(&out, None).unwrap().tensors["out"], &io["out_cfg"], 1e-4);
@@ -131,9 +131,9 @@ fn cli_convert_merge_then_forward_without_a_config() {
     let pt = fixture("udit_tiny.train-checkpoint.pt");
     let (ok, _, err) = udit(&[
         "convert",
-        "--weights",
+        "--ckpt",
         pt.to_str().unwrap(),
-        "--output",
+        "--out",
         merged.to_str().unwrap(),
         "--merge",
         "--config",
@@ -147,11 +147,11 @@ fn cli_convert_merge_then_forward_without_a_config() {
     let io_path = fixture("udit_tiny.io.safetensors");
     let (ok, _, err) = udit(&[
         "forward",
-        "--weights",
+        "--ckpt",
         merged.to_str().unwrap(),
         "--inputs",
         io_path.to_str().unwrap(),
-        "--output",
+        "--out",
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
@@ -162,8 +162,7 @@ fn cli_convert_merge_then_forward_without_a_config() {
         1e-4,
     );
 
-    let (ok, _, err) =
-        udit(&["convert", "--weights", pt.to_str().unwrap(), "--output", merged.to_str().unwrap(), "--merge"]);
+    let (ok, _, err) = udit(&["convert", "--ckpt", pt.to_str().unwrap(), "--out", merged.to_str().unwrap(), "--merge"]);
     assert!(!ok && err.contains("--merge needs the model"), "{err}");
 }
 
@@ -181,22 +180,22 @@ fn cli_errors_are_one_line_without_panics() {
             "forward".into(),
             "--model".into(),
             "U-DiT-S".into(),
-            "--weights".into(),
+            "--ckpt".into(),
             junk.display().to_string(),
             "--inputs".into(),
             io_path.display().to_string(),
-            "--output".into(),
+            "--out".into(),
             out.display().to_string(),
         ],
         vec![
             "forward".into(),
             "--config".into(),
             fixture("udit_tiny.json").display().to_string(),
-            "--weights".into(),
+            "--ckpt".into(),
             fixture("udit_tiny_plain.weights.safetensors").display().to_string(),
             "--inputs".into(),
             io_path.display().to_string(),
-            "--output".into(),
+            "--out".into(),
             out.display().to_string(),
         ],
         vec!["bench".into(), "--model".into(), "U-DiT-S".into(), "--batch".into(), "0".into()],

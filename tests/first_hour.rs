@@ -67,7 +67,7 @@ fn the_bundled_model_lists_and_takes_its_class_names() {
     assert!(ok, "{err}");
     // Not a terminal: plain progress lines with the phase, and the closing line of its own.
     assert!(err.contains("sampling: ") && err.contains("decoding: "), "{err}");
-    assert!(err.lines().any(|l| l.starts_with("wrote 1 PNG and grid.png to ")), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("wrote 1 PNG, grid.png and settings.json to ")), "{err}");
     assert!(out_dir.join("000000.png").exists() && out_dir.join("grid.png").exists());
     let (ok, _, err) = udit(&["sample", "--class", "hat", "--out", out_dir.to_str().unwrap()]);
     assert!(!ok && err.trim().lines().count() == 1 && err.contains("no class is called \"hat\""), "{err}");
@@ -145,7 +145,7 @@ fn error_lines_say_what_is_wrong() {
     let (ok, _, err) =
         udit(&["eval", dir.path().to_str().unwrap(), "--features", "assets/meter-classifier.safetensors"]);
     assert!(!ok && err.contains("is a directory, not a file"), "{err}");
-    let (ok, _, err) = udit(&["convert", "--weights", text_pt.to_str().unwrap(), "--output", "x", "--merge"]);
+    let (ok, _, err) = udit(&["convert", "--ckpt", text_pt.to_str().unwrap(), "--out", "x", "--merge"]);
     assert!(!ok && err.matches("say which model").count() <= 1, "{err}");
 }
 

@@ -16,6 +16,7 @@ use udit::io::images::png_name;
 /// Starts a job that holds the worker for minutes (1000 guided steps, two batches) and waits
 /// until it runs: jobs posted after it wait in the queue.
 fn start_blocker(s: &Server) -> String {
+    // (num_images: the old name of num_samples, still taken)
     let (status, job) = s.post("/api/generate", r#"{"sampler": "ancestral", "steps": 1000, "num_images": 16}"#);
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
@@ -44,14 +45,14 @@ fn generate_poll_events_and_the_bytes_of_udit_sample() {
     assert_eq!(model["classes"].as_array().unwrap().len(), 10);
     assert_eq!((&model["image"]["side"], &model["image"]["channels"]), (&Value::from(64), &Value::from(3)));
     assert_eq!(model["defaults"]["sampler"], "dpm++");
-    assert_eq!(model["limits"]["max_images"], 16);
+    assert_eq!(model["limits"]["max_samples"], 16);
     let (status, page) = s.get("/");
     let page = String::from_utf8(page).unwrap();
     assert!(status == 200 && page.contains("<title>udit serve</title>") && page.contains("/api/generate"));
 
     // The blocker makes the job wait, so its event stream is open from its first step.
     let blocker = start_blocker(&s);
-    let body = r#"{"class": 3, "cfg_scale": 1.5, "sampler": "dpm++", "steps": 6, "seed": 5, "num_images": 9}"#;
+    let body = r#"{"class": 3, "cfg_scale": 1.5, "sampler": "dpm++", "steps": 6, "seed": 5, "num_samples": 9}"#;
     let (status, job) = s.post("/api/generate", body);
     assert_eq!(status, 202, "{job}");
     let id = id_of(&job);
@@ -129,7 +130,7 @@ fn generate_poll_events_and_the_bytes_of_udit_sample() {
 fn cancel_stops_waiting_and_running_jobs() {
     let s = Server::start(&tiny_model());
     let blocker = start_blocker(&s);
-    let (status, waiting) = s.post("/api/generate", r#"{"steps": 2, "num_images": 1}"#);
+    let (status, waiting) = s.post("/api/generate", r#"{"steps": 2, "num_samples": 1}"#);
     assert_eq!((status, &waiting["position"]), (202, &Value::from(0)), "{waiting}");
     let (status, c) = s.delete(&format!("/api/jobs/{}", id_of(&waiting)));
     assert_eq!((status, &c["state"], &c["step"]), (200, &Value::from("cancelled"), &Value::from(0)), "{c}");
@@ -144,7 +145,7 @@ fn cancel_stops_waiting_and_running_jobs() {
     assert!(b["images"].as_array().unwrap().is_empty());
 
     // A finished job stays finished, with its images.
-    let (_, small) = s.post("/api/generate", r#"{"steps": 2, "num_images": 1}"#);
+    let (_, small) = s.post("/api/generate", r#"{"steps": 2, "num_samples": 1}"#);
     let id = id_of(&small);
     s.wait_for(&id, 60, |j| j["state"] == "done");
     let (status, after) = s.delete(&format!("/api/jobs/{id}"));
@@ -178,8 +179,8 @@ fn bad_input_gets_one_line_json_errors() {
         (r#"{"sampler": "ddim", "eta": 1.5}"#, "eta must be between 0 and 1"),
         (r#"{"sampler": "euler"}"#, "unknown sampler \"euler\""),
         (r#"{"cfg_scale": 0.5}"#, "cfg-scale must be at least 1"),
-        (r#"{"num_images": 0}"#, "num_images must be between 1 and 16"),
-        (r#"{"num_images": 17}"#, "num_images must be between 1 and 16"),
+        (r#"{"num_samples": 0}"#, "num_samples must be between 1 and 16"),
+        (r#"{"num_samples": 17}"#, "num_samples must be between 1 and 16"),
         (r#"{"seed": -3}"#, "not a generate request"),
         (r#"{"steps": "many"}"#, "not a generate request"),
         (r#"{"prompt": "a cat"}"#, "unknown field `prompt`"),
@@ -195,7 +196,7 @@ fn bad_input_gets_one_line_json_errors() {
     assert_eq!(s.get_json("/healthz").1["queued"], 0, "nothing refused was queued");
 
     // Paths: ids are looked up, image numbers parsed; nothing else reaches the file system.
-    let (_, job) = s.post("/api/generate", r#"{"steps": 1, "num_images": 2}"#);
+    let (_, job) = s.post("/api/generate", r#"{"steps": 1, "num_samples": 2}"#);
     let id = id_of(&job);
     s.wait_for(&id, 60, |j| j["state"] == "done");
     std::fs::write(s.out.path().join("secret.png"), b"not for clients").unwrap();
@@ -218,7 +219,7 @@ fn twenty_concurrent_clients_respect_the_queue_limit_and_lose_nothing() {
     let s = Arc::new(Server::start(&[tiny_model(), vec!["--queue".into(), QUEUE.to_string()]].concat()));
     let blocker = start_blocker(&s);
     // Clients i and i + 10 ask for the same class and seed, so for the same image.
-    let body = |i: usize| format!(r#"{{"class": {}, "seed": {}, "steps": 3, "num_images": 1}}"#, i % 10, i % 5);
+    let body = |i: usize| format!(r#"{{"class": {}, "seed": {}, "steps": 3, "num_samples": 1}}"#, i % 10, i % 5);
 
     // While the worker is busy: exactly QUEUE of 20 simultaneous requests get in.
     let barrier = Arc::new(Barrier::new(CLIENTS));
@@ -325,13 +326,13 @@ fn a_failed_job_says_why_and_the_next_one_runs() {
     // A file where the output folder was: the job cannot make its folder.
     std::fs::remove_dir(s.out.path()).unwrap();
     std::fs::write(s.out.path(), b"in the way").unwrap();
-    let (_, job) = s.post("/api/generate", r#"{"steps": 1, "num_images": 1}"#);
+    let (_, job) = s.post("/api/generate", r#"{"steps": 1, "num_samples": 1}"#);
     let job = s.wait_for(&id_of(&job), 60, |j| j["state"] != "queued" && j["state"] != "running");
     assert_eq!(job["state"], "failed", "{job}");
     assert!(job["message"].as_str().unwrap().starts_with("cannot create "), "{job}");
     std::fs::remove_file(s.out.path()).unwrap();
     std::fs::create_dir(s.out.path()).unwrap();
-    let (_, job) = s.post("/api/generate", r#"{"steps": 1, "num_images": 1}"#);
+    let (_, job) = s.post("/api/generate", r#"{"steps": 1, "num_samples": 1}"#);
     s.wait_for(&id_of(&job), 60, |j| j["state"] == "done");
 }
 
@@ -350,14 +351,14 @@ fn serving_beyond_loopback_needs_a_flag_and_warns() {
 #[test]
 fn a_sit_model_serves_with_the_interpolant_samplers() {
     let f = |name: &str| common::fixture(name).to_str().unwrap().to_string();
-    let args = ["--config", &f("sit_tiny.json"), "--ckpt", &f("sit_tiny.state-dict.pt"), "--vae", &f("vae_tiny")];
+    let args = ["--config", &f("sit_tiny.json"), "--ckpt", &f("sit_tiny.state-dict.pt"), "--codec", &f("vae_tiny")];
     let s = Server::start(&args.map(String::from));
     let (_, model) = s.get_json("/api/model");
     let samplers: Vec<&str> =
         model["samplers"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(samplers, ["sde", "sde-heun", "euler", "heun2", "rk4", "dopri5"]);
     assert_eq!(model["defaults"]["sampler"], "heun2");
-    let (status, job) = s.post("/api/generate", r#"{"class": 4, "sampler": "sde", "steps": 5, "num_images": 2}"#);
+    let (status, job) = s.post("/api/generate", r#"{"class": 4, "sampler": "sde", "steps": 5, "num_samples": 2}"#);
     assert_eq!(status, 202, "{job}");
     assert_eq!(job["steps_total"], 5, "4 SDE steps and the last step");
     let done = s.wait_for(&id_of(&job), 120, |j| j["state"] != "queued" && j["state"] != "running");

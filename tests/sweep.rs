@@ -131,7 +131,7 @@ fn bad_sweeps_are_refused_before_any_work() {
         (vec!["--guidance-interval", "3,1"], "0 <= LO <= HI"),
         (vec!["--steps", "1000", "--samplers", "dpm++"], "more than the 999"),
         // Pixel space: 16x16 images of 4 channels.
-        (vec!["--ckpt", &tiny, "--vae", "none"], "the offline meter scores 10-class 32x32 grayscale"),
+        (vec!["--ckpt", &tiny, "--codec", "none"], "the offline meter scores 10-class 32x32 grayscale"),
     ] {
         let mut all = vec!["sweep", "--out", &o, "--num-samples", "4"];
         all.extend(args.iter());

@@ -47,8 +47,8 @@ impl Scratch {
 fn extract_train_resume_and_plot() {
     let s = Scratch::new();
     let (images, latents, vae) = (s.p("images"), s.p("latents"), &s.vae);
-    let (ok, err) =
-        s.udit(&format!("extract-features --data-dir {images} --image-size 32 --vae {vae} --out {latents} --batch 4"));
+    let (ok, err) = s
+        .udit(&format!("extract-features --data-dir {images} --image-size 32 --codec {vae} --out {latents} --batch 4"));
     assert!(ok, "{err}");
     let data = udit::data::latents::Latents::open(std::path::Path::new(&latents)).unwrap();
     assert_eq!((data.len(), data.num_classes(), data.shape()), (6, 2, [4, 8, 8]));

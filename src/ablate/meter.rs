@@ -182,7 +182,7 @@ pub fn score_run(
         let process = ProcessSpec::of_weights(&weights.metadata, &config)?.process()?;
         let method = protocol.method(&process)?;
         for cfg_scale in missing {
-            say(&format!("meter: {} samples at guidance {cfg_scale}", protocol.samples));
+            say(&format!("meter: {} samples at guidance {cfg_scale}", protocol.num_samples));
             let start = Instant::now();
             let g = Generator {
                 model: &model,
@@ -200,7 +200,7 @@ pub fn score_run(
             };
             g.validate()?;
             let npz = samples_dir(run).join(format!("cfg-{cfg_scale}.npz"));
-            let samples = NpzRun { npz, num_samples: protocol.samples, batch: protocol.batch };
+            let samples = NpzRun { npz, num_samples: protocol.num_samples, batch: protocol.batch };
             if !samples.npz.exists() {
                 run_npz(&g, &samples, 0, 1)?;
             }

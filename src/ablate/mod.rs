@@ -221,7 +221,7 @@ fn train_macs(cost: &crate::cost::Cost, cfg: &crate::train::TrainConfig) -> f64 
 fn meter_macs(entry: &EntryModel, p: &Protocol) -> f64 {
     let passes: f64 = p.cfg_scales.iter().map(|&s| if s > 1.0 { 2.0 } else { 1.0 }).sum();
     let calls = entry.calls.unwrap_or(entry.method.steps());
-    passes * (p.samples * calls) as f64 * entry.cost.macs as f64
+    passes * (p.num_samples * calls) as f64 * entry.cost.macs as f64
 }
 
 /// Whether `out` holds `plan`'s runs (its `plan.json`); an error if it holds another plan's.

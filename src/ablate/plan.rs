@@ -99,8 +99,9 @@ fn d_seeds() -> Vec<u64> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Protocol {
-    #[serde(default = "d_samples")]
-    pub samples: usize,
+    /// Samples per guidance scale (`samples` is its old name).
+    #[serde(default = "d_samples", alias = "samples")]
+    pub num_samples: usize,
     /// The sampler of every entry (`udit sample --sampler`), or, with `interpolant`, of the
     /// Gaussian-diffusion entries.
     #[serde(default = "d_sampler")]
@@ -309,7 +310,7 @@ impl Plan {
             plural(r.seeds.len(), "seed"),
             plural(entries.len() * r.seeds.len(), "run"),
             r.dataset,
-            m.samples,
+            m.num_samples,
             scales.join(", "),
         );
         out
@@ -398,7 +399,7 @@ impl Protocol {
     }
 
     fn check(&self) -> Result<()> {
-        if self.samples == 0
+        if self.num_samples == 0
             || self.steps == 0
             || self.batch == 0
             || self.interpolant.as_ref().is_some_and(|s| s.steps == 0)

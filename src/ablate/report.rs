@@ -174,7 +174,7 @@ impl Results {
              image, a guided call counting once), classes {}, sampling seed {}; {spread}. Training time is \
              wall-clock time of training, meter sampling excluded.\n\n",
             self.meter,
-            p.samples,
+            p.num_samples,
             format!("{:?}", p.classes).to_lowercase(),
             p.seed
         );

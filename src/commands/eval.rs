@@ -15,12 +15,13 @@ pub struct EvalArgs {
     /// (e.g. ADM's VIRTUAL_imagenet256_labeled.npz). Not used with --features.
     pub reference: Option<PathBuf>,
     /// Offline meter: FID in this `udit train-classifier` model's feature space against the
-    /// Fashion-MNIST test split, and the class accuracy of the samples' `arr_1` labels.
-    #[arg(long)]
+    /// Fashion-MNIST test split, and the class accuracy of the samples' `arr_1` labels; the
+    /// flag alone takes the bundled classifier (assets/), as `udit sweep` does.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = crate::BUNDLED_METER)]
     pub features: Option<PathBuf>,
     /// Fashion-MNIST directory, for --features.
-    #[arg(long, default_value = crate::data::fashion_mnist::DEFAULT_DIR)]
-    pub data: PathBuf,
+    #[arg(long, alias = "data", default_value = crate::data::fashion_mnist::DEFAULT_DIR)]
+    pub data_dir: PathBuf,
     /// pytorch-fid's FID Inception weights (default: $UDIT_INCEPTION, else
     /// pt_inception-2015-12-05-6726825d.pth in the current directory).
     #[arg(long)]
@@ -52,7 +53,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         use crate::data::fashion_mnist::{FashionMnist, Split};
         let samples = crate::io::npz::read_npz(&a.samples)?;
         let model = crate::eval::classifier::Classifier::load(path, &device)?;
-        let test = FashionMnist::load(&a.data, Split::Test)?;
+        let test = FashionMnist::load(&a.data_dir, Split::Test)?;
         let s = crate::eval::classifier::meter(&model, &samples, &test, &device)?;
         if a.json {
             println!("{}", serde_json::to_string(&s)?);
@@ -92,8 +93,8 @@ pub struct TrainClassifierArgs {
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
     /// Directory of the IDX files.
-    #[arg(long, default_value = crate::data::fashion_mnist::DEFAULT_DIR)]
-    pub data: PathBuf,
+    #[arg(long, alias = "data", default_value = crate::data::fashion_mnist::DEFAULT_DIR)]
+    pub data_dir: PathBuf,
     /// Passes over the 60,000 training images.
     #[arg(long, default_value_t = 5)]
     pub epochs: usize,
@@ -111,7 +112,7 @@ pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
         bail!("unknown dataset {:?}: only fashion-mnist", a.dataset);
     }
     let device = crate::default_device();
-    let (train, test) = (FashionMnist::load(&a.data, Split::Train)?, FashionMnist::load(&a.data, Split::Test)?);
+    let (train, test) = (FashionMnist::load(&a.data_dir, Split::Train)?, FashionMnist::load(&a.data_dir, Split::Test)?);
     let progress = Progress::new("training the classifier", (train.len().div_ceil(128) * a.epochs) as u64, "batches");
     let (model, acc) = crate::eval::classifier::train(
         &train,

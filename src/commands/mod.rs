@@ -79,8 +79,8 @@ pub struct ForwardArgs {
     #[command(flatten)]
     pub model: ModelChoice,
     /// Weights: .safetensors or PyTorch .pt (state dict or training checkpoint).
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[arg(long, alias = "weights")]
+    pub ckpt: PathBuf,
     /// Which state dict of a training checkpoint (default: ema, else model).
     #[arg(long)]
     pub entry: Option<String>,
@@ -88,8 +88,8 @@ pub struct ForwardArgs {
     #[arg(long)]
     pub inputs: PathBuf,
     /// Where to write `out`.
-    #[arg(long, required_unless_present = "expect")]
-    pub output: Option<PathBuf>,
+    #[arg(long, alias = "output", required_unless_present = "expect")]
+    pub out: Option<PathBuf>,
     /// Compare `out` with this tensor of --inputs (e.g. `out_eval` of a fixture): prints the
     /// largest difference relative to its largest value, and fails above --tolerance.
     #[arg(long)]
@@ -111,7 +111,7 @@ pub struct ForwardArgs {
 pub fn forward(a: ForwardArgs) -> Result<()> {
     let device = crate::default_device();
     let _autocast = autocast(a.precision);
-    let weights = read_weights(&a.weights, a.entry.as_deref())?;
+    let weights = read_weights(&a.ckpt, a.entry.as_deref())?;
     let cfg = a.model.resolve(weights.config.as_ref())?;
     let mut model = checkpoint::load_denoiser(&cfg, &weights, &device)?;
     if !a.train_form {
@@ -141,7 +141,7 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
             bail!("out differs from {key} by {e:.2e}, over the tolerance {:.0e}", a.tolerance);
         }
     }
-    if let Some(path) = &a.output {
+    if let Some(path) = &a.out {
         let shape = out.shape().to_vec();
         checkpoint::write_safetensors(path, &checkpoint::StateDict::from([("out".to_string(), out)]), vec![])?;
         eprintln!("wrote out {shape:?} to {}", path.display());
@@ -164,14 +164,14 @@ pub fn relative_max_error(ours: &TensorData, reference: &TensorData) -> Result<f
 #[derive(Args)]
 pub struct ConvertArgs {
     /// Input weights (.pt or .safetensors).
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[arg(long, alias = "weights")]
+    pub ckpt: PathBuf,
     /// Which state dict of a training checkpoint (default: ema, else model).
     #[arg(long)]
     pub entry: Option<String>,
     /// Output .safetensors.
-    #[arg(long)]
-    pub output: PathBuf,
+    #[arg(long, alias = "output")]
+    pub out: PathBuf,
     /// Merge the re-parametrized FFN branches (needs --model or --config).
     #[arg(long)]
     pub merge: bool,
@@ -180,7 +180,7 @@ pub struct ConvertArgs {
 }
 
 pub fn convert(a: ConvertArgs) -> Result<()> {
-    let weights = read_weights(&a.weights, a.entry.as_deref())?;
+    let weights = read_weights(&a.ckpt, a.entry.as_deref())?;
     let stored = weights.config.clone();
     let names = crate::classes::ClassNames::stored(&weights.metadata)?;
     let wants_model = a.merge || a.model.model.is_some() || a.model.config.is_some();
@@ -192,8 +192,8 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
             }
             None => vec![],
         };
-        checkpoint::write_safetensors(&a.output, &weights.tensors, meta)?;
-        eprintln!("wrote {} tensors to {}", weights.tensors.len(), a.output.display());
+        checkpoint::write_safetensors(&a.out, &weights.tensors, meta)?;
+        eprintln!("wrote {} tensors to {}", weights.tensors.len(), a.out.display());
         return Ok(());
     }
     if stored.is_none() && a.model.model.is_none() && a.model.config.is_none() {
@@ -208,13 +208,8 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     let tensors = checkpoint::state_dict(&model);
     let process = ProcessSpec::of_weights(&weights.metadata, &cfg)?;
     let meta = checkpoint::model_metadata(&cfg, &process, weights.codec.as_deref(), &names)?;
-    checkpoint::write_safetensors(&a.output, &tensors, meta)?;
-    eprintln!(
-        "wrote {} tensors{} to {}",
-        tensors.len(),
-        if a.merge { " (FFN merged)" } else { "" },
-        a.output.display()
-    );
+    checkpoint::write_safetensors(&a.out, &tensors, meta)?;
+    eprintln!("wrote {} tensors{} to {}", tensors.len(), if a.merge { " (FFN merged)" } else { "" }, a.out.display());
     Ok(())
 }
 

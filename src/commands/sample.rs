@@ -36,8 +36,8 @@ pub struct ModelArgs {
     /// Pixel codec: a diffusers AutoencoderKL directory or hf://OWNER/REPO, `none`
     /// (pixel space) or `unshuffle2` (2x space-to-depth). Default for 4-channel models:
     /// hf://stabilityai/sd-vae-ft-ema.
-    #[arg(long)]
-    pub vae: Option<String>,
+    #[arg(long, alias = "vae")]
+    pub codec: Option<String>,
     /// The interpolant's path the weights were trained on: Linear, GVP or VP (SiT's
     /// `--path-type`). Default: the one stored with the weights, else Linear for SiT models.
     #[arg(long, value_name = "PATH")]
@@ -85,7 +85,7 @@ impl ModelArgs {
             );
         }
         let names = ClassNames::for_model(&weights.metadata, config.num_classes())?;
-        let codec = codec_spec(self.vae.as_deref(), weights.codec.as_deref(), config.in_channels());
+        let codec = codec_spec(self.codec.as_deref(), weights.codec.as_deref(), config.in_channels());
         Ok(ReadModel { path: ckpt, weights, config, process, names, codec })
     }
 }

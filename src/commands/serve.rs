@@ -31,9 +31,9 @@ pub struct ServeArgs {
     /// Most sampling steps a request may ask for.
     #[arg(long, default_value_t = 1000)]
     pub max_steps: usize,
-    /// Most images a request may ask for.
-    #[arg(long, default_value_t = 16)]
-    pub max_images: usize,
+    /// Most samples a request may ask for.
+    #[arg(long, alias = "max-images", default_value_t = 16)]
+    pub max_samples: usize,
     /// Decode the x_0 prediction into a live preview every N steps while a page or an event
     /// stream watches the job (0 = no previews).
     #[arg(long, default_value_t = 5)]
@@ -50,8 +50,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if !loopback && !a.allow_remote {
         bail!("{} is not a loopback address: serving to other machines needs --allow-remote", a.addr);
     }
-    if a.queue == 0 || a.max_steps == 0 || a.max_images == 0 || a.abandon_after == 0 {
-        bail!("--queue, --max-steps, --max-images and --abandon-after must be at least 1");
+    if a.queue == 0 || a.max_steps == 0 || a.max_samples == 0 || a.abandon_after == 0 {
+        bail!("--queue, --max-steps, --max-samples and --abandon-after must be at least 1");
     }
     if !loopback {
         eprintln!(
@@ -65,7 +65,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     model.image_shape()?;
     ensure_writable_dir(&a.out)?;
     eprintln!("{}", crate::model::describe(&model.config));
-    let limits = Limits { max_steps: a.max_steps, max_images: a.max_images };
+    let limits = Limits { max_steps: a.max_steps, max_samples: a.max_samples };
     let opts = Options {
         addr: a.addr,
         out: a.out,

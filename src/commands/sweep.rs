@@ -55,8 +55,8 @@ pub struct SweepArgs {
     #[arg(long, value_name = "FILE")]
     pub features: Option<PathBuf>,
     /// Fashion-MNIST directory, for the offline meter.
-    #[arg(long, default_value = crate::data::fashion_mnist::DEFAULT_DIR)]
-    pub data: PathBuf,
+    #[arg(long, alias = "data", default_value = crate::data::fashion_mnist::DEFAULT_DIR)]
+    pub data_dir: PathBuf,
     /// Score with the FID Inception against this reference batch instead (ImageNet models),
     /// as `udit eval`.
     #[arg(long, value_name = "NPZ")]
@@ -135,7 +135,7 @@ fn load_meter(a: &SweepArgs, device: &burn::prelude::Device) -> Result<Meter> {
         None => {
             let path = a.features.clone().unwrap_or_else(|| PathBuf::from(crate::BUNDLED_METER));
             let model = Classifier::load(&path, device)?;
-            let test = FashionMnist::load(&a.data, Split::Test)?;
+            let test = FashionMnist::load(&a.data_dir, Split::Test)?;
             Ok(Meter::Classifier(Box::new(ClassifierMeter::new(model, &test, device)?)))
         }
     }

@@ -79,9 +79,9 @@ pub struct ExtractArgs {
     /// Side of the ADM center crop, in pixels.
     #[arg(long, default_value_t = 256)]
     pub image_size: usize,
-    /// The VAE (directory or hf://OWNER/REPO).
-    #[arg(long, default_value = "hf://stabilityai/sd-vae-ft-ema")]
-    pub vae: String,
+    /// The codec that encodes: a VAE (directory or hf://OWNER/REPO).
+    #[arg(long, alias = "vae", default_value = crate::codec::SD_VAE)]
+    pub codec: String,
     /// Output directory for latents.npy and labels.npy.
     #[arg(long)]
     pub out: PathBuf,
@@ -99,7 +99,7 @@ pub fn extract_features(a: ExtractArgs) -> Result<()> {
     let n = crate::data::latents::extract_features(
         &a.data_dir,
         a.image_size,
-        &a.vae,
+        &a.codec,
         &a.out,
         a.batch,
         a.seed,

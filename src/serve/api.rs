@@ -41,7 +41,7 @@ fn default_steps(process: &Process, sampler: &str, limits: Limits) -> Result<usi
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_steps: usize,
-    pub max_images: usize,
+    pub max_samples: usize,
 }
 
 /// `POST /api/generate`'s body; every field may be left out.
@@ -57,7 +57,9 @@ pub struct GenerateRequest {
     steps: Option<usize>,
     eta: Option<f64>,
     seed: Option<u64>,
-    num_images: Option<usize>,
+    /// `num_images` is its old name.
+    #[serde(alias = "num_images")]
+    num_samples: Option<usize>,
 }
 
 /// A request with its defaults filled in: the settings a job shows and stores.
@@ -70,7 +72,7 @@ pub struct JobSettings {
     pub steps: usize,
     pub eta: f64,
     pub seed: u64,
-    pub num_images: usize,
+    pub num_samples: usize,
 }
 
 impl GenerateRequest {
@@ -103,9 +105,9 @@ impl GenerateRequest {
         if !(1..=limits.max_steps).contains(&steps) {
             bail!("steps must be between 1 and {} on this server, got {steps}", limits.max_steps);
         }
-        let num_images = self.num_images.unwrap_or(DEFAULT_IMAGES.min(limits.max_images));
-        if !(1..=limits.max_images).contains(&num_images) {
-            bail!("num_images must be between 1 and {} on this server, got {num_images}", limits.max_images);
+        let num_samples = self.num_samples.unwrap_or(DEFAULT_IMAGES.min(limits.max_samples));
+        if !(1..=limits.max_samples).contains(&num_samples) {
+            bail!("num_samples must be between 1 and {} on this server, got {num_samples}", limits.max_samples);
         }
         let interval = GuidanceInterval::parse(self.guidance_interval.as_deref().unwrap_or("none"))?;
         let settings = Settings {
@@ -123,7 +125,7 @@ impl GenerateRequest {
             steps,
             eta: self.eta.unwrap_or(0.0),
             seed: settings.seed,
-            num_images,
+            num_samples,
         };
         Ok((shown, settings))
     }
@@ -207,9 +209,9 @@ pub fn model_info(
             "steps": steps(default_sampler(process)),
             "eta": 0.0,
             "seed": 0,
-            "num_images": DEFAULT_IMAGES.min(limits.max_images),
+            "num_samples": DEFAULT_IMAGES.min(limits.max_samples),
         },
-        "limits": {"max_steps": limits.max_steps, "max_images": limits.max_images, "queue": queue},
+        "limits": {"max_steps": limits.max_steps, "max_samples": limits.max_samples, "queue": queue},
     })
 }
 

@@ -156,7 +156,7 @@ async fn generate(State(app): Shared, body: Bytes) -> Result<(StatusCode, Json<J
     let request = GenerateRequest::parse(&body).map_err(ApiError::bad_request)?;
     let (shown, settings) =
         request.resolve(&app.config, &app.process, &app.names, app.limits).map_err(ApiError::bad_request)?;
-    let labels = settings.labels(0, shown.num_images, app.config.num_classes());
+    let labels = settings.labels(0, shown.num_samples, app.config.num_classes());
     // dopri5 chooses its calls as it runs: its time points stand in.
     let times = settings.method.call_times(&app.process).map_err(ApiError::bad_request)?;
     let calls = times.map_or(settings.method.steps(), |t| t.len());

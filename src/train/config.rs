@@ -260,7 +260,7 @@ pub struct RecipeOverrides {
     pub cooldown_steps: Option<u64>,
     /// The learning rate after the warm-up: constant (with --cooldown-steps) or cosine (a
     /// half cosine down to 0 at the end) [recipe default: constant].
-    #[arg(long)]
+    #[arg(long, hide_possible_values = true)]
     pub lr_schedule: Option<LrSchedule>,
     /// Clip the gradients' global L2 norm to this [recipe default: no clipping].
     #[arg(long)]
