@@ -230,13 +230,18 @@ pub fn read_npz(path: &Path) -> Result<Images> {
     let file = std::io::BufReader::new(crate::checkpoint::open_file(path)?);
     let mut npz =
         npyz::npz::NpzArchive::new(file).with_context(|| format!("cannot open {} as .npz", path.display()))?;
-    let arr = npz.by_name("arr_0")?.with_context(|| format!("{} has no arr_0", path.display()))?;
+    // npyz's header errors quote the header over several lines: one line here.
+    let damaged = |e: std::io::Error| {
+        let what = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+        anyhow::anyhow!("{} is damaged: {what}", path.display())
+    };
+    let arr = npz.by_name("arr_0").map_err(damaged)?.with_context(|| format!("{} has no arr_0", path.display()))?;
     let shape = arr.shape().to_vec();
     if shape.len() != 4 || shape[1] != shape[2] {
         bail!("{}: arr_0 must be [N, H, W, C] with square images, got {shape:?}", path.display());
     }
     let pixels: Vec<u8> = arr.into_vec().with_context(|| format!("{}: arr_0 must be uint8", path.display()))?;
-    let labels = match npz.by_name("arr_1")? {
+    let labels = match npz.by_name("arr_1").map_err(damaged)? {
         Some(l) => l.into_vec::<i64>().with_context(|| format!("{}: arr_1 must be int64", path.display()))?,
         None => vec![-1; shape[0] as usize],
     };

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{AdaLnModulation, Conv2d, Init, LabelEmbedder, Linear, TimestepEmbedder, Trace};
-use super::{default_cfg_channels, defaults, flag, validate_common};
+use super::{Common, default_cfg_channels, defaults, flag};
 use crate::kernels::{self, AttnSpec, Gelu};
 
 /// Constructor arguments of the reference `DiT`, with its defaults.
@@ -83,14 +83,18 @@ impl DiTConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        validate_common(
-            self.hidden_size,
-            self.num_heads,
-            self.in_channels,
-            self.num_classes,
-            self.class_dropout_prob,
-            self.cfg_channels,
-        )?;
+        Common {
+            hidden: self.hidden_size,
+            heads: self.num_heads,
+            in_channels: self.in_channels,
+            classes: self.num_classes,
+            class_dropout_prob: self.class_dropout_prob,
+            cfg_channels: self.cfg_channels,
+            input_size: self.input_size,
+            depth: self.depth,
+            mlp_ratio: self.mlp_ratio,
+        }
+        .validate()?;
         anyhow::ensure!(
             self.patch_size > 0 && self.input_size % self.patch_size == 0 && self.input_size > 0,
             "input_size {} is not a positive multiple of patch_size {}",

@@ -292,28 +292,62 @@ pub(crate) fn default_cfg_channels(explicit: Option<usize>, in_channels: usize) 
     explicit.unwrap_or(if in_channels == 4 { 3 } else { in_channels })
 }
 
-/// Checks both families share: widths, heads, channels, classes, label dropout, guidance.
-pub(crate) fn validate_common(
-    hidden: usize,
-    heads: usize,
-    in_channels: usize,
-    classes: usize,
-    class_dropout_prob: f64,
-    cfg_channels: Option<usize>,
-) -> Result<()> {
-    if hidden == 0 || heads == 0 || hidden % heads != 0 {
-        bail!("hidden_size {hidden} must be a positive multiple of num_heads {heads}");
+/// What both families' configurations have, for the checks they share.
+pub(crate) struct Common {
+    pub hidden: usize,
+    pub heads: usize,
+    pub in_channels: usize,
+    pub classes: usize,
+    pub class_dropout_prob: f64,
+    pub cfg_channels: Option<usize>,
+    pub input_size: usize,
+    /// Blocks in all.
+    pub depth: usize,
+    pub mlp_ratio: f64,
+}
+
+/// Largest sizes a configuration may ask for: far beyond any published model (DiT-XL/2 is
+/// 1152 wide and 28 deep on 32x32 latents), small enough that shapes and costs cannot
+/// overflow.
+const MAX_WIDTH: usize = 1 << 16;
+const MAX_DEPTH: usize = 4096;
+const MAX_SIDE: usize = 1 << 14;
+const MAX_CLASSES: usize = 1 << 24;
+const MAX_MLP_RATIO: f64 = 64.0;
+
+impl Common {
+    /// Checks both families share: widths, heads, channels, classes, label dropout,
+    /// guidance, and the sizes' limits.
+    pub fn validate(&self) -> Result<()> {
+        let (hidden, heads) = (self.hidden, self.heads);
+        if hidden == 0 || heads == 0 || hidden % heads != 0 {
+            bail!("hidden_size {hidden} must be a positive multiple of num_heads {heads}");
+        }
+        if self.in_channels == 0 || self.classes == 0 {
+            bail!("in_channels and num_classes must be positive");
+        }
+        if !(0.0..1.0).contains(&self.class_dropout_prob) {
+            bail!("class_dropout_prob must be in [0, 1)");
+        }
+        if let Some(g) = self.cfg_channels.filter(|&g| g == 0 || g > self.in_channels) {
+            bail!("cfg_channels must be in 1..={}, got {g}", self.in_channels);
+        }
+        for (name, value, max) in [
+            ("hidden_size", hidden, MAX_WIDTH),
+            ("in_channels", self.in_channels, MAX_WIDTH),
+            ("depth (blocks in all)", self.depth, MAX_DEPTH),
+            ("input_size", self.input_size, MAX_SIDE),
+            ("num_classes", self.classes, MAX_CLASSES),
+        ] {
+            if value > max {
+                bail!("{name} {value} is beyond this implementation's limit of {max}");
+            }
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= MAX_MLP_RATIO) {
+            bail!("mlp_ratio must be in (0, {MAX_MLP_RATIO}], got {}", self.mlp_ratio);
+        }
+        Ok(())
     }
-    if in_channels == 0 || classes == 0 {
-        bail!("in_channels and num_classes must be positive");
-    }
-    if !(0.0..1.0).contains(&class_dropout_prob) {
-        bail!("class_dropout_prob must be in [0, 1)");
-    }
-    if let Some(g) = cfg_channels.filter(|&g| g == 0 || g > in_channels) {
-        bail!("cfg_channels must be in 1..={in_channels}, got {g}");
-    }
-    Ok(())
 }
 
 /// Defaults shared by the reference constructors (serde `default = "..."` functions).

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{default_cfg_channels, defaults, flag, validate_common};
+use crate::model::{Common, default_cfg_channels, defaults, flag};
 
 /// Constructor arguments of the reference `U_DiT`, with its defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,21 +150,24 @@ impl UDiTConfig {
 
     /// Rejects configurations the network cannot be built for, with a reason.
     pub fn validate(&self) -> anyhow::Result<()> {
-        validate_common(
-            self.hidden_size,
-            self.num_heads,
-            self.in_channels,
-            self.num_classes,
-            self.class_dropout_prob,
-            self.cfg_channels,
-        )?;
+        Common {
+            hidden: self.hidden_size,
+            heads: self.num_heads,
+            in_channels: self.in_channels,
+            classes: self.num_classes,
+            class_dropout_prob: self.class_dropout_prob,
+            cfg_channels: self.cfg_channels,
+            input_size: self.input_size,
+            depth: self.depth.iter().fold(0usize, |a, &d| a.saturating_add(d)),
+            mlp_ratio: self.mlp_ratio,
+        }
+        .validate()?;
         anyhow::ensure!(
             self.input_size % 4 == 0 && self.input_size > 0,
             "input_size must be a positive multiple of 4 (two 2x downsamplings), got {}",
             self.input_size
         );
         self.downsampler_kernel()?;
-        anyhow::ensure!(self.mlp_ratio > 0.0, "mlp_ratio must be positive");
         // The first downsampling convolves to hidden_size / 2 channels, then folds 2x2 pixels
         // into channels: 2 * hidden_size only for an even width.
         anyhow::ensure!(self.hidden_size.is_multiple_of(2), "hidden_size must be even, got {}", self.hidden_size);
