@@ -39,12 +39,12 @@ fn point(e: &EntryResult, k: usize) -> (f64, f64, f64) {
 
 /// A marker of scale number `k` at `(x, y)`: filled circle, open circle, filled triangle,
 /// cross.
-fn marker<DB: DrawingBackend>(k: usize, (x, y): (f64, f64), colour: RGBColor) -> DynElement<'static, DB, (f64, f64)> {
+fn marker<DB: DrawingBackend, C: Clone + 'static>(k: usize, at: C, colour: RGBColor) -> DynElement<'static, DB, C> {
     match k % 4 {
-        0 => Circle::new((x, y), 5, colour.filled()).into_dyn(),
-        1 => Circle::new((x, y), 5, colour.stroke_width(2)).into_dyn(),
-        2 => TriangleMarker::new((x, y), 6, colour.filled()).into_dyn(),
-        _ => Cross::new((x, y), 5, colour.stroke_width(2)).into_dyn(),
+        0 => Circle::new(at, 5, colour.filled()).into_dyn(),
+        1 => Circle::new(at, 5, colour.stroke_width(2)).into_dyn(),
+        2 => TriangleMarker::new(at, 6, colour.filled()).into_dyn(),
+        _ => Cross::new(at, 5, colour.stroke_width(2)).into_dyn(),
     }
 }
 
@@ -107,7 +107,7 @@ fn draw(results: &Results, root: &Canvas) -> Drawn {
         chart
             .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
             .label(format!("guidance {cfg_scale}"))
-            .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
+            .legend(move |(x, y)| marker(k, (x + 10, y), colour));
         if !grouped && k == 0 {
             // Each name beside its point of the first scale (the other scales' points of an
             // entry lie at the same GMACs), a few pixels to the right.
