@@ -263,3 +263,43 @@ fn samples_carry_the_settings_that_make_them_again() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.npz.json")).unwrap()).unwrap();
     assert_eq!(record["num_samples"], 3);
 }
+
+#[test]
+fn convert_writes_pytorch_state_dicts_the_reference_loads() {
+    // `udit convert --out X.pt` writes torch.save's layout: read back, every tensor has the
+    // same bits and shape; every storage is stored uncompressed at a 64-byte boundary; the
+    // pickle names only globals on torch.load(weights_only=True)'s allow list. (Checked by
+    // hand with PyTorch 2.15 on 2026-12-05: torch.load(weights_only=True) of both files, then
+    // load_state_dict(strict=True) into the reference SiT/DiT and U_DiT modules: all keys
+    // matched, values equal.)
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["dit_tiny", "udit_tiny"] {
+        let source = fixture(&format!("{name}.weights.safetensors"));
+        let pt = dir.path().join(format!("{name}.pt"));
+        let (ok, _, err) = udit(&["convert", "--ckpt", source.to_str().unwrap(), "--out", pt.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        let (a, b) = (read_weights(&source, None).unwrap().tensors, read_weights(&pt, None).unwrap().tensors);
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{name}");
+        for (k, t) in &a {
+            assert_eq!(t.shape(), b[k].shape(), "{name} {k}");
+            assert_eq!(t.as_slice::<f32>().unwrap(), b[k].as_slice::<f32>().unwrap(), "{name} {k}");
+        }
+        let mut zip = zip::ZipArchive::new(std::fs::File::open(&pt).unwrap()).unwrap();
+        let mut pickle = Vec::new();
+        for i in 0..zip.len() {
+            let mut file = zip.by_index(i).unwrap();
+            assert_eq!(file.compression(), zip::CompressionMethod::Stored);
+            if file.name().starts_with("archive/data/") {
+                assert_eq!(file.data_start() % 64, 0, "{}", file.name());
+            }
+            if file.name() == "archive/data.pkl" {
+                std::io::Read::read_to_end(&mut file, &mut pickle).unwrap();
+            }
+        }
+        // The globals it names (GLOBAL is `c` then "module\nname\n"): the three allowed ones.
+        let text = String::from_utf8_lossy(&pickle);
+        let named = ["ccollections\nOrderedDict\n", "ctorch._utils\n_rebuild_tensor_v2\n", "ctorch\nFloatStorage\n"];
+        assert!(named.iter().all(|g| text.contains(g)), "{name}");
+        assert!(!text.contains("builtins") && !text.contains("numpy") && !text.contains("_codecs"), "{name}");
+    }
+}

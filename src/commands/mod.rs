@@ -18,7 +18,7 @@ use clap::Args;
 
 use crate::checkpoint::{self, read_weights};
 use crate::cost::Cost;
-use crate::model::{Denoiser, ModelChoice};
+use crate::model::{Denoiser, ModelChoice, StateDict};
 use crate::precision::{Precision, autocast};
 use crate::process::ProcessSpec;
 
@@ -169,7 +169,9 @@ pub struct ConvertArgs {
     /// Which state dict of a training checkpoint (default: ema, else model).
     #[arg(long)]
     pub entry: Option<String>,
-    /// Output .safetensors.
+    /// Output: .safetensors (with the configuration, process and codec when known), or
+    /// .pt / .pth, a PyTorch state dict (the tensors only) that the reference code loads with
+    /// `load_state_dict(strict=True)`.
     #[arg(long, alias = "output")]
     pub out: PathBuf,
     /// Merge the re-parametrized FFN branches (needs --model or --config).
@@ -192,7 +194,7 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
             }
             None => vec![],
         };
-        checkpoint::write_safetensors(&a.out, &weights.tensors, meta)?;
+        write_converted(&a.out, &weights.tensors, meta)?;
         eprintln!("wrote {} tensors to {}", weights.tensors.len(), a.out.display());
         return Ok(());
     }
@@ -208,9 +210,18 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     let tensors = checkpoint::state_dict(&model);
     let process = ProcessSpec::of_weights(&weights.metadata, &cfg)?;
     let meta = checkpoint::model_metadata(&cfg, &process, weights.codec.as_deref(), &names)?;
-    checkpoint::write_safetensors(&a.out, &tensors, meta)?;
+    write_converted(&a.out, &tensors, meta)?;
     eprintln!("wrote {} tensors{} to {}", tensors.len(), if a.merge { " (FFN merged)" } else { "" }, a.out.display());
     Ok(())
+}
+
+/// `udit convert`'s output: a PyTorch state dict for `.pt` / `.pth`, else safetensors with
+/// `meta`.
+fn write_converted(out: &std::path::Path, tensors: &StateDict, meta: Vec<(String, String)>) -> Result<()> {
+    match out.extension().and_then(|e| e.to_str()) {
+        Some("pt" | "pth") => crate::io::pt::write_pt(out, tensors),
+        _ => checkpoint::write_safetensors(out, tensors, meta),
+    }
 }
 
 #[derive(Args)]

@@ -1,10 +1,11 @@
 //! Files of samples: PNGs and grids, and ADM `.npz` batches; PNG plots; the pickled `args`
-//! of training checkpoints; file digests.
+//! of training checkpoints; PyTorch `.pt` state dicts; file digests.
 
 pub mod images;
 pub mod npz;
 pub mod pickle;
 pub mod plot;
+pub mod pt;
 
 pub use images::Images;
 
