@@ -44,7 +44,7 @@ pub fn read_weights(path: &Path, entry: Option<&str>) -> Result<Weights> {
     let mut head = [0u8; 9];
     {
         use std::io::Read;
-        let mut f = open_file(path)?;
+        let mut f = crate::io::open_file(path)?;
         let n = f.read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
         if n < head.len() {
             bail!("{} is too short to be a weights file ({n} bytes)", path.display());
@@ -61,14 +61,6 @@ pub fn read_weights(path: &Path, entry: Option<&str>) -> Result<Weights> {
         _ => read_safetensors(path, entry),
     };
     result.with_context(|| format!("cannot load weights from {}", path.display()))
-}
-
-/// Opens a file for reading; a directory or a missing file is one clear error.
-pub fn open_file(path: &Path) -> Result<std::fs::File> {
-    if path.is_dir() {
-        bail!("{} is a directory, not a file", path.display());
-    }
-    std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))
 }
 
 fn read_safetensors(path: &Path, entry: Option<&str>) -> Result<Weights> {
@@ -204,7 +196,7 @@ fn read_pytorch(path: &Path, entry: Option<&str>) -> Result<Weights> {
 /// The `argparse.Namespace` a training checkpoint (a zip archive) pickles as `args`, if any.
 fn training_args(path: &Path) -> Result<Option<BTreeMap<String, Arg>>> {
     use std::io::Read;
-    let Ok(mut zip) = zip::ZipArchive::new(open_file(path)?) else { return Ok(None) };
+    let Ok(mut zip) = zip::ZipArchive::new(crate::io::open_file(path)?) else { return Ok(None) };
     let Some(name) = zip.file_names().find(|n| n.ends_with("data.pkl")).map(str::to_owned) else { return Ok(None) };
     let mut pickle = Vec::new();
     zip.by_name(&name)?.read_to_end(&mut pickle).with_context(|| format!("cannot read {name}"))?;
@@ -423,19 +415,5 @@ pub fn write_safetensors(path: &Path, tensors: &StateDict, metadata: Vec<(String
         .collect::<Result<_>>()?;
     let metadata = (!metadata.is_empty()).then(|| metadata.into_iter().collect());
     let bytes = safetensors::serialize(views, metadata).map_err(|e| anyhow::anyhow!("cannot serialize: {e}"))?;
-    write_atomic(path, &bytes)
-}
-
-/// Writes to a temporary file beside `path`, syncs, then renames over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().context("output path has no file name")?.to_string_lossy();
-    // Named by the process too: shards of one job (`--shard`, `ablate --jobs`) may write the
-    // same file at once, and each must rename a whole file of its own.
-    let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::io::write_atomic(path, &bytes)
 }

@@ -92,7 +92,7 @@ impl Record {
 
     /// Writes the record to `path` as pretty JSON (atomically).
     pub fn write(&self, path: &Path) -> Result<()> {
-        crate::checkpoint::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+        crate::io::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
 }
 

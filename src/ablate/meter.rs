@@ -208,7 +208,7 @@ pub fn score_run(
             let (fid, class_accuracy) = scorer.score(&read_npz(&samples.npz)?, protocol.batch, device)?;
             scores.push(Score { cfg_scale, fid, class_accuracy, sample_seconds });
             let cache = Cache { protocol: protocol.clone(), scores: scores.clone() };
-            crate::checkpoint::write_atomic(&cache_path(run), serde_json::to_string_pretty(&cache)?.as_bytes())?;
+            crate::io::write_atomic(&cache_path(run), serde_json::to_string_pretty(&cache)?.as_bytes())?;
         }
     }
     protocol

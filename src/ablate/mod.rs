@@ -161,7 +161,7 @@ impl Ablation {
     pub fn write_plan(&self) -> Result<()> {
         std::fs::create_dir_all(&self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
         let plan_json = serde_json::to_string_pretty(&self.plan)?;
-        crate::checkpoint::write_atomic(&self.out.join("plan.json"), plan_json.as_bytes())
+        crate::io::write_atomic(&self.out.join("plan.json"), plan_json.as_bytes())
     }
 
     /// Trains `run` to its end (from its newest checkpoint, if any) unless its model is

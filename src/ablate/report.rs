@@ -155,8 +155,8 @@ impl Results {
     /// `results.json`, `results.md` and `fid-vs-gmacs.png` into `out`.
     pub fn write(&self, out: &Path, font: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self)?;
-        crate::checkpoint::write_atomic(&out.join("results.json"), json.as_bytes())?;
-        crate::checkpoint::write_atomic(&out.join("results.md"), self.markdown().as_bytes())?;
+        crate::io::write_atomic(&out.join("results.json"), json.as_bytes())?;
+        crate::io::write_atomic(&out.join("results.md"), self.markdown().as_bytes())?;
         plot::fid_vs_gmacs(self, &out.join("fid-vs-gmacs.png"), font)
     }
 

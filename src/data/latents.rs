@@ -224,7 +224,7 @@ impl LatentWriter {
         file.sync_all()?;
         let mut labels = npy_header("<i8", &[self.labels.len()]);
         labels.extend(self.labels.iter().flat_map(|l| l.to_le_bytes()));
-        crate::checkpoint::write_atomic(&self.dir.join(LABELS_FILE), &labels)?;
+        crate::io::write_atomic(&self.dir.join(LABELS_FILE), &labels)?;
         std::fs::rename(self.dir.join(format!(".{LATENTS_FILE}.partial")), self.dir.join(LATENTS_FILE))?;
         Ok(())
     }

@@ -161,7 +161,7 @@ impl Reference {
                 w.finish()?;
             }
         }
-        crate::checkpoint::write_atomic(path, buf.get_ref())
+        crate::io::write_atomic(path, buf.get_ref())
     }
 }
 

@@ -62,7 +62,7 @@ pub fn older_pngs(dir: &Path, count: usize) -> usize {
 
 pub fn write_png(path: &Path, pixels: &[u8], w: usize, h: usize, channels: usize) -> Result<()> {
     let bytes = png_bytes(pixels, w, h, channels).with_context(|| format!("cannot encode {}", path.display()))?;
-    crate::checkpoint::write_atomic(path, &bytes)
+    crate::io::write_atomic(path, &bytes)
 }
 
 /// The PNG file of a uint8 image (1 channel: grayscale, 3: RGB).

@@ -222,12 +222,12 @@ pub fn write_npz(path: &Path, images: &Images) -> Result<()> {
         w.extend(images.labels.iter().copied())?;
         w.finish()?;
     }
-    crate::checkpoint::write_atomic(path, buf.get_ref())
+    crate::io::write_atomic(path, buf.get_ref())
 }
 
 /// Reads an ADM-layout `.npz` (`arr_0` uint8 NHWC with square images, `arr_1` labels if present).
 pub fn read_npz(path: &Path) -> Result<Images> {
-    let file = std::io::BufReader::new(crate::checkpoint::open_file(path)?);
+    let file = std::io::BufReader::new(crate::io::open_file(path)?);
     let mut npz =
         npyz::npz::NpzArchive::new(file).with_context(|| format!("cannot open {} as .npz", path.display()))?;
     // npyz's header errors quote the header over several lines: one line here.

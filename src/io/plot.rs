@@ -45,5 +45,5 @@ pub fn write_plot(out: &Path, font: &Path, (w, h): (u32, u32), draw: impl FnOnce
         h,
         image::ExtendedColorType::Rgb8,
     )?;
-    crate::checkpoint::write_atomic(out, &png)
+    crate::io::write_atomic(out, &png)
 }

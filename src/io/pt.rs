@@ -43,7 +43,7 @@ pub fn write_pt(path: &Path, tensors: &StateDict) -> Result<()> {
     zip.start_file_aligned("archive/version", stored, 64)?;
     zip.write_all(b"3\n")?;
     let bytes = zip.finish().context("cannot finish the .pt archive")?.into_inner();
-    crate::checkpoint::write_atomic(path, &bytes)
+    crate::io::write_atomic(path, &bytes)
 }
 
 const PROTO: u8 = 0x80;

@@ -344,7 +344,7 @@ impl Worker {
     fn sample(&self, job: &Job) -> Result<()> {
         std::fs::create_dir_all(&job.dir).with_context(|| format!("cannot create {}", job.dir.display()))?;
         let settings = serde_json::to_vec_pretty(&job.request)?;
-        crate::checkpoint::write_atomic(&job.dir.join("settings.json"), &settings)?;
+        crate::io::write_atomic(&job.dir.join("settings.json"), &settings)?;
         let g = self.model.generator(job.settings.clone(), self.device.clone())?;
         let (count, steps) = (job.labels.len(), job.calls);
         for first in (0..count).step_by(job.batch) {

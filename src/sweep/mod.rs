@@ -305,7 +305,7 @@ impl Sweep<'_> {
     /// runs' too, so sweeps with other lists add to one table); returns this run's rows.
     pub fn run(&self, meter: &Meter, font: &Path) -> Result<Vec<Row>> {
         self.validate(meter.kind())?;
-        crate::checkpoint::write_atomic(
+        crate::io::write_atomic(
             &self.out.join(SETTINGS_FILE),
             serde_json::to_string_pretty(&self.settings)?.as_bytes(),
         )?;
@@ -355,7 +355,7 @@ impl Sweep<'_> {
                 dir: c.dir_name(),
                 series: c.series(),
             };
-            crate::checkpoint::write_atomic(&result, serde_json::to_string_pretty(&row)?.as_bytes())?;
+            crate::io::write_atomic(&result, serde_json::to_string_pretty(&row)?.as_bytes())?;
             eprintln!("{what}: {}", report::summary(&row));
             rows.push(row);
         }

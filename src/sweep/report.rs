@@ -7,9 +7,9 @@ use anyhow::Result;
 use plotters::prelude::*;
 
 use super::{Row, SweepSettings};
-use crate::checkpoint::write_atomic;
 use crate::guidance::GuidanceInterval;
 use crate::io::plot::{Canvas, Drawn, write_plot};
+use crate::io::write_atomic;
 
 /// What NFE counts, as the files say it.
 pub const NFE_MEANS: &str = "network evaluations per image; a guided call runs the doubled batch and counts 2";

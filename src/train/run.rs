@@ -13,7 +13,6 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{StepStats, TrainConfig, TrainState, Trainer};
-use crate::checkpoint;
 use crate::data::{Dataset, HostBatch};
 use crate::model::Denoiser;
 use crate::progress::Progress;
@@ -136,7 +135,7 @@ impl RunDir {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        checkpoint::write_atomic(&path, kept.as_bytes())
+        crate::io::write_atomic(&path, kept.as_bytes())
     }
 }
 
@@ -340,7 +339,7 @@ pub fn train(state: TrainState, run: &RunDir, devices: &[Device], progress: &Pro
     let mut loader = trainer.loader()?;
     std::fs::create_dir_all(run.checkpoints()).with_context(|| format!("cannot create {}", run.0.display()))?;
     std::fs::create_dir_all(run.0.join("samples"))?;
-    checkpoint::write_atomic(&run.0.join("recipe.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    crate::io::write_atomic(&run.0.join("recipe.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     let mut log = Log::open(run, trainer.state.optim.step)?;
     let (start, seconds_before) = (Instant::now(), trainer.state.seconds);
     std::thread::scope(|scope| -> Result<Trainer> {
