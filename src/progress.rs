@@ -56,9 +56,7 @@ impl Progress {
             bar.set_prefix(phase.to_string());
             bar
         });
-        let mut plain = Plain::new(phase, len, unit);
-        plain.per_unit = per_unit;
-        Self { bar, lines: !terminal, plain: Mutex::new(plain) }
+        Self { bar, lines: !terminal, plain: Mutex::new(Plain::new(phase, len, unit, per_unit)) }
     }
 
     /// Names what the work is part of, before every phase (e.g. "[3/14] slim, seed 1").
@@ -74,7 +72,7 @@ impl Progress {
 
     /// Shows nothing (library callers that report no progress).
     pub fn hidden() -> Self {
-        Self { bar: None, lines: false, plain: Mutex::new(Plain::new("", 0, "")) }
+        Self { bar: None, lines: false, plain: Mutex::new(Plain::new("", 0, "", 1)) }
     }
 
     pub fn inc(&self, n: u64) {
@@ -144,11 +142,11 @@ impl Progress {
 }
 
 impl Plain {
-    fn new(phase: &str, len: u64, unit: &'static str) -> Self {
+    fn new(phase: &str, len: u64, unit: &'static str, per_unit: u64) -> Self {
         let now = Instant::now();
         let phase = phase.to_string();
         let (label, msg) = (String::new(), String::new());
-        Self { label, phase, unit, per_unit: 1, pos: 0, len, msg, start: now, last_line: now, last_twentieth: 0 }
+        Self { label, phase, unit, per_unit, pos: 0, len, msg, start: now, last_line: now, last_twentieth: 0 }
     }
 
     fn maybe_print(&mut self) {

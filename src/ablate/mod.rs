@@ -202,12 +202,11 @@ impl Ablation {
     fn work_left(&self, run: &RunSpec) -> (f64, f64) {
         let dir = self.run_dir(run);
         let entry = &self.entries[run.entry];
-        let cost = &entry.cost;
         let meter = if meter::is_scored(&dir, &self.plan.meter) { 0.0 } else { meter_macs(entry, &self.plan.meter) };
         match (dir.export().exists(), run.config.budget_s) {
             (true, _) => (0.0, meter),
             (false, Some(budget)) => (budget, meter),
-            (false, None) => (0.0, run.config.steps as f64 * train_macs(cost, &run.config) + meter),
+            (false, None) => (0.0, run.config.steps as f64 * train_macs(&entry.cost, &run.config) + meter),
         }
     }
 }
