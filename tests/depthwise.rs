@@ -5,15 +5,10 @@
 mod common;
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use common::*;
 use udit::kernels::depthwise::depthwise_conv2d;
-
-fn random<const D: usize>(shape: [usize; D], dev: &Device) -> Tensor<D> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), dev)
-}
 
 fn generic(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
     let [c, _, k, _] = w.dims();
@@ -25,11 +20,12 @@ fn generic(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
 fn forward_and_gradients_match_the_generic_convolution() {
     let dev = Device::flex();
     let ad = dev.clone().autodiff();
+    let mut rng = Normals::new(0);
     for k in [1, 3, 5] {
         let (c, h, w) = (6, 7, 9);
-        let (x, weight, bias) = (random([3, c, h, w], &dev), random([c, 1, k, k], &dev), random([c], &dev));
+        let (x, weight, bias) = (rng.normal([3, c, h, w], &dev), rng.normal([c, 1, k, k], &dev), rng.normal([c], &dev));
         // A fixed random cotangent, so that every output element has its own weight.
-        let cot = random([3, c, h, w], &dev);
+        let cot = rng.normal([3, c, h, w], &dev);
         let run = |conv: fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>| {
             let x = Tensor::<4>::from_data(x.to_data(), &ad).require_grad();
             let b = Tensor::<1>::from_data(bias.to_data(), &ad).require_grad();

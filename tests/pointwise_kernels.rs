@@ -5,12 +5,12 @@
 mod common;
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use common::*;
 use udit::kernels::{Gelu, generic, pointwise};
 
-fn normal<const D: usize>(shape: [usize; D]) -> Tensor<D> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex())
+/// Seeded standard-normal inputs on the CPU.
+fn normal<const D: usize>(rng: &mut Normals, shape: [usize; D]) -> Tensor<D> {
+    rng.normal(shape, &Device::flex())
 }
 
 /// Output and the gradients of `sum(f(inputs) * weights)` with respect to every input.
@@ -34,9 +34,10 @@ fn compare(name: &str, fused: Vec<TensorData>, generic: Vec<TensorData>) {
 
 #[test]
 fn gelu_both_forms_and_their_gradients() {
+    let mut rng = Normals::new(0);
     for (kind, name) in [(Gelu::Erf, "exact GELU"), (Gelu::Tanh, "tanh GELU")] {
-        let x = normal([2, 5, 7, 3]) * 3.0;
-        let w = normal([2, 5, 7, 3]);
+        let x = normal(&mut rng, [2, 5, 7, 3]) * 3.0;
+        let w = normal(&mut rng, [2, 5, 7, 3]);
         let fused = run(&[x.to_data()], &w, |t| pointwise::gelu(t[0].clone(), kind));
         let generic = run(&[x.to_data()], &w, |t| generic::gelu(t[0].clone(), kind));
         compare(name, fused, generic);
@@ -45,9 +46,14 @@ fn gelu_both_forms_and_their_gradients() {
 
 #[test]
 fn norm_modulate_and_its_gradients_on_odd_shapes() {
+    let mut rng = Normals::new(0);
     for [b, c, h, w] in [[2, 24, 24, 24], [1, 3, 5, 7], [3, 16, 1, 1]] {
-        let (x, shift, scale) = (normal([b, c, h, w]) * 2.0 + 0.5, normal([b, c, 1, 1]), normal([b, c, 1, 1]));
-        let weights = normal([b, c, h, w]);
+        let (x, shift, scale) = (
+            normal(&mut rng, [b, c, h, w]) * 2.0 + 0.5,
+            normal(&mut rng, [b, c, 1, 1]),
+            normal(&mut rng, [b, c, 1, 1]),
+        );
+        let weights = normal(&mut rng, [b, c, h, w]);
         let squeeze = |t: &Tensor<4>| t.clone().reshape([b, c]);
         let inputs = [x.to_data(), shift.to_data(), scale.to_data()];
         let fused = run(&inputs, &weights, |t| pointwise::norm_modulate(t[0].clone(), squeeze(&t[1]), squeeze(&t[2])));
@@ -58,9 +64,10 @@ fn norm_modulate_and_its_gradients_on_odd_shapes() {
 
 #[test]
 fn gated_residual_and_its_gradients() {
+    let mut rng = Normals::new(0);
     let [b, c, h, w] = [2, 6, 5, 3];
-    let (x, gate, y) = (normal([b, c, h, w]), normal([b, c, 1, 1]), normal([b, c, h, w]));
-    let weights = normal([b, c, h, w]);
+    let (x, gate, y) = (normal(&mut rng, [b, c, h, w]), normal(&mut rng, [b, c, 1, 1]), normal(&mut rng, [b, c, h, w]));
+    let weights = normal(&mut rng, [b, c, h, w]);
     let inputs = [x.to_data(), gate.to_data(), y.to_data()];
     let g = |t: &Tensor<4>| t.clone().reshape([b, c]);
     let fused = run(&inputs, &weights, |t| pointwise::add_gated(t[0].clone(), g(&t[1]), t[2].clone()));
@@ -70,10 +77,11 @@ fn gated_residual_and_its_gradients() {
 
 #[test]
 fn swiglu_and_its_gradients() {
+    let mut rng = Normals::new(0);
     // One shape within a parallel chunk of elements, one across several with a ragged end.
     for shape in [[1, 8, 6, 6], [2, 37, 19, 13]] {
-        let (gate, up) = (normal(shape) * 3.0, normal(shape));
-        let weights = normal(shape);
+        let (gate, up) = (normal(&mut rng, shape) * 3.0, normal(&mut rng, shape));
+        let weights = normal(&mut rng, shape);
         let inputs = [gate.to_data(), up.to_data()];
         let fused = run(&inputs, &weights, |t| pointwise::swiglu(t[0].clone(), t[1].clone()));
         let generic = run(&inputs, &weights, |t| generic::swiglu(t[0].clone(), t[1].clone()));
@@ -83,9 +91,11 @@ fn swiglu_and_its_gradients() {
 
 #[test]
 fn conv1x1_and_its_gradients() {
+    let mut rng = Normals::new(0);
     for ([b, c, h, w], o) in [([3, 5, 7, 4], 6), ([1, 8, 24, 24], 24)] {
-        let (x, weight, bias) = (normal([b, c, h, w]), normal([o, c, 1, 1]), normal([o, 1, 1, 1]));
-        let weights = normal([b, o, h, w]);
+        let (x, weight, bias) =
+            (normal(&mut rng, [b, c, h, w]), normal(&mut rng, [o, c, 1, 1]), normal(&mut rng, [o, 1, 1, 1]));
+        let weights = normal(&mut rng, [b, o, h, w]);
         let inputs = [x.to_data(), weight.to_data(), bias.to_data()];
         let bias1 = |t: &Tensor<4>| t.clone().reshape([o]);
         let fused =

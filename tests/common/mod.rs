@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
 use udit::checkpoint::{StateDict, read_weights};
 
 /// `tests/fixtures`: the golden outputs of the PyTorch reference (see its README.md).
@@ -83,4 +85,20 @@ pub fn latents(dir: &Path, n: usize) {
     let labels: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
     w.push(&values, &labels).unwrap();
     w.finish().unwrap();
+}
+
+/// Standard-normal test inputs from a seeded ChaCha8 stream: the same values on every run,
+/// so that a comparison of two implementations cannot pass or fail by the draw.
+pub struct Normals(ChaCha8Rng);
+
+impl Normals {
+    pub fn new(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    pub fn normal<const D: usize>(&mut self, shape: [usize; D], device: &Device) -> Tensor<D> {
+        let mut v = Vec::new();
+        udit::rng::push_normals(&mut self.0, shape.iter().product(), &mut v);
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
 }
