@@ -10,10 +10,10 @@ use super::ModelConfig;
 /// Which model: a preset name or a JSON configuration file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ModelChoice {
-    /// Preset: U-DiT-{S,B,L}, DiT-{S,B,L,XL}/{2,4,8}, SiT-{S,B,L,XL}/{2,4,8}.
+    /// Preset: U-DiT-{S,B,L}, DiT-{S,B,L,XL}/{2,4,8}, SiT-{S,B,L,XL}/{2,4,8}, SiT-LLaMA-{S,B,L,XL}/2.
     #[arg(long, conflicts_with = "config")]
     pub model: Option<String>,
-    /// JSON object of reference constructor arguments plus "arch": "u-dit", "dit" or "sit".
+    /// JSON object of reference constructor arguments plus "arch": "u-dit", "dit", "sit" or "sit-llama".
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Latent side (overrides the configuration's input_size).
