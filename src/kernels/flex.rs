@@ -7,7 +7,15 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::TensorData;
 
 /// The values of `t` as `f32`, row-major, to own (moved out when `t` holds them alone).
+/// Shared contiguous values are copied once, straight into an f32 vector: burn's
+/// `into_data` would copy them into a byte vector, which then has to be copied again to be
+/// aligned for f32 (two copies of every shared input of a fused op).
 pub(crate) fn values(t: FlexTensor) -> Vec<f32> {
+    if !t.is_unique()
+        && let Some(s) = t.as_slice::<f32>()
+    {
+        return s.to_vec();
+    }
     t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
 }
 
