@@ -19,6 +19,9 @@ fn refused(args: &[&str], says: &str) {
     assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
 }
 
+/// The Gaussian-diffusion U-DiT that was the bundled model before the interpolant one.
+const DIFFUSION: &str = "assets/fashion-mnist-udit-diffusion.safetensors";
+
 #[test]
 fn sample_refuses_settings_that_would_be_ignored_or_meaningless() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,7 +34,8 @@ fn sample_refuses_settings_that_would_be_ignored_or_meaningless() {
         (&["--cfg-scale", "0.5"][..], "--cfg-scale must be at least 1"),
         (&["--grid-cols", "0"][..], "--grid-cols must be at least 1"),
         (&["--shard", "1/2"][..], "--shard splits an --npz run"),
-        (&["--sampler", "dpm++", "--eta", "0.5"][..], "--eta applies to ddim, not to dpm++"),
+        (&["--ckpt", DIFFUSION, "--sampler", "dpm++", "--eta", "0.5"][..], "--eta applies to ddim, not to dpm++"),
+        (&["--sampler", "heun2", "--eta", "0.5"][..], "--schedule and --eta apply to Gaussian-diffusion samplers"),
         (&["--npz", npz, "--grid-cols", "3"][..], "--grid-cols shapes grid.png"),
         (&["--num-samples", "-3"][..], "invalid value '-3' for '--num-samples"),
         (&["--model", "DiT-S/8"][..], "--model and --config describe the weights of --ckpt, which is missing"),
@@ -154,7 +158,7 @@ fn sampling_fewer_images_into_a_folder_of_more_says_how_many_old_ones_stay() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("samples");
     let run = |n: &str| {
-        udit(&["sample", "--sampler", "ddim", "--steps", "2", "--num-samples", n, "--out", out.to_str().unwrap()])
+        udit(&["sample", "--sampler", "euler", "--steps", "2", "--num-samples", n, "--out", out.to_str().unwrap()])
     };
     let (ok, _, err) = run("5");
     assert!(ok && !err.contains("warning"), "{err}");

@@ -227,7 +227,7 @@ fn samples_carry_the_settings_that_make_them_again() {
     // which run again gives the same images.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pngs");
-    let args = ["sample", "--num-samples", "3", "--sampler", "ddim", "--steps", "4", "--seed", "5", "--out"];
+    let args = ["sample", "--num-samples", "3", "--sampler", "heun2", "--steps", "4", "--seed", "5", "--out"];
     let (ok, _, err) = udit(&[&args[..], &[out.to_str().unwrap()]].concat());
     assert!(ok, "{err}");
     let record: serde_json::Value =
@@ -238,12 +238,12 @@ fn samples_carry_the_settings_that_make_them_again() {
         sha2::Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect()
     };
     assert_eq!(record["weights_sha256"], digest.as_str());
-    for (key, value) in [("sampler", "ddim"), ("classes", "Random"), ("codec", "unshuffle2")] {
+    for (key, value) in [("sampler", "heun2"), ("classes", "Random"), ("codec", "unshuffle2")] {
         assert_eq!(record[key], value, "{record}");
     }
     assert_eq!((record["steps"].as_u64(), record["seed"].as_u64()), (Some(4), Some(5)));
     assert_eq!((record["cfg_scale"].as_f64(), record["num_samples"].as_u64()), (Some(1.5), Some(3)));
-    assert_eq!(record["process"]["process"], "diffusion");
+    assert_eq!(record["process"]["process"], "interpolant");
     assert_eq!(record["model"]["arch"], "u-dit");
     // The recorded command, pointed at another folder, makes the same PNGs.
     let mut command: Vec<String> =

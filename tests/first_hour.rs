@@ -58,7 +58,7 @@ fn the_bundled_model_lists_and_takes_its_class_names() {
         "--num-samples",
         "1",
         "--sampler",
-        "ddim",
+        "euler",
         "--steps",
         "2",
         "--out",

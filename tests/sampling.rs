@@ -293,8 +293,28 @@ fn guidance_intervals_parse_and_refuse() {
     }
     let (ok, _, err) = udit(&["sample", "--guidance-interval", "2,1", "--num-samples", "1"]);
     assert!(!ok && err.trim().lines().count() == 1 && err.contains("0 <= LO <= HI"), "{err}");
-    let (ok, _, err) = udit(&["sample", "--sampler", "ancestral", "--schedule", "karras", "--num-samples", "1"]);
+    let (ok, _, err) = udit(&[
+        "sample",
+        "--ckpt",
+        "assets/fashion-mnist-udit-diffusion.safetensors",
+        "--sampler",
+        "ancestral",
+        "--schedule",
+        "karras",
+        "--num-samples",
+        "1",
+    ]);
     assert!(!ok && err.trim().lines().count() == 1 && err.contains("applies to ddim"), "{err}");
-    let (ok, _, err) = udit(&["sample", "--sampler", "unipc", "--schedule", "cosine", "--num-samples", "1"]);
+    let (ok, _, err) = udit(&[
+        "sample",
+        "--ckpt",
+        "assets/fashion-mnist-udit-diffusion.safetensors",
+        "--sampler",
+        "unipc",
+        "--schedule",
+        "cosine",
+        "--num-samples",
+        "1",
+    ]);
     assert!(!ok && err.trim().lines().count() == 1 && err.contains("unknown schedule"), "{err}");
 }

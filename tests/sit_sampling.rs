@@ -150,8 +150,11 @@ fn udit_sample_draws_sit_pngs_and_refuses_what_does_not_apply() {
         udit(&["sample", "--ckpt", recorded.to_str().unwrap(), "--path-type", "GVP", "--out", out.to_str().unwrap()]);
     assert!(!ok && err.contains("the weights were trained as interpolant (Linear path"), "{err}");
     // A diffusion model refuses the interpolant's knobs.
-    let (ok, _, err) =
-        udit(&["sample", "--diffusion-form", "sigma", "--num-samples", "1", "--out", out.to_str().unwrap()]);
+    let diffusion = ["sample", "--ckpt", "assets/fashion-mnist-udit-diffusion.safetensors"];
+    let (ok, _, err) = udit(
+        &[&diffusion[..], &["--diffusion-form", "sigma", "--num-samples", "1", "--out", out.to_str().unwrap()]]
+            .concat(),
+    );
     assert!(!ok && err.contains("apply to models of an interpolant"), "{err}");
 }
 
@@ -223,7 +226,15 @@ fn udit_likelihood_scores_data_in_bits_per_dim_whatever_the_batch() {
         let (ok, _, err) = run(extra);
         assert!(!ok && err.contains(says), "{extra:?}: {err}");
     }
-    // The bundled model is a diffusion model: no likelihood ODE.
-    let (ok, _, err) = udit(&["likelihood", "--dataset", "latents", "--data-dir", data]);
+    // A diffusion model has no likelihood ODE.
+    let (ok, _, err) = udit(&[
+        "likelihood",
+        "--ckpt",
+        "assets/fashion-mnist-udit-diffusion.safetensors",
+        "--dataset",
+        "latents",
+        "--data-dir",
+        data,
+    ]);
     assert!(!ok && err.contains("needs an interpolant"), "{err}");
 }

@@ -132,8 +132,14 @@ fn bad_sweeps_are_refused_before_any_work() {
         (vec!["--steps", "1000", "--samplers", "dpm++"], "more than the 999"),
         // Pixel space: 16x16 images of 4 channels.
         (vec!["--ckpt", &tiny, "--codec", "none"], "the offline meter scores 10-class 32x32 grayscale"),
+        // The bundled model is an interpolant.
+        (vec!["--ckpt", udit::BUNDLED_MODEL, "--samplers", "ddim"], "unknown sampler \"ddim\" for an interpolant"),
     ] {
         let mut all = vec!["sweep", "--out", &o, "--num-samples", "4"];
+        // The diffusion samplers' refusals on the Fashion-MNIST diffusion model.
+        if !args.contains(&"--ckpt") {
+            all.extend(["--ckpt", "assets/fashion-mnist-udit-diffusion.safetensors"]);
+        }
         all.extend(args.iter());
         let (ok, _, err) = udit(&all);
         assert!(!ok && err.trim().lines().count() == 1 && err.contains(expected), "{args:?}: {err}");

@@ -11,7 +11,7 @@ use crate::eval::Reference;
 use crate::eval::inception::InceptionV3;
 use crate::guidance::{Guidance, GuidanceInterval};
 use crate::sample::{Classes, Method, Settings, default_cfg_scale};
-use crate::sweep::{Meter, MeterKind, SamplerSpec, Sweep, SweepSettings, combinations, parse_list};
+use crate::sweep::{Meter, MeterKind, SamplerSpec, Sweep, SweepSettings, combinations, default_samplers, parse_list};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -19,9 +19,10 @@ pub struct SweepArgs {
     pub model: ModelArgs,
     /// Samplers, comma-separated: NAME or NAME:SCHEDULE (ancestral, ddim, dpm++, unipc, heun;
     /// schedules time-uniform, logsnr, karras; without one, the sampler's own). Interpolant
-    /// (SiT) models: sde, sde-heun, euler, heun2, rk4 (the default list is for diffusion models).
-    #[arg(long, value_name = "LIST", default_value = "ddim,dpm++,unipc,heun")]
-    pub samplers: String,
+    /// (SiT) models: sde, sde-heun, euler, heun2, rk4. Default: ddim,dpm++,unipc,heun for
+    /// diffusion models, euler,heun2,sde for interpolants.
+    #[arg(long, value_name = "LIST")]
+    pub samplers: Option<String>,
     /// Step counts, comma-separated (heun: noise levels, 2N - 1 calls).
     #[arg(long, value_name = "LIST", default_value = "10,25,50")]
     pub steps: String,
@@ -77,12 +78,14 @@ pub struct SweepArgs {
 /// `udit sweep`: checks every combination, loads the meter, then runs what is missing.
 pub fn sweep(a: SweepArgs) -> Result<()> {
     let device = crate::default_device();
-    let specs = parse_list(&a.samplers, "--samplers", SamplerSpec::parse)?;
+    let read = a.model.read()?;
+    let samplers = a.samplers.as_deref().unwrap_or(default_samplers(&read.process.process()?));
+    let specs = parse_list(samplers, "--samplers", SamplerSpec::parse)?;
     let steps =
         parse_list(&a.steps, "--steps", |s| s.parse::<usize>().with_context(|| format!("{s:?} is not a step count")))?;
     let intervals: Vec<GuidanceInterval> =
         a.guidance_interval.iter().map(|i| GuidanceInterval::parse(i)).collect::<Result<_>>()?;
-    let loaded = a.model.read()?.load(&device)?;
+    let loaded = read.load(&device)?;
     let config = &loaded.config;
     let scales = match &a.cfg_scale {
         Some(list) => {

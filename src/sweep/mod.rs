@@ -33,6 +33,15 @@ pub struct SamplerSpec {
     pub schedule: Option<Schedule>,
 }
 
+/// The samplers a sweep compares when none are named: the ODE solvers of diffusion models,
+/// or the interpolant's ODE solvers and SiT's SDE.
+pub fn default_samplers(process: &Process) -> &'static str {
+    match process {
+        Process::Diffusion(_) => "ddim,dpm++,unipc,heun",
+        Process::Interpolant(_) => "euler,heun2,sde",
+    }
+}
+
 impl SamplerSpec {
     pub fn parse(text: &str) -> Result<Self> {
         let (name, schedule) = match text.trim().split_once(':') {
