@@ -70,8 +70,13 @@ pub fn devices(n: usize) -> anyhow::Result<Vec<burn::prelude::Device>> {
 /// waited for, a sleep and a wake-up per op that small models feel (the bundled
 /// configuration's training step 342-352 ms outside, 318-321 ms inside). `f` must not wait
 /// for other work on the pool (a worker blocked in it would be one fewer to do that work).
+/// `f` runs in the caller's [`precision`] (which is per thread).
 pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    let caller = precision::current();
+    rayon::scope(|_| {
+        let _autocast = precision::autocast(caller);
+        f()
+    })
 }
 
 /// Tells mimalloc (the binary's allocator) never to return freed memory to the system: a

@@ -35,6 +35,8 @@ pub enum Stream {
     ClassifierOrder,
     /// Likelihood: the Hutchinson probes of data sample `index`.
     Probes { index: u64 },
+    /// Weight initialisation of a model built under [`seeded`], every tensor in turn.
+    Init,
 }
 
 impl Stream {
@@ -49,6 +51,7 @@ impl Stream {
             Self::Posterior { index } => (seed, 4 * BLOCK + index),
             Self::ClassifierOrder => (seed, 5 * BLOCK),
             Self::Probes { index } => (seed, 6 * BLOCK + index),
+            Self::Init => (seed, 7 * BLOCK),
         }
     }
 
@@ -61,14 +64,52 @@ impl Stream {
     }
 }
 
-/// Runs `init` right after seeding the device's generator, which burn's CPU backend keeps
-/// process-wide: the lock keeps another thread's seeded initialisation from drawing in
-/// between, so a seed gives the same weights whatever else runs.
-pub fn seeded<R>(device: &Device, seed: u64, init: impl FnOnce() -> R) -> R {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    device.seed(seed);
+thread_local! {
+    /// The generator of weight initialisation while [`seeded`] runs on this thread.
+    static INIT: std::cell::RefCell<Option<ChaCha8Rng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `init` with every weight initialisation on this thread drawing from [`Stream::Init`]
+/// under `seed`, so that a seed gives the same weights whatever other threads draw (burn's
+/// own generator is process-wide: a model loaded on another thread while this one was built
+/// used to take draws from between this one's).
+pub fn seeded<R>(seed: u64, init: impl FnOnce() -> R) -> R {
+    /// Puts the previous generator back, also when `init` panics.
+    struct Restore(Option<ChaCha8Rng>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INIT.with(|g| *g.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(INIT.with(|g| g.replace(Some(Stream::Init.rng(seed)))));
     init()
+}
+
+/// A distribution of initial weights.
+#[derive(Clone, Copy, Debug)]
+pub enum InitDraw {
+    /// Uniform in (-a, a).
+    Uniform(f64),
+    /// Normal(0, std).
+    Normal(f64),
+}
+
+/// `count` initial weights from [`seeded`]'s generator, or `None` outside [`seeded`] (a model
+/// built to be loaded, whose weights are then overwritten).
+pub fn init_draws(count: usize, draw: InitDraw) -> Option<Vec<f32>> {
+    INIT.with(|g| {
+        let mut g = g.borrow_mut();
+        let rng = g.as_mut()?;
+        let mut v = Vec::with_capacity(count);
+        match draw {
+            InitDraw::Uniform(a) => v.extend((0..count).map(|_| (a * (2.0 * unit_uniform(rng) - 1.0)) as f32)),
+            InitDraw::Normal(std) => {
+                push_normals(rng, count, &mut v);
+                v.iter_mut().for_each(|x| *x = (*x as f64 * std) as f32);
+            }
+        }
+        Some(v)
+    })
 }
 
 /// A uniform integer in `0..n` (Lemire's multiply-shift; the bias is below 2^-40 for any n

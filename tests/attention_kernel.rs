@@ -45,18 +45,21 @@ fn check(name: &str, [b, d, h, w]: [usize; 4], spec: AttnSpec) {
 
 #[test]
 fn cosine_rope_attention_on_24x24_latents() {
+    let _autodiff = common::autodiff_alone();
     let spec = AttnSpec { heads: 2, r: 2, rope: true, cosine: true, scale: 1.0 };
     check("cosine + RoPE, 2 heads, r 2, 24x24", [2, 16, 24, 24], spec);
 }
 
 #[test]
 fn one_head_dot_product_without_downsampling_or_rope() {
+    let _autodiff = common::autodiff_alone();
     let spec = AttnSpec { heads: 1, r: 1, rope: false, cosine: false, scale: 8f32.powf(-0.5) };
     check("dot product, 1 head, r 1", [1, 8, 6, 6], spec);
 }
 
 #[test]
 fn other_combinations() {
+    let _autodiff = common::autodiff_alone();
     let cases = [
         ("cosine, no RoPE, 3 heads", [1, 12, 8, 8], AttnSpec { heads: 3, r: 2, rope: false, cosine: true, scale: 1.0 }),
         ("RoPE, dot product", [2, 8, 8, 8], AttnSpec { heads: 2, r: 2, rope: true, cosine: false, scale: 0.5 }),
@@ -70,6 +73,7 @@ fn other_combinations() {
 /// Above ln 100 the temperature is clamped, and logit_scale gets no gradient.
 #[test]
 fn clamped_logit_scale_gets_no_gradient() {
+    let _autodiff = common::autodiff_alone();
     let spec = AttnSpec { heads: 1, r: 2, rope: false, cosine: true, scale: 1.0 };
     let dev = Device::flex();
     let qkv = Tensor::<4>::random([1, 12, 4, 4], Distribution::Normal(0.0, 1.0), &dev);

@@ -218,6 +218,7 @@ fn fixture_parameter_counts_match_the_reference() {
 
 #[test]
 fn burn_ops_path_matches_reference_too() {
+    let _autodiff = common::autodiff_alone();
     // On an autodiff device the fused CPU kernels step aside and the generic burn ops run
     // (the training and GPU path); it must give the same numbers.
     let dev = Device::flex().autodiff();

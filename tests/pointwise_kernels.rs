@@ -34,6 +34,7 @@ fn compare(name: &str, fused: Vec<TensorData>, generic: Vec<TensorData>) {
 
 #[test]
 fn gelu_both_forms_and_their_gradients() {
+    let _autodiff = common::autodiff_alone();
     let mut rng = Normals::new(0);
     for (kind, name) in [(Gelu::Erf, "exact GELU"), (Gelu::Tanh, "tanh GELU")] {
         let x = normal(&mut rng, [2, 5, 7, 3]) * 3.0;
@@ -46,6 +47,7 @@ fn gelu_both_forms_and_their_gradients() {
 
 #[test]
 fn norm_modulate_and_its_gradients_on_odd_shapes() {
+    let _autodiff = common::autodiff_alone();
     let mut rng = Normals::new(0);
     for [b, c, h, w] in [[2, 24, 24, 24], [1, 3, 5, 7], [3, 16, 1, 1]] {
         let (x, shift, scale) = (
@@ -64,6 +66,7 @@ fn norm_modulate_and_its_gradients_on_odd_shapes() {
 
 #[test]
 fn gated_residual_and_its_gradients() {
+    let _autodiff = common::autodiff_alone();
     let mut rng = Normals::new(0);
     let [b, c, h, w] = [2, 6, 5, 3];
     let (x, gate, y) = (normal(&mut rng, [b, c, h, w]), normal(&mut rng, [b, c, 1, 1]), normal(&mut rng, [b, c, h, w]));
@@ -77,6 +80,7 @@ fn gated_residual_and_its_gradients() {
 
 #[test]
 fn swiglu_and_its_gradients() {
+    let _autodiff = common::autodiff_alone();
     let mut rng = Normals::new(0);
     // One shape within a parallel chunk of elements, one across several with a ragged end.
     for shape in [[1, 8, 6, 6], [2, 37, 19, 13]] {
@@ -91,6 +95,7 @@ fn swiglu_and_its_gradients() {
 
 #[test]
 fn conv1x1_and_its_gradients() {
+    let _autodiff = common::autodiff_alone();
     let mut rng = Normals::new(0);
     for ([b, c, h, w], o) in [([3, 5, 7, 4], 6), ([1, 8, 24, 24], 24)] {
         let (x, weight, bias) =

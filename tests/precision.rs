@@ -99,6 +99,7 @@ fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
 
 #[test]
 fn gradients_in_bf16_and_f16_stay_near_f32() {
+    let _autodiff = common::autodiff_alone();
     for name in ["udit_tiny", "dit_tiny"] {
         let g32 = gradients(name, Precision::F32);
         assert!(g32.len() > 1000 && g32.iter().all(|g| g.is_finite()));
@@ -123,6 +124,11 @@ fn recipe(data: &std::path::Path, precision: Precision) -> TrainConfig {
     cfg.log_every = 1;
     cfg.ckpt_every = 6;
     cfg.precision = precision;
+    // AdamW's eps at its default (1e-8) makes every early update +-lr by the gradient's sign
+    // alone, so that elements with tiny gradients flip with rounding and the comparison of
+    // updates measures the draw (0.02-0.25 in bf16 over seeds 0-5); at 1e-3 the updates follow
+    // the gradients (bf16 0.007-0.012, f16 0.0014-0.0023 over the same seeds).
+    cfg.adamw.eps = 1e-3;
     cfg
 }
 
@@ -146,24 +152,24 @@ fn weights(state: &TrainState) -> Vec<f32> {
 
 #[test]
 fn a_few_training_steps_in_bf16_and_f16_follow_f32() {
+    let _autodiff = common::autodiff_alone();
     let tmp = tempfile::tempdir().unwrap();
     latents(&tmp.path().join("data"), 8);
     let (loss32, w32, _) = run(tmp.path(), Precision::F32);
     let fresh = TrainState::new(recipe(&tmp.path().join("data"), Precision::F32), &Device::flex().autodiff()).unwrap();
     let w0 = weights(&fresh);
     let moved32: Vec<f32> = w32.iter().zip(&w0).map(|(a, b)| a - b).collect();
-    for precision in [Precision::Bf16, Precision::F16] {
+    for (precision, tol) in [(Precision::Bf16, 3e-2), (Precision::F16, 1e-2)] {
         let (loss, w, state) = run(tmp.path(), precision);
         assert_eq!(loss.len(), 6);
         for (step, (a, b)) in loss.iter().zip(&loss32).enumerate() {
             assert!((a - b).abs() <= 1e-2 * b.abs(), "step {step} loss in {precision}: {a} vs f32 {b}");
         }
-        // What the 6 steps changed agrees with f32's change (AdamW's sign-like first steps
-        // amplify tiny gradients, hence the looser bound).
+        // What the 6 steps changed agrees with f32's change.
         let moved: Vec<f32> = w.iter().zip(&w0).map(|(a, b)| a - b).collect();
         let e = rel_l2(&moved, &moved32);
         eprintln!("weight updates {precision}: {e:.2e}");
-        assert!(e <= 0.06, "the weight updates in {precision} differ from f32's by {e:.2e}");
+        assert!(e <= tol, "the weight updates in {precision} differ from f32's by {e:.2e} (tolerance {tol:.0e})");
         // f16 scales the loss; the checkpoint keeps the scaler for an exact resume.
         let scaler = state.optim.loss_scaler;
         assert_eq!(scaler.is_some(), precision == Precision::F16);
@@ -198,6 +204,7 @@ fn the_loss_scaler_halves_on_overflow_and_doubles_after_2000_finite_steps() {
 /// and halves the scale; the unscaled gradients of a finite step give f32's update.
 #[test]
 fn an_overflowing_f16_step_changes_nothing_and_a_finite_one_is_unscaled() {
+    let _autodiff = common::autodiff_alone();
     #[derive(Module, Debug)]
     struct W {
         w: Param<Tensor<1>>,

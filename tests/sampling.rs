@@ -318,3 +318,19 @@ fn guidance_intervals_parse_and_refuse() {
     ]);
     assert!(!ok && err.trim().lines().count() == 1 && err.contains("unknown schedule"), "{err}");
 }
+
+/// `--precision` reaches the sampler: the precision set on the calling thread holds on the
+/// worker threads that `generate` runs on (the products in bf16 move a few pixels, not more).
+#[test]
+fn sampling_runs_in_the_callers_precision() {
+    let s = setup();
+    let g = generator(&s, Sampler::Ddim { eta: 0.0 }, 10, 1.5, Classes::Listed(vec![1, 2]));
+    let f32_images = g.generate(0, 2, &mut |_| Ok(())).unwrap();
+    let bf16_images = {
+        let _autocast = udit::precision::autocast(udit::precision::Precision::Bf16);
+        g.generate(0, 2, &mut |_| Ok(())).unwrap()
+    };
+    let (differ, max) = (f32_images.pixels != bf16_images.pixels, max_diff(&f32_images, &bf16_images));
+    eprintln!("bf16 vs f32 samples: largest pixel difference {max}");
+    assert!(differ && max <= 16, "bf16 samples: differ {differ}, largest difference {max}");
+}

@@ -7,7 +7,7 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use udit::model::ModelConfig;
+use udit::model::{Denoiser, FfnForm, ModelConfig};
 use udit::train::optim::{AdamW, OptimState};
 use udit::train::{DataSpec, RunDir, TrainConfig, TrainState, Trainer, draws, train};
 
@@ -19,6 +19,7 @@ struct Weights {
 /// Loss sum(w * x) has gradient x; two AdamW steps and the EMA, computed by hand in f64.
 #[test]
 fn adamw_and_ema_match_a_hand_computed_update() {
+    let _autodiff = common::autodiff_alone();
     let dev = Device::flex().autodiff();
     let w0 = [0.5f64, -1.0, 2.0];
     let xs = [[1.0f64, -2.0, 0.25], [-0.5, 3.0, 0.0]];
@@ -57,6 +58,7 @@ fn adamw_and_ema_match_a_hand_computed_update() {
 
 #[test]
 fn clipping_scales_the_gradient_to_the_max_norm() {
+    let _autodiff = common::autodiff_alone();
     let dev = Device::flex().autodiff();
     let model = Weights { w: Param::from_tensor(Tensor::from_data(TensorData::from([0.0f32, 0.0]), &dev)) };
     let mut state = OptimState::new(&model, udit::precision::Precision::F32);
@@ -69,11 +71,41 @@ fn clipping_scales_the_gradient_to_the_max_norm() {
     assert!((m[0] - 0.06).abs() < 1e-6 && (m[1] - 0.08).abs() < 1e-6, "{m:?}");
 }
 
-/// Runs the tests that train one at a time: training runs side by side in one process share
-/// rayon's threads, and bit-for-bit comparisons of two runs want each to have them alone.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
+/// A seed gives the same initial weights while another thread draws from burn's generator
+/// (models built to be loaded draw from it): the seeded stream is the building thread's own.
+#[test]
+fn seeded_initialisation_ignores_other_threads() {
+    let cfg = tiny_model(0.1);
+    let dev = Device::flex();
+    let build = || udit::rng::seeded(7, || Denoiser::new(&cfg, FfnForm::Train, &dev));
+    let alone = udit::checkpoint::state_dict(&build());
+    let (draws, stop) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicBool::new(false));
+    let same = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Tensor::<1>::random([64], burn::tensor::Distribution::Default, &Device::flex()).into_data();
+                draws.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let same: Vec<bool> = (0..10)
+            .map(|_| {
+                // Once the other thread is drawing.
+                let before = draws.load(std::sync::atomic::Ordering::Relaxed);
+                while draws.load(std::sync::atomic::Ordering::Relaxed) < before + 2 {
+                    std::thread::yield_now();
+                }
+                udit::checkpoint::state_dict(&build()) == alone
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        same
+    });
+    assert!(same.iter().all(|&s| s), "another thread's draws changed the seeded weights: {same:?}");
+    // Another seed, other weights.
+    assert_ne!(
+        udit::checkpoint::state_dict(&udit::rng::seeded(8, || Denoiser::new(&cfg, FfnForm::Train, &dev))),
+        alone
+    );
 }
 
 fn tiny_model(dropout: f64) -> ModelConfig {
@@ -115,7 +147,7 @@ fn label_dropout_hits_the_requested_fraction_deterministically() {
 
 #[test]
 fn gradient_accumulation_equals_one_big_batch() {
-    let _serial = one_at_a_time();
+    let _autodiff = common::autodiff_alone();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(tmp.path(), 8);
     let dev = Device::flex().autodiff();
@@ -157,7 +189,7 @@ fn params(state: &TrainState) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn resume_continues_bit_for_bit() {
-    let _serial = one_at_a_time();
+    let _autodiff = common::autodiff_alone();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 6);
     let dev = Device::flex().autodiff();
@@ -256,7 +288,7 @@ fn tiny_sit_recipe(data: &std::path::Path, steps: u64, dropout: f64) -> TrainCon
 /// the Linear path at the drawn t and noise, computed here by hand from the draws.
 #[test]
 fn the_interpolant_loss_is_sits_at_the_drawn_points() {
-    let _serial = one_at_a_time();
+    let _autodiff = common::autodiff_alone();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(tmp.path(), 4);
     let dev = Device::flex().autodiff();
@@ -303,7 +335,7 @@ fn the_interpolant_loss_is_sits_at_the_drawn_points() {
 
 #[test]
 fn an_interpolant_run_learns_resumes_bit_for_bit_and_exports_its_process() {
-    let _serial = one_at_a_time();
+    let _autodiff = common::autodiff_alone();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 8);
     interpolant_run(tiny_sit_recipe(&tmp.path().join("data"), 60, 0.1), tmp.path());
@@ -311,7 +343,7 @@ fn an_interpolant_run_learns_resumes_bit_for_bit_and_exports_its_process() {
 
 #[test]
 fn a_udit_trains_as_an_interpolant_too_and_samples_with_the_ode_and_the_sde() {
-    let _serial = one_at_a_time();
+    let _autodiff = common::autodiff_alone();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 8);
     let mut recipe = tiny_recipe(&tmp.path().join("data"), 60);
@@ -338,7 +370,7 @@ fn a_udit_trains_as_an_interpolant_too_and_samples_with_the_ode_and_the_sde() {
 
 #[test]
 fn a_sit_llama_trains_as_an_interpolant_and_resumes_bit_for_bit() {
-    let _serial = one_at_a_time();
+    let _autodiff = common::autodiff_alone();
     let tmp = tempfile::tempdir().unwrap();
     common::latents(&tmp.path().join("data"), 8);
     let model = ModelConfig::from_json(

@@ -298,6 +298,7 @@ fn bad_sampler_settings_are_refused_before_any_call() {
 /// the noise end for Euler over 20 points and dopri5, one probe per evaluation as there.
 #[test]
 fn the_likelihood_ode_matches_the_reference_with_its_probes() {
+    let _autodiff = common::autodiff_alone();
     let f = fixture();
     let inner = Device::flex();
     let autodiff = inner.clone().autodiff();

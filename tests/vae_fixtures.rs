@@ -8,6 +8,7 @@ use udit::vae::Vae;
 
 #[test]
 fn vae_tiny_encode_and_decode_match_diffusers() {
+    let _autodiff = common::autodiff_alone();
     for dev in [Device::flex(), Device::flex().autodiff()] {
         let vae = Vae::load(&fixture("vae_tiny"), &dev).unwrap();
         assert_eq!(vae.config.scaling_factor, 0.18215);

@@ -104,7 +104,7 @@ pub fn train(
         bail!("training needs at least 1 epoch");
     }
     let ad = device.clone().autodiff();
-    let mut model = crate::rng::seeded(device, seed, || Classifier::new(&ad));
+    let mut model = crate::rng::seeded(seed, || Classifier::new(&ad));
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let n = limit.unwrap_or(train.len()).min(train.len());
     let mut rng = crate::rng::Stream::ClassifierOrder.rng(seed);

@@ -34,13 +34,19 @@ fn init_tensor<const D: usize>(
     init: Init,
     device: &Device,
 ) -> Tensor<D> {
-    match init {
-        Init::Xavier => {
-            let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
-            Tensor::random(shape, Distribution::Uniform(-a, a), device)
-        }
-        Init::Normal(std) => Tensor::random(shape, Distribution::Normal(0.0, std), device),
-        Init::Zero => Tensor::zeros(shape, device),
+    use crate::rng::InitDraw;
+    let draw = match init {
+        Init::Xavier => InitDraw::Uniform((6.0 / (fan_in + fan_out) as f64).sqrt()),
+        Init::Normal(std) => InitDraw::Normal(std),
+        Init::Zero => return Tensor::zeros(shape, device),
+    };
+    // Under `rng::seeded`: its stream. Otherwise (a model about to be loaded): burn's generator.
+    match crate::rng::init_draws(shape.iter().product(), draw) {
+        Some(values) => Tensor::from_data(TensorData::new(values, shape), device),
+        None => match draw {
+            InitDraw::Uniform(a) => Tensor::random(shape, Distribution::Uniform(-a, a), device),
+            InitDraw::Normal(std) => Tensor::random(shape, Distribution::Normal(0.0, std), device),
+        },
     }
 }
 

@@ -37,7 +37,7 @@ impl TrainState {
     /// A fresh model (seeded initialisation) and optimizer on the autodiff device `device`.
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         config.validate()?;
-        let model = crate::rng::seeded(device, config.seed, || Denoiser::new(&config.model, FfnForm::Train, device));
+        let model = crate::rng::seeded(config.seed, || Denoiser::new(&config.model, FfnForm::Train, device));
         let optim = OptimState::new(&model, config.precision);
         Ok(Self { config, model, optim, seconds: 0.0 })
     }

@@ -87,6 +87,16 @@ pub fn latents(dir: &Path, n: usize) {
     w.finish().unwrap();
 }
 
+/// Runs the tests of one binary that use autodiff one at a time. burn 0.22 keeps every
+/// autodiff graph of the process in one registry, and a `backward` on one thread can free
+/// steps of a graph that another thread is still building, so that a gradient goes missing
+/// without an error (tracel-ai/burn#5573). Training runs side by side would also share
+/// rayon's threads, which bit-for-bit comparisons of two runs do not want.
+pub fn autodiff_alone() -> std::sync::MutexGuard<'static, ()> {
+    static AUTODIFF: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    AUTODIFF.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Standard-normal test inputs from a seeded ChaCha8 stream: the same values on every run,
 /// so that a comparison of two implementations cannot pass or fail by the draw.
 pub struct Normals(ChaCha8Rng);
