@@ -79,7 +79,8 @@ pub struct SweepArgs {
 pub fn sweep(a: SweepArgs) -> Result<()> {
     let device = crate::default_device();
     let read = a.model.read()?;
-    let samplers = a.samplers.as_deref().unwrap_or(default_samplers(&read.process.process()?));
+    let process = read.process.process()?;
+    let samplers = a.samplers.as_deref().unwrap_or(default_samplers(&process));
     let specs = parse_list(samplers, "--samplers", SamplerSpec::parse)?;
     let steps =
         parse_list(&a.steps, "--steps", |s| s.parse::<usize>().with_context(|| format!("{s:?} is not a step count")))?;
@@ -96,7 +97,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let channels = cfg_channels(a.cfg_channels.as_deref(), config)?;
     let base = loaded.generator(
         Settings {
-            method: Method::preview(&loaded.process.process()?),
+            method: Method::preview(&process),
             guidance: Guidance::everywhere(1.0),
             seed: a.seed,
             classes: Classes::parse(&a.classes, &loaded.names, loaded.config.num_classes())?,
