@@ -53,11 +53,22 @@ impl Conv1x1Ops for Flex {
         let o = dims4(&weight)[0];
         let plane = h * w;
         let (x, weight, bias) = (slice(&x), slice(&weight), slice(&bias));
-        let mut out: Vec<f32> = bias.iter().flat_map(|&v| std::iter::repeat_n(v, plane)).collect::<Vec<_>>().repeat(b);
         let inner = inner_parallelism(b);
-        out.par_chunks_mut(o * plane).zip(x.par_chunks(c * plane)).for_each(|(ob, xb)| {
-            gemm_strided(o, plane, c, &weight, (c, 1), xb, (plane, 1), ob, (plane, 1), true, inner);
-        });
+        // Each sample's rows start as its bias (written by the thread that then runs its GEMM,
+        // into memory nothing has touched: no zeroing, no serial fill).
+        let mut out: Vec<f32> = Vec::with_capacity(b * o * plane);
+        out.spare_capacity_mut()[..b * o * plane].par_chunks_mut(o * plane).zip(x.par_chunks(c * plane)).for_each(
+            |(ob, xb)| {
+                for (row, &v) in ob.chunks_mut(plane).zip(bias.iter()) {
+                    row.fill(std::mem::MaybeUninit::new(v));
+                }
+                // SAFETY: every element of `ob` was written just above.
+                let ob = unsafe { std::slice::from_raw_parts_mut(ob.as_mut_ptr().cast::<f32>(), ob.len()) };
+                gemm_strided(o, plane, c, &weight, (c, 1), xb, (plane, 1), ob, (plane, 1), true, inner);
+            },
+        );
+        // SAFETY: the loop above wrote all b * o * plane elements (o rows of `plane` per sample).
+        unsafe { out.set_len(b * o * plane) };
         tensor(out, [b, o, h, w])
     }
 }

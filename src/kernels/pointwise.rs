@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::flex::{shape, slice, tensor, values};
 
 use super::cpu::{
-    Gelu, PIXEL_BLOCK, SyncPtr, add_gated_in_place, exp, gelu_in_place, norm_modulate_in_place, normal_cdf,
+    Gelu, PIXEL_BLOCK, SyncPtr, add_gated_in_place, exp, gelu_in_place, gelu_of, norm_modulate_in_place, normal_cdf,
     pixel_blocks, sum, vectorized,
 };
 
@@ -87,9 +87,14 @@ const CHUNK: usize = 1 << 14;
 
 impl PointwiseOps for Flex {
     fn fused_gelu(x: FlexTensor, tanh: bool) -> FlexTensor {
-        let shape = shape(&x);
-        let mut v = values(x);
-        gelu_in_place(&mut v, if tanh { Gelu::Tanh } else { Gelu::Erf });
+        let (shape, kind) = (shape(&x), if tanh { Gelu::Tanh } else { Gelu::Erf });
+        let v = if x.is_unique() {
+            let mut v = values(x);
+            gelu_in_place(&mut v, kind);
+            v
+        } else {
+            gelu_of(&slice(&x), kind)
+        };
         tensor(v, shape)
     }
 
