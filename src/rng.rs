@@ -94,6 +94,16 @@ pub enum InitDraw {
     Normal(f64),
 }
 
+impl InitDraw {
+    /// The same distribution for burn's generator.
+    pub fn distribution(self) -> burn::tensor::Distribution {
+        match self {
+            Self::Uniform(a) => burn::tensor::Distribution::Uniform(-a, a),
+            Self::Normal(std) => burn::tensor::Distribution::Normal(0.0, std),
+        }
+    }
+}
+
 /// `count` initial weights from [`seeded`]'s generator, or `None` outside [`seeded`] (a model
 /// built to be loaded, whose weights are then overwritten).
 pub fn init_draws(count: usize, draw: InitDraw) -> Option<Vec<f32>> {

@@ -5,6 +5,9 @@ mod common;
 
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use udit::model::{Denoiser, FfnForm, ModelConfig};
@@ -77,35 +80,33 @@ fn clipping_scales_the_gradient_to_the_max_norm() {
 fn seeded_initialisation_ignores_other_threads() {
     let cfg = tiny_model(0.1);
     let dev = Device::flex();
-    let build = || udit::rng::seeded(7, || Denoiser::new(&cfg, FfnForm::Train, &dev));
-    let alone = udit::checkpoint::state_dict(&build());
-    let (draws, stop) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicBool::new(false));
+    let build =
+        |seed| udit::checkpoint::state_dict(&udit::rng::seeded(seed, || Denoiser::new(&cfg, FfnForm::Train, &dev)));
+    let alone = build(7);
+    let (draws, stop) = (AtomicU64::new(0), AtomicBool::new(false));
     let same = std::thread::scope(|s| {
         s.spawn(|| {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Relaxed) {
                 let _ = Tensor::<1>::random([64], burn::tensor::Distribution::Default, &Device::flex()).into_data();
-                draws.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                draws.fetch_add(1, Relaxed);
             }
         });
         let same: Vec<bool> = (0..10)
             .map(|_| {
                 // Once the other thread is drawing.
-                let before = draws.load(std::sync::atomic::Ordering::Relaxed);
-                while draws.load(std::sync::atomic::Ordering::Relaxed) < before + 2 {
+                let before = draws.load(Relaxed);
+                while draws.load(Relaxed) < before + 2 {
                     std::thread::yield_now();
                 }
-                udit::checkpoint::state_dict(&build()) == alone
+                build(7) == alone
             })
             .collect();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Relaxed);
         same
     });
     assert!(same.iter().all(|&s| s), "another thread's draws changed the seeded weights: {same:?}");
     // Another seed, other weights.
-    assert_ne!(
-        udit::checkpoint::state_dict(&udit::rng::seeded(8, || Denoiser::new(&cfg, FfnForm::Train, &dev))),
-        alone
-    );
+    assert_ne!(build(8), alone);
 }
 
 fn tiny_model(dropout: f64) -> ModelConfig {

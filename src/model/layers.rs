@@ -9,7 +9,6 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::silu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -43,10 +42,7 @@ fn init_tensor<const D: usize>(
     // Under `rng::seeded`: its stream. Otherwise (a model about to be loaded): burn's generator.
     match crate::rng::init_draws(shape.iter().product(), draw) {
         Some(values) => Tensor::from_data(TensorData::new(values, shape), device),
-        None => match draw {
-            InitDraw::Uniform(a) => Tensor::random(shape, Distribution::Uniform(-a, a), device),
-            InitDraw::Normal(std) => Tensor::random(shape, Distribution::Normal(0.0, std), device),
-        },
+        None => Tensor::random(shape, draw.distribution(), device),
     }
 }
 
