@@ -122,16 +122,19 @@ impl AttentionGrads for Flex {
             .collect();
         let dtemp: Vec<f64> = tasks
             .into_par_iter()
-            .map(|(task, out)| {
-                let (bi, head) = (task / heads, task % heads);
-                let sample = &qkv[bi * d3 * plane..(bi + 1) * d3 * plane];
-                let g = &grad[(bi * d + head * hd) * plane..(bi * d + (head + 1) * hd) * plane];
-                let temp = temps.as_ref().map(|t| t[head]);
-                vectorized(
-                    #[inline(always)]
-                    || backward_head(sample, g, out, head, [d, hd, h, w], &spec, temp, &rope),
-                )
-            })
+            .map_init(
+                || Scratch::new(hd, n),
+                |scratch, (task, out)| {
+                    let (bi, head) = (task / heads, task % heads);
+                    let sample = &qkv[bi * d3 * plane..(bi + 1) * d3 * plane];
+                    let g = &grad[(bi * d + head * hd) * plane..(bi * d + (head + 1) * hd) * plane];
+                    let temp = temps.as_ref().map(|t| t[head]);
+                    vectorized(
+                        #[inline(always)]
+                        || backward_head(sample, g, out, scratch, head, [d, hd, h, w], &spec, temp, &rope),
+                    )
+                },
+            )
             .collect();
         // d logit_scale = d temperature * temperature below the clamp, else 0.
         let grad_ls: Vec<f32> = (0..heads)
@@ -147,6 +150,30 @@ impl AttentionGrads for Flex {
     }
 }
 
+/// The working buffers of [`backward_head`], made once per rayon job and reused by its tasks
+/// (every buffer is written before it is read).
+struct Scratch {
+    /// q, k, v, d out, out, d q, d k, d v: `[hd][n]` each.
+    tokens: [Vec<f32>; 8],
+    /// P and d P (then d S): `[n][n]`.
+    scores: [Vec<f32>; 2],
+    /// The inverse norms of q and k, rowsum(P dP), normalize_backward's projections: `[n]`.
+    rows: [Vec<f32>; 4],
+    /// The pixel of each token of the group.
+    pixels: Vec<usize>,
+}
+
+impl Scratch {
+    fn new(hd: usize, n: usize) -> Self {
+        Self {
+            tokens: std::array::from_fn(|_| vec![0.0; hd * n]),
+            scores: std::array::from_fn(|_| vec![0.0; n * n]),
+            rows: std::array::from_fn(|_| vec![0.0; n]),
+            pixels: vec![0; n],
+        }
+    }
+}
+
 /// The backward of one (sample, head): for every group, recompute q, k (rotated,
 /// normalised), the scores and the softmax, then propagate `grad` (the head's `[hd][H*W]`
 /// output gradient) to q, k and v, written into `out` (the head's q, k and v channel blocks).
@@ -158,6 +185,7 @@ fn backward_head(
     sample: &[f32],
     grad: &[f32],
     out: [&mut [f32]; 3],
+    scratch: &mut Scratch,
     head: usize,
     [d, hd, h, w]: [usize; 4],
     spec: &AttnSpec,
@@ -168,18 +196,18 @@ fn backward_head(
     let (hr, wr) = (h / r, w / r);
     let n = hr * wr;
     let plane = h * w;
-    let [mut q, mut k, mut v, mut go, mut o, mut dq, mut dk, mut dv] = [(); 8].map(|_| vec![0f32; hd * n]);
-    let [mut p, mut dp] = [(); 2].map(|_| vec![0f32; n * n]);
-    let [mut inq, mut ink, mut rowdot, mut proj] = [(); 4].map(|_| vec![0f32; n]);
-    let mut pixels = vec![0usize; n];
+    let Scratch { tokens, scores, rows, pixels } = scratch;
+    let [q, k, v, go, o, dq, dk, dv] = tokens.each_mut().map(|t| t.as_mut_slice());
+    let [p, dp] = scores.each_mut().map(|t| t.as_mut_slice());
+    let [inq, ink, rowdot, proj] = rows.each_mut().map(|t| t.as_mut_slice());
     let mut dtemp = 0f64;
     let [out_q, out_k, out_v] = out;
     for dh in 0..r {
         for dw in 0..r {
-            gather_group(sample, [d, hd, h, w], head, [r, dh, dw], &mut pixels, [&mut q, &mut k, &mut v]);
+            gather_group(sample, [d, hd, h, w], head, [r, dh, dw], pixels, [q, k, v]);
             for c in 0..hd {
                 let src = &grad[c * plane..(c + 1) * plane];
-                for (x, &px) in go[c * n..(c + 1) * n].iter_mut().zip(&pixels) {
+                for (x, &px) in go[c * n..(c + 1) * n].iter_mut().zip(pixels.iter()) {
                     *x = src[px];
                 }
             }
@@ -187,55 +215,55 @@ fn backward_head(
             if spec.rope {
                 for m in 0..hd / 2 {
                     let (cos, neg_sin) = pair(m);
-                    rotate_pair_forward(&mut q, m, n, cos, neg_sin);
-                    rotate_pair_forward(&mut k, m, n, cos, neg_sin);
+                    rotate_pair_forward(q, m, n, cos, neg_sin);
+                    rotate_pair_forward(k, m, n, cos, neg_sin);
                 }
             }
             // q becomes qs (what multiplies k in the scores), k becomes kn.
             match temp {
                 Some(t) => {
-                    inverse_norms(&q, n, &mut inq);
-                    inverse_norms(&k, n, &mut ink);
-                    scale_tokens(&mut q, &inq);
-                    scale_tokens(&mut k, &ink);
+                    inverse_norms(q, n, inq);
+                    inverse_norms(k, n, ink);
+                    scale_tokens(q, inq);
+                    scale_tokens(k, ink);
                     q.iter_mut().for_each(|x| *x *= t);
                 }
                 None => q.iter_mut().for_each(|x| *x *= spec.scale),
             }
             // P = softmax(qs^T kn) over keys (rows are queries); O = P V.
-            gemm_strided(n, n, hd, &q, (1, n), &k, (n, 1), &mut p, (n, 1), false, gemm::Parallelism::None);
+            gemm_strided(n, n, hd, q, (1, n), k, (n, 1), p, (n, 1), false, gemm::Parallelism::None);
             for row in p.chunks_exact_mut(n) {
                 let m = max(row);
                 row.iter_mut().for_each(|s| *s = exp(*s - m));
                 let inv = 1.0 / sum(row);
                 row.iter_mut().for_each(|s| *s *= inv);
             }
-            gemm_strided(n, hd, n, &p, (n, 1), &v, (1, n), &mut o, (1, n), false, gemm::Parallelism::None);
+            gemm_strided(n, hd, n, p, (n, 1), v, (1, n), o, (1, n), false, gemm::Parallelism::None);
             // dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(P dP)), rowsum(P dP)_i = dO_i . O_i.
-            gemm_strided(n, hd, n, &p, (1, n), &go, (1, n), &mut dv, (1, n), false, gemm::Parallelism::None);
-            gemm_strided(n, n, hd, &go, (1, n), &v, (n, 1), &mut dp, (n, 1), false, gemm::Parallelism::None);
+            gemm_strided(n, hd, n, p, (1, n), go, (1, n), dv, (1, n), false, gemm::Parallelism::None);
+            gemm_strided(n, n, hd, go, (1, n), v, (n, 1), dp, (n, 1), false, gemm::Parallelism::None);
             rowdot.iter_mut().for_each(|x| *x = 0.0);
             for (gc, oc) in go.chunks_exact(n).zip(o.chunks_exact(n)) {
                 for ((s, &a), &b) in rowdot.iter_mut().zip(gc).zip(oc) {
                     *s = a.mul_add(b, *s);
                 }
             }
-            for ((dprow, prow), &rd) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(&rowdot) {
+            for ((dprow, prow), &rd) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(rowdot.iter()) {
                 for (x, &pv) in dprow.iter_mut().zip(prow) {
                     *x = pv * (*x - rd);
                 }
             }
             // d qs = dS kn; d kn = dS^T qs.
-            gemm_strided(n, hd, n, &dp, (n, 1), &k, (1, n), &mut dq, (1, n), false, gemm::Parallelism::None);
-            gemm_strided(n, hd, n, &dp, (1, n), &q, (1, n), &mut dk, (1, n), false, gemm::Parallelism::None);
+            gemm_strided(n, hd, n, dp, (n, 1), k, (1, n), dq, (1, n), false, gemm::Parallelism::None);
+            gemm_strided(n, hd, n, dp, (1, n), q, (1, n), dk, (1, n), false, gemm::Parallelism::None);
             match temp {
                 Some(t) => {
                     // qs = t qn: d t = sum(d qs . qn) = sum(d qs . qs) / t; d qn = t d qs.
-                    dtemp += dq.iter().zip(&q).map(|(&a, &b)| (a * b) as f64).sum::<f64>() / t as f64;
+                    dtemp += dq.iter().zip(q.iter()).map(|(&a, &b)| (a * b) as f64).sum::<f64>() / t as f64;
                     q.iter_mut().for_each(|x| *x /= t);
                     dq.iter_mut().for_each(|x| *x *= t);
-                    normalize_backward(&mut dq, &q, &inq, &mut proj);
-                    normalize_backward(&mut dk, &k, &ink, &mut proj);
+                    normalize_backward(dq, q, inq, proj);
+                    normalize_backward(dk, k, ink, proj);
                 }
                 None => dq.iter_mut().for_each(|x| *x *= spec.scale),
             }
@@ -243,14 +271,14 @@ fn backward_head(
                 // The rotation's transpose: rotate by the negative angle.
                 for m in 0..hd / 2 {
                     let (cos, neg_sin) = pair(m);
-                    rotate_pair(&mut dq, m, n, cos, neg_sin);
-                    rotate_pair(&mut dk, m, n, cos, neg_sin);
+                    rotate_pair(dq, m, n, cos, neg_sin);
+                    rotate_pair(dk, m, n, cos, neg_sin);
                 }
             }
-            for (dst, src) in [(&mut *out_q, &dq), (&mut *out_k, &dk), (&mut *out_v, &dv)] {
+            for (dst, src) in [(&mut *out_q, &*dq), (&mut *out_k, &*dk), (&mut *out_v, &*dv)] {
                 for c in 0..hd {
                     let plane_out = &mut dst[c * plane..(c + 1) * plane];
-                    for (&x, &px) in src[c * n..(c + 1) * n].iter().zip(&pixels) {
+                    for (&x, &px) in src[c * n..(c + 1) * n].iter().zip(pixels.iter()) {
                         plane_out[px] = x;
                     }
                 }

@@ -4,6 +4,8 @@
 //! gradient `grad x x^T` summed over the batch, all on the tensors as they lie, without the
 //! im2col, transposes and per-sample weight-gradient copies of the generic paths.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -16,7 +18,7 @@ use rayon::prelude::*;
 
 use super::flex::{dims4, slice, tensor};
 
-use super::cpu::{gemm_strided, sum};
+use super::cpu::{gemm_strided, gemm_write, sum, transpose, written};
 
 /// `[B, C, H, W]` x `[O, C, 1, 1]` + `[O]` -> `[B, O, H, W]`.
 #[backend_extension(Flex, Autodiff)]
@@ -56,19 +58,18 @@ impl Conv1x1Ops for Flex {
         let inner = inner_parallelism(b);
         // Each sample's rows start as its bias (written by the thread that then runs its GEMM,
         // into memory nothing has touched: no zeroing, no serial fill).
-        let mut out: Vec<f32> = Vec::with_capacity(b * o * plane);
-        out.spare_capacity_mut()[..b * o * plane].par_chunks_mut(o * plane).zip(x.par_chunks(c * plane)).for_each(
-            |(ob, xb)| {
+        let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
+            out.par_chunks_mut(o * plane).zip(x.par_chunks(c * plane)).for_each(|(ob, xb)| {
                 for (row, &v) in ob.chunks_mut(plane).zip(bias.iter()) {
-                    row.fill(std::mem::MaybeUninit::new(v));
+                    row.fill(MaybeUninit::new(v));
                 }
                 // SAFETY: every element of `ob` was written just above.
                 let ob = unsafe { std::slice::from_raw_parts_mut(ob.as_mut_ptr().cast::<f32>(), ob.len()) };
                 gemm_strided(o, plane, c, &weight, (c, 1), xb, (plane, 1), ob, (plane, 1), true, inner);
-            },
-        );
-        // SAFETY: the loop above wrote all b * o * plane elements (o rows of `plane` per sample).
-        unsafe { out.set_len(b * o * plane) };
+            })
+        };
+        // SAFETY: each sample's chunk is o rows of `plane`, all written as its bias.
+        let [out] = unsafe { written([b * o * plane], fill) };
         tensor(out, [b, o, h, w])
     }
 }
@@ -79,24 +80,34 @@ impl Conv1x1Grads for Flex {
         let o = dims4(&weight)[0];
         let plane = h * w;
         let (x, weight, grad) = (slice(&x), slice(&weight), slice(&grad));
-        // d x_b = W^T g_b, per sample.
+        // d x_b = W^T g_b, per sample, from W^T laid out once (c rows of o): gemm then reads
+        // it as it lies instead of packing W again for every sample.
         let inner = inner_parallelism(b);
-        let mut dx = vec![0f32; b * c * plane];
-        dx.par_chunks_mut(c * plane).zip(grad.par_chunks(o * plane)).for_each(|(dxb, gb)| {
-            gemm_strided(c, plane, o, &weight, (1, c), gb, (plane, 1), dxb, (plane, 1), false, inner);
-        });
+        let wt = transpose(&weight, o, c);
+        let fill = |[dx]: [&mut [MaybeUninit<f32>]; 1]| {
+            dx.par_chunks_mut(c * plane).zip(grad.par_chunks(o * plane)).for_each(|(dxb, gb)| {
+                gemm_write(c, plane, o, &wt, (o, 1), gb, (plane, 1), dxb, inner);
+            })
+        };
+        // SAFETY: gemm_write writes each sample's whole chunk.
+        let [dx] = unsafe { written([b * c * plane], fill) };
         // d W = sum_b g_b x_b^T: the samples split into one run per thread, each summing its
         // samples' products into its own buffer with the GEMM's accumulation; then the runs summed.
         let runs = rayon::current_num_threads().min(b);
         let per_run = b.div_ceil(runs);
+        let product = |bi: usize| (&grad[bi * o * plane..][..o * plane], &x[bi * c * plane..][..c * plane]);
         let mut partial: Vec<Vec<f32>> = (0..b.div_ceil(per_run))
             .into_par_iter()
             .map(|run| {
-                let mut dw = vec![0f32; o * c];
-                for bi in run * per_run..((run + 1) * per_run).min(b) {
-                    let (gb, xb) = (&grad[bi * o * plane..][..o * plane], &x[bi * c * plane..][..c * plane]);
-                    let add = bi > run * per_run;
-                    gemm_strided(o, c, plane, gb, (plane, 1), xb, (1, plane), &mut dw, (c, 1), add, inner);
+                let (first, last) = (run * per_run, ((run + 1) * per_run).min(b));
+                let (gb, xb) = product(first);
+                // SAFETY: gemm_write writes all o x c elements.
+                let [mut dw] = unsafe {
+                    written([o * c], |[dw]| gemm_write(o, c, plane, gb, (plane, 1), xb, (1, plane), dw, inner))
+                };
+                for bi in first + 1..last {
+                    let (gb, xb) = product(bi);
+                    gemm_strided(o, c, plane, gb, (plane, 1), xb, (1, plane), &mut dw, (c, 1), true, inner);
                 }
                 dw
             })

@@ -6,6 +6,8 @@
 //! has. The ops with their backward that use them are in the sibling modules; `linear` is
 //! the inference-only token-wise linear layer.
 
+use std::mem::MaybeUninit;
+
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
@@ -178,18 +180,62 @@ pub(crate) fn gemm_strided(
     accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
+    check_operands([m, n, k], (lhs.len(), lhs_s), (rhs.len(), rhs_s), (dst.len(), dst_s));
+    // SAFETY: the check keeps every index gemm touches inside the three slices.
+    unsafe { gemm_raw([m, n, k], (lhs, lhs_s), (rhs, rhs_s), (dst.as_mut_ptr(), dst_s), accumulate, parallelism) }
+}
+
+/// [`gemm_strided`] into fresh memory: `dst` is the whole row-major m x n result, and the
+/// GEMM writes every element of it without reading any (nothing needs zeroing first).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_write(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+    parallelism: gemm::Parallelism,
+) {
+    assert_eq!(dst.len(), m * n, "the output is the whole m x n result");
+    check_operands([m, n, k], (lhs.len(), lhs_s), (rhs.len(), rhs_s), (dst.len(), (n, 1)));
+    // SAFETY: as in gemm_strided; without `read_dst` gemm only writes dst (all m x n of it).
+    unsafe { gemm_raw([m, n, k], (lhs, lhs_s), (rhs, rhs_s), (dst.as_mut_ptr().cast(), (n, 1)), false, parallelism) }
+}
+
+/// Panics unless every index an m x n x k GEMM touches lies inside its operands, each given
+/// as (length, (row stride, column stride)).
+fn check_operands(
+    [m, n, k]: [usize; 3],
+    lhs: (usize, (usize, usize)),
+    rhs: (usize, (usize, usize)),
+    dst: (usize, (usize, usize)),
+) {
     let last = |rows: usize, cols: usize, s: (usize, usize)| (rows - 1) * s.0 + (cols - 1) * s.1;
-    assert!(lhs.len() > last(m, k, lhs_s) && rhs.len() > last(k, n, rhs_s) && dst.len() > last(m, n, dst_s));
-    // SAFETY: the assert keeps every index gemm touches inside the three slices.
+    assert!(lhs.0 > last(m, k, lhs.1) && rhs.0 > last(k, n, rhs.1) && dst.0 > last(m, n, dst.1));
+}
+
+/// # Safety
+/// The operands must hold every index the GEMM touches (see [`check_operands`]).
+unsafe fn gemm_raw(
+    [m, n, k]: [usize; 3],
+    (lhs, lhs_s): (&[f32], (usize, usize)),
+    (rhs, rhs_s): (&[f32], (usize, usize)),
+    (dst, dst_s): (*mut f32, (usize, usize)),
+    read_dst: bool,
+    parallelism: gemm::Parallelism,
+) {
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_s.1 as isize,
             dst_s.0 as isize,
-            accumulate,
+            read_dst,
             lhs.as_ptr(),
             lhs_s.1 as isize,
             lhs_s.0 as isize,
@@ -204,6 +250,48 @@ pub(crate) fn gemm_strided(
             parallelism,
         );
     }
+}
+
+/// The transpose of a row-major `[rows, cols]` matrix, `[cols, rows]`: each task writes 32
+/// rows of the output (an L2-sized block) from 32 adjacent values of every input row.
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    assert_eq!(x.len(), rows * cols);
+    let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
+        out.par_chunks_mut(TILE * rows.max(1)).enumerate().for_each(|(tile, block)| {
+            let c0 = tile * TILE;
+            for (r, row) in x.chunks_exact(cols).enumerate() {
+                for (j, &v) in row[c0..c0 + block.len() / rows].iter().enumerate() {
+                    block[j * rows + r].write(v);
+                }
+            }
+        })
+    };
+    // SAFETY: block `tile` is output rows c0.. of `rows` values each, all written.
+    let [out] = unsafe { written([x.len()], fill) };
+    out
+}
+
+/// `K` vectors of the given lengths that `fill` writes straight into fresh memory: no zeroing
+/// pass before the pass that writes them.
+///
+/// # Safety
+/// `fill` must write every element of each of the `K` outputs.
+pub(crate) unsafe fn written<const K: usize>(
+    lens: [usize; K],
+    fill: impl FnOnce([&mut [MaybeUninit<f32>]; K]),
+) -> [Vec<f32>; K] {
+    let mut outs = lens.map(Vec::with_capacity);
+    let mut lens_in_order = lens.iter();
+    fill(outs.each_mut().map(|out| {
+        let len = *lens_in_order.next().expect("one length per output");
+        &mut out.spare_capacity_mut()[..len]
+    }));
+    for (out, &len) in outs.iter_mut().zip(&lens) {
+        // SAFETY: `fill` wrote all `len` elements (the caller's promise).
+        unsafe { out.set_len(len) };
+    }
+    outs
 }
 
 /// Sum with independent accumulators, so that it vectorises (likewise [`max`]). Inner
@@ -293,26 +381,27 @@ pub(crate) fn gelu_in_place(v: &mut [f32], kind: Gelu) {
 /// GELU of `x` into a new vector: for an input that must stay as it is (autodiff keeps it for
 /// the backward), one pass instead of a copy and a pass in place.
 pub(crate) fn gelu_of(x: &[f32], kind: Gelu) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    out.spare_capacity_mut()[..x.len()].par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(out, x)| {
-        vectorized(
-            #[inline(always)]
-            || match kind {
-                Gelu::Erf => {
-                    for (o, &v) in out.iter_mut().zip(x) {
-                        o.write(gelu_erf(v));
+    let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
+        out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(out, x)| {
+            vectorized(
+                #[inline(always)]
+                || match kind {
+                    Gelu::Erf => {
+                        for (o, &v) in out.iter_mut().zip(x) {
+                            o.write(gelu_erf(v));
+                        }
                     }
-                }
-                Gelu::Tanh => {
-                    for (o, &v) in out.iter_mut().zip(x) {
-                        o.write(gelu_tanh(v));
+                    Gelu::Tanh => {
+                        for (o, &v) in out.iter_mut().zip(x) {
+                            o.write(gelu_tanh(v));
+                        }
                     }
-                }
-            },
-        )
-    });
-    // SAFETY: the chunks above wrote every one of the x.len() elements.
-    unsafe { out.set_len(x.len()) };
+                },
+            )
+        })
+    };
+    // SAFETY: the chunks cover all x.len() elements, each written once.
+    let [out] = unsafe { written([x.len()], fill) };
     out
 }
 
@@ -500,5 +589,19 @@ mod tests {
         assert!(worst < 2e-7, "largest relative error {worst:.2e}");
         assert_eq!(super::exp(0.0), 1.0);
         assert!(super::exp(-1e30) < 2e-38 && super::exp(1e30).is_finite(), "clamped, not wrapped");
+    }
+
+    /// Shapes around the 32-wide tiles: fewer columns than a tile, a partial last tile.
+    #[test]
+    fn transpose_moves_every_value_to_its_mirror() {
+        for (rows, cols) in [(1, 1), (3, 7), (37, 45), (64, 33), (5, 96)] {
+            let x: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = super::transpose(&x, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], x[r * cols + c], "({r}, {c}) of {rows} x {cols}");
+                }
+            }
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! backward recomputes the rest in one pass. `tests/pointwise_kernels.rs` compares them
 //! with [`super::generic`].
 
+use std::mem::MaybeUninit;
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -20,7 +22,7 @@ use super::flex::{shape, slice, tensor, values};
 
 use super::cpu::{
     Gelu, PIXEL_BLOCK, SyncPtr, add_gated_in_place, exp, gelu_in_place, gelu_of, norm_modulate_in_place, normal_cdf,
-    pixel_blocks, sum, vectorized,
+    pixel_blocks, sum, vectorized, written,
 };
 
 #[backend_extension(Flex, Autodiff)]
@@ -210,20 +212,24 @@ impl PointwiseGrads for Flex {
         let shape = shape(&y);
         let plane = shape[2] * shape[3];
         let (gate, y, g) = (slice(&gate), slice(&y), slice(&grad));
-        let mut dgate = vec![0f32; gate.len()];
-        let mut dy = vec![0f32; y.len()];
-        dy.par_chunks_mut(plane)
-            .zip(dgate.par_iter_mut())
-            .zip(g.par_chunks(plane).zip(y.par_chunks(plane)).zip(gate.par_iter()))
-            .for_each(|((dys, dg), ((gs, ys), &gv))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        *dg = super::cpu::dot(gs, ys);
-                        dys.iter_mut().zip(gs).for_each(|(d, &g)| *d = gv * g);
-                    },
-                )
-            });
+        let fill = |[dy, dgate]: [&mut [MaybeUninit<f32>]; 2]| {
+            dy.par_chunks_mut(plane)
+                .zip(dgate.par_iter_mut())
+                .zip(g.par_chunks(plane).zip(y.par_chunks(plane)).zip(gate.par_iter()))
+                .for_each(|((dys, dg), ((gs, ys), &gv))| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            dg.write(super::cpu::dot(gs, ys));
+                            dys.iter_mut().zip(gs).for_each(|(d, &g)| {
+                                d.write(gv * g);
+                            });
+                        },
+                    )
+                })
+        };
+        // SAFETY: every plane of dy and the d gate of every plane are written.
+        let [dy, dgate] = unsafe { written([y.len(), gate.len()], fill) };
         [tensor(dgate, shape[..2].to_vec()), tensor(dy, shape)]
     }
 
@@ -231,22 +237,24 @@ impl PointwiseGrads for Flex {
     fn swiglu_grads(gate: FlexTensor, up: FlexTensor, grad: FlexTensor) -> [FlexTensor; 2] {
         let shape = shape(&gate);
         let (gate, up, g) = (slice(&gate), slice(&up), slice(&grad));
-        let mut dgate = vec![0f32; gate.len()];
-        let mut dup = vec![0f32; gate.len()];
-        dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dg, du))| {
-            let range = i * CHUNK..(i * CHUNK + dg.len());
-            let (a, b, g) = (&gate[range.clone()], &up[range.clone()], &g[range]);
-            vectorized(
-                #[inline(always)]
-                || {
-                    for j in 0..dg.len() {
-                        let s = sigmoid(a[j]);
-                        dg[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
-                        du[j] = g[j] * a[j] * s;
-                    }
-                },
-            )
-        });
+        let fill = |[dgate, dup]: [&mut [MaybeUninit<f32>]; 2]| {
+            dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dg, du))| {
+                let range = i * CHUNK..(i * CHUNK + dg.len());
+                let (a, b, g) = (&gate[range.clone()], &up[range.clone()], &g[range]);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for j in 0..dg.len() {
+                            let s = sigmoid(a[j]);
+                            dg[j].write(g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s)));
+                            du[j].write(g[j] * a[j] * s);
+                        }
+                    },
+                )
+            })
+        };
+        // SAFETY: the chunks cover both outputs, every element written.
+        let [dgate, dup] = unsafe { written([gate.len(); 2], fill) };
         [tensor(dgate, shape.clone()), tensor(dup, shape)]
     }
 }

@@ -73,7 +73,9 @@ impl Linear {
         if crate::kernels::cpu::applies(&x) {
             return crate::kernels::cpu::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
         }
-        let weight = precision::input(self.weight.val().transpose().unsqueeze());
+        // Unsqueezed, then transposed: a view that the matmul reads with its strides (a
+        // transposed weight unsqueezed would be copied to be reshaped).
+        let weight = precision::input(self.weight.val().unsqueeze::<D>().transpose());
         let y = precision::output(precision::input(x).matmul(weight));
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
