@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::flex::{dims4, slice, tensor};
 
-use super::cpu::{gemm_strided, gemm_write, sum, transpose, written};
+use super::cpu::{gemm_strided, gemm_write, sum, transpose, vectorized, written};
 
 /// `[B, C, H, W]` x `[O, C, 1, 1]` + `[O]` -> `[B, O, H, W]`.
 #[backend_extension(Flex, Autodiff)]
@@ -116,11 +116,15 @@ impl Conv1x1Grads for Flex {
         for part in partial {
             dw.iter_mut().zip(part).for_each(|(a, v)| *a += v);
         }
+        // d bias: each sample's plane sums on the threads, then added up in sample order (a
+        // fixed order, so that a step's gradients are the same bits in every run).
+        let per_sample: Vec<Vec<f32>> = grad
+            .par_chunks(o * plane)
+            .map(|gb| gb.chunks(plane).map(|row| vectorized(|| sum(row))).collect())
+            .collect();
         let mut db = vec![0f32; o];
-        for gb in grad.chunks(o * plane) {
-            for (d, row) in db.iter_mut().zip(gb.chunks(plane)) {
-                *d += sum(row);
-            }
+        for sample in per_sample {
+            db.iter_mut().zip(sample).for_each(|(d, v)| *d += v);
         }
         [tensor(dx, [b, c, h, w]), tensor(dw, [o, c, 1, 1]), tensor(db, [o])]
     }

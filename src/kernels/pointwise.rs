@@ -116,14 +116,22 @@ impl PointwiseOps for Flex {
 
     fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
         let shape = shape(&gate);
-        let mut v = values(gate);
-        let up = slice(&up);
-        v.par_chunks_mut(CHUNK).zip(up.par_chunks(CHUNK)).for_each(|(vs, us)| {
-            vectorized(
-                #[inline(always)]
-                || vs.iter_mut().zip(us).for_each(|(a, &u)| *a = *a * sigmoid(*a) * u),
-            )
-        });
+        // Out of place: autodiff keeps `gate` for the backward, so in place would copy it first.
+        let (gate, up) = (slice(&gate), slice(&up));
+        let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
+            out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(out, (a, u))| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((o, &a), &u) in out.iter_mut().zip(a).zip(u) {
+                            o.write(a * sigmoid(a) * u);
+                        }
+                    },
+                )
+            })
+        };
+        // SAFETY: the chunks cover the output, every element written.
+        let [v] = unsafe { written([gate.len()], fill) };
         tensor(v, shape)
     }
 }
