@@ -464,23 +464,32 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
     Tensor::from_data(TensorData::new(out, dims), &device)
 }
 
-/// `LayerNorm2d(x) * (1 + scale) + shift` in place on `[B, C, H, W]` `v`: per pixel,
+/// `LayerNorm2d(x) * (1 + scale) + shift` of `[B, C, H, W]` `x`, into a new vector: per pixel,
 /// normalise over channels (eps 1e-6, no affine), then modulate with `[B, C]` shift and
 /// scale, in two passes over `x`.
-pub(crate) fn norm_modulate_in_place(v: &mut [f32], [b, c, h, w]: [usize; 4], shift: &[f32], scale: &[f32]) {
+pub(crate) fn norm_modulate_of(x: &[f32], [b, c, h, w]: [usize; 4], shift: &[f32], scale: &[f32]) -> Vec<f32> {
     let plane = h * w;
     let tasks = pixel_blocks(b, plane);
     let block = PIXEL_BLOCK.min(plane);
-    let ptr = SyncPtr(v.as_mut_ptr());
-    tasks.par_iter().for_each(|&(bi, p0)| {
-        let len = block.min(plane - p0);
-        // SAFETY: tasks cover disjoint (sample, pixel range) sets of `v`.
-        let sample = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(bi * c * plane), c * plane) };
-        vectorized(
-            #[inline(always)]
-            || norm_modulate_block(sample, plane, p0, len, &shift[bi * c..(bi + 1) * c], &scale[bi * c..(bi + 1) * c]),
-        );
-    });
+    let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
+        let ptr = SyncPtr(out.as_mut_ptr().cast());
+        tasks.par_iter().for_each(|&(bi, p0)| {
+            let len = block.min(plane - p0);
+            let sample = &x[bi * c * plane..(bi + 1) * c * plane];
+            // SAFETY: tasks cover disjoint (sample, pixel range) sets of `out`.
+            let out = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(bi * c * plane).cast(), c * plane) };
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (shift, scale) = (&shift[bi * c..(bi + 1) * c], &scale[bi * c..(bi + 1) * c]);
+                    norm_modulate_block(sample, out, plane, p0, len, shift, scale)
+                },
+            );
+        })
+    };
+    // SAFETY: the tasks cover every (sample, pixel), each writing all channels of its pixels.
+    let [out] = unsafe { written([x.len()], fill) };
+    out
 }
 
 /// Pixels per task of the per-pixel channel loops: whole plane rows are read per channel.
@@ -492,8 +501,17 @@ pub(crate) fn pixel_blocks(b: usize, plane: usize) -> Vec<(usize, usize)> {
     (0..b).flat_map(|bi| (0..plane).step_by(block).map(move |p0| (bi, p0))).collect()
 }
 
+/// Pixels `p0..p0 + len` of one sample (`x` and `out` its `[C][plane]` values).
 #[inline(always)]
-fn norm_modulate_block(x: &mut [f32], plane: usize, p0: usize, len: usize, shift: &[f32], scale: &[f32]) {
+fn norm_modulate_block(
+    x: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    plane: usize,
+    p0: usize,
+    len: usize,
+    shift: &[f32],
+    scale: &[f32],
+) {
     let c = shift.len();
     let mut mean = vec![0f32; len];
     let mut sq = vec![0f32; len];
@@ -512,22 +530,34 @@ fn norm_modulate_block(x: &mut [f32], plane: usize, p0: usize, len: usize, shift
     }
     for ch in 0..c {
         let (g, bias) = (1.0 + scale[ch], shift[ch]);
-        let row = &mut x[ch * plane + p0..ch * plane + p0 + len];
-        for ((v, &m), &r) in row.iter_mut().zip(&mean).zip(&sq) {
-            *v = ((*v - m) * r).mul_add(g, bias);
+        let row = &x[ch * plane + p0..ch * plane + p0 + len];
+        let out = &mut out[ch * plane + p0..ch * plane + p0 + len];
+        for (((o, &v), &m), &r) in out.iter_mut().zip(row).zip(&mean).zip(&sq) {
+            o.write(((v - m) * r).mul_add(g, bias));
         }
     }
 }
 
-/// `x += gate * y` with a `[B, C]` gate broadcast over the `plane` pixels of each channel
+/// `x + gate * y`, into a new vector, with a `[B, C]` gate broadcast over the `plane` pixels of each channel
 /// (the adaLN-Zero residual).
-pub(crate) fn add_gated_in_place(x: &mut [f32], gate: &[f32], y: &[f32], plane: usize) {
-    x.par_chunks_mut(plane).zip(y.par_chunks(plane)).zip(gate.par_iter()).for_each(|((xs, ys), &g)| {
-        vectorized(
-            #[inline(always)]
-            || xs.iter_mut().zip(ys).for_each(|(x, &y)| *x = g.mul_add(y, *x)),
+pub(crate) fn add_gated_of(x: &[f32], gate: &[f32], y: &[f32], plane: usize) -> Vec<f32> {
+    let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
+        out.par_chunks_mut(plane).zip(x.par_chunks(plane).zip(y.par_chunks(plane))).zip(gate.par_iter()).for_each(
+            |((out, (xs, ys)), &g)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((o, &x), &y) in out.iter_mut().zip(xs).zip(ys) {
+                            o.write(g.mul_add(y, x));
+                        }
+                    },
+                )
+            },
         )
-    });
+    };
+    // SAFETY: the planes cover the output, every element written.
+    let [out] = unsafe { written([x.len()], fill) };
+    out
 }
 
 /// A raw pointer that rayon tasks may share; each task touches its own disjoint range.

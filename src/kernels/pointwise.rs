@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use super::flex::{shape, slice, tensor, values};
 
 use super::cpu::{
-    Gelu, PIXEL_BLOCK, SyncPtr, add_gated_in_place, exp, gelu_in_place, gelu_of, norm_modulate_in_place, normal_cdf,
-    pixel_blocks, sum, vectorized, written,
+    Gelu, PIXEL_BLOCK, SyncPtr, add_gated_of, exp, gelu_in_place, gelu_of, norm_modulate_of, normal_cdf, pixel_blocks,
+    sum, vectorized, written,
 };
 
 #[backend_extension(Flex, Autodiff)]
@@ -101,17 +101,14 @@ impl PointwiseOps for Flex {
     }
 
     fn norm_modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor) -> FlexTensor {
+        // Out of place, as add_gated: autodiff keeps `x` (in place would copy it first).
         let shape = shape(&x);
-        let mut v = values(x);
-        norm_modulate_in_place(&mut v, shape4(&shape), &slice(&shift), &slice(&scale));
-        tensor(v, shape)
+        tensor(norm_modulate_of(&slice(&x), shape4(&shape), &slice(&shift), &slice(&scale)), shape)
     }
 
     fn add_gated(x: FlexTensor, gate: FlexTensor, y: FlexTensor) -> FlexTensor {
         let shape = shape(&x);
-        let mut v = values(x);
-        add_gated_in_place(&mut v, &slice(&gate), &slice(&y), shape[2] * shape[3]);
-        tensor(v, shape)
+        tensor(add_gated_of(&slice(&x), &slice(&gate), &slice(&y), shape[2] * shape[3]), shape)
     }
 
     fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
