@@ -22,7 +22,8 @@ use rayon::prelude::*;
 use super::flex::{dims4, slice, tensor, values};
 
 use super::cpu::{
-    GroupedAttention, exp, gather_group, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum, vectorized,
+    GroupedAttention, dot, exp, gather_group, gemm_strided, inverse_norms, max, rotate_pair, scale_tokens, sum,
+    vectorized,
 };
 use super::generic::rope_table;
 use super::{AttnSpec, LOGIT_SCALE_MAX};
@@ -153,12 +154,12 @@ impl AttentionGrads for Flex {
 /// The working buffers of [`backward_head`], made once per rayon job and reused by its tasks
 /// (every buffer is written before it is read).
 struct Scratch {
-    /// q, k, v, d out, out, d q, d k, d v: `[hd][n]` each.
-    tokens: [Vec<f32>; 8],
+    /// q, k, v, d out, d q, d k, d v: `[hd][n]` each.
+    tokens: [Vec<f32>; 7],
     /// P and d P (then d S): `[n][n]`.
     scores: [Vec<f32>; 2],
-    /// The inverse norms of q and k, rowsum(P dP), normalize_backward's projections: `[n]`.
-    rows: [Vec<f32>; 4],
+    /// The inverse norms of q and k, normalize_backward's projections: `[n]`.
+    rows: [Vec<f32>; 3],
     /// The pixel of each token of the group.
     pixels: Vec<usize>,
 }
@@ -197,9 +198,9 @@ fn backward_head(
     let n = hr * wr;
     let plane = h * w;
     let Scratch { tokens, scores, rows, pixels } = scratch;
-    let [q, k, v, go, o, dq, dk, dv] = tokens.each_mut().map(|t| t.as_mut_slice());
+    let [q, k, v, go, dq, dk, dv] = tokens.each_mut().map(|t| t.as_mut_slice());
     let [p, dp] = scores.each_mut().map(|t| t.as_mut_slice());
-    let [inq, ink, rowdot, proj] = rows.each_mut().map(|t| t.as_mut_slice());
+    let [inq, ink, proj] = rows.each_mut().map(|t| t.as_mut_slice());
     let mut dtemp = 0f64;
     let [out_q, out_k, out_v] = out;
     for dh in 0..r {
@@ -230,7 +231,7 @@ fn backward_head(
                 }
                 None => q.iter_mut().for_each(|x| *x *= spec.scale),
             }
-            // P = softmax(qs^T kn) over keys (rows are queries); O = P V.
+            // P = softmax(qs^T kn) over keys (rows are queries).
             gemm_strided(n, n, hd, q, (1, n), k, (n, 1), p, (n, 1), false, gemm::Parallelism::None);
             for row in p.chunks_exact_mut(n) {
                 let m = max(row);
@@ -238,17 +239,12 @@ fn backward_head(
                 let inv = 1.0 / sum(row);
                 row.iter_mut().for_each(|s| *s *= inv);
             }
-            gemm_strided(n, hd, n, p, (n, 1), v, (1, n), o, (1, n), false, gemm::Parallelism::None);
-            // dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(P dP)), rowsum(P dP)_i = dO_i . O_i.
+            // dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(P dP)) (rowsum(P dP)_i is dO_i . O_i,
+            // taken from P and dP here: no second GEMM to recompute O = P V).
             gemm_strided(n, hd, n, p, (1, n), go, (1, n), dv, (1, n), false, gemm::Parallelism::None);
             gemm_strided(n, n, hd, go, (1, n), v, (n, 1), dp, (n, 1), false, gemm::Parallelism::None);
-            rowdot.iter_mut().for_each(|x| *x = 0.0);
-            for (gc, oc) in go.chunks_exact(n).zip(o.chunks_exact(n)) {
-                for ((s, &a), &b) in rowdot.iter_mut().zip(gc).zip(oc) {
-                    *s = a.mul_add(b, *s);
-                }
-            }
-            for ((dprow, prow), &rd) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(rowdot.iter()) {
+            for (dprow, prow) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+                let rd = dot(prow, dprow);
                 for (x, &pv) in dprow.iter_mut().zip(prow) {
                     *x = pv * (*x - rd);
                 }
