@@ -80,6 +80,7 @@ impl Conv1x1Grads for Flex {
         let o = dims4(&weight)[0];
         let plane = h * w;
         let (x, weight, grad) = (slice(&x), slice(&weight), slice(&grad));
+        assert_eq!(grad.len(), b * o * plane, "the output gradient has the output's shape");
         // d x_b = W^T g_b, per sample, from W^T laid out once (c rows of o): gemm then reads
         // it as it lies instead of packing W again for every sample.
         let inner = inner_parallelism(b);

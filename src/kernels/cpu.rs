@@ -468,6 +468,7 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
 /// normalise over channels (eps 1e-6, no affine), then modulate with `[B, C]` shift and
 /// scale, in two passes over `x`.
 pub(crate) fn norm_modulate_of(x: &[f32], [b, c, h, w]: [usize; 4], shift: &[f32], scale: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), b * c * h * w);
     let plane = h * w;
     let tasks = pixel_blocks(b, plane);
     let block = PIXEL_BLOCK.min(plane);
@@ -541,6 +542,7 @@ fn norm_modulate_block(
 /// `x + gate * y`, into a new vector, with a `[B, C]` gate broadcast over the `plane` pixels of each channel
 /// (the adaLN-Zero residual).
 pub(crate) fn add_gated_of(x: &[f32], gate: &[f32], y: &[f32], plane: usize) -> Vec<f32> {
+    assert!(y.len() == x.len() && gate.len() * plane == x.len(), "one gate per plane of x");
     let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
         out.par_chunks_mut(plane).zip(x.par_chunks(plane).zip(y.par_chunks(plane))).zip(gate.par_iter()).for_each(
             |((out, (xs, ys)), &g)| {

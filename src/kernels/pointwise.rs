@@ -115,6 +115,7 @@ impl PointwiseOps for Flex {
         let shape = shape(&gate);
         // Out of place: autodiff keeps `gate` for the backward, so in place would copy it first.
         let (gate, up) = (slice(&gate), slice(&up));
+        assert_eq!(gate.len(), up.len());
         let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
             out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(out, (a, u))| {
                 vectorized(
@@ -217,6 +218,7 @@ impl PointwiseGrads for Flex {
         let shape = shape(&y);
         let plane = shape[2] * shape[3];
         let (gate, y, g) = (slice(&gate), slice(&y), slice(&grad));
+        assert!(gate.len() * plane == y.len() && g.len() == y.len(), "one gate per plane of y");
         let fill = |[dy, dgate]: [&mut [MaybeUninit<f32>]; 2]| {
             dy.par_chunks_mut(plane)
                 .zip(dgate.par_iter_mut())
@@ -242,6 +244,7 @@ impl PointwiseGrads for Flex {
     fn swiglu_grads(gate: FlexTensor, up: FlexTensor, grad: FlexTensor) -> [FlexTensor; 2] {
         let shape = shape(&gate);
         let (gate, up, g) = (slice(&gate), slice(&up), slice(&grad));
+        assert!(up.len() == gate.len() && g.len() == gate.len());
         let fill = |[dgate, dup]: [&mut [MaybeUninit<f32>]; 2]| {
             dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dg, du))| {
                 let range = i * CHUNK..(i * CHUNK + dg.len());
