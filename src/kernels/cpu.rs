@@ -365,21 +365,8 @@ pub enum Gelu {
     Tanh,
 }
 
-/// GELU in place, vectorised (the generic ops evaluate erf and tanh one element at a time).
-pub(crate) fn gelu_in_place(v: &mut [f32], kind: Gelu) {
-    v.par_chunks_mut(1 << 14).for_each(|chunk| {
-        vectorized(
-            #[inline(always)]
-            || match kind {
-                Gelu::Erf => chunk.iter_mut().for_each(|x| *x = gelu_erf(*x)),
-                Gelu::Tanh => chunk.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
-            },
-        )
-    });
-}
-
-/// GELU of `x` into a new vector: for an input that must stay as it is (autodiff keeps it for
-/// the backward), one pass instead of a copy and a pass in place.
+/// GELU of `x` into a new vector, vectorised (the generic ops evaluate erf and tanh one
+/// element at a time). Out of place, as the other fused ops: autodiff keeps the input.
 pub(crate) fn gelu_of(x: &[f32], kind: Gelu) -> Vec<f32> {
     let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {
         out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(out, x)| {
@@ -539,8 +526,8 @@ fn norm_modulate_block(
     }
 }
 
-/// `x + gate * y`, into a new vector, with a `[B, C]` gate broadcast over the `plane` pixels of each channel
-/// (the adaLN-Zero residual).
+/// `x + gate * y`, into a new vector, with a `[B, C]` gate broadcast over the `plane` pixels
+/// of each channel (the adaLN-Zero residual).
 pub(crate) fn add_gated_of(x: &[f32], gate: &[f32], y: &[f32], plane: usize) -> Vec<f32> {
     assert!(y.len() == x.len() && gate.len() * plane == x.len(), "one gate per plane of x");
     let fill = |[out]: [&mut [MaybeUninit<f32>]; 1]| {

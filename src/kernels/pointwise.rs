@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use super::flex::{shape, slice, tensor, values};
 
 use super::cpu::{
-    Gelu, PIXEL_BLOCK, SyncPtr, add_gated_of, exp, gelu_in_place, gelu_of, norm_modulate_of, normal_cdf, pixel_blocks,
-    sum, vectorized, written,
+    Gelu, PIXEL_BLOCK, SyncPtr, add_gated_of, exp, gelu_of, norm_modulate_of, normal_cdf, pixel_blocks, sum,
+    vectorized, written,
 };
 
 #[backend_extension(Flex, Autodiff)]
@@ -89,19 +89,12 @@ const CHUNK: usize = 1 << 14;
 
 impl PointwiseOps for Flex {
     fn fused_gelu(x: FlexTensor, tanh: bool) -> FlexTensor {
-        let (shape, kind) = (shape(&x), if tanh { Gelu::Tanh } else { Gelu::Erf });
-        let v = if x.is_unique() {
-            let mut v = values(x);
-            gelu_in_place(&mut v, kind);
-            v
-        } else {
-            gelu_of(&slice(&x), kind)
-        };
-        tensor(v, shape)
+        let kind = if tanh { Gelu::Tanh } else { Gelu::Erf };
+        tensor(gelu_of(&slice(&x), kind), shape(&x))
     }
 
     fn norm_modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor) -> FlexTensor {
-        // Out of place, as add_gated: autodiff keeps `x` (in place would copy it first).
+        // Out of place, as every fused op: autodiff keeps `x` (in place would copy it first).
         let shape = shape(&x);
         tensor(norm_modulate_of(&slice(&x), shape4(&shape), &slice(&shift), &slice(&scale)), shape)
     }
