@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
@@ -10,6 +10,7 @@ use crate::cost::Cost;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
 use crate::progress::Progress;
 use crate::train::optim::{AdamW, OptimState};
+use crate::train::sharded_gradients;
 
 #[derive(Debug, serde::Serialize)]
 pub struct BenchResult {
@@ -78,10 +79,17 @@ pub fn run(
                 let mut acc = GradientsAccumulator::<Denoiser>::new();
                 let mut losses = Vec::new();
                 for (x, t, y) in rounds {
-                    let out = current.forward(x.clone(), t, y);
-                    let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean() / grad_accum as f64;
-                    acc.accumulate(&current, GradientsParams::from_grads(loss.backward(), &current));
-                    losses.push(loss);
+                    let (grads, shards) = sharded_gradients(&current, micro, &device, |model, first, n| {
+                        let x = x.clone().narrow(0, first, n);
+                        let out =
+                            model.forward(x.clone(), t.clone().narrow(0, first, n), y.clone().narrow(0, first, n));
+                        let weight = n as f64 / batch as f64;
+                        let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean() * weight;
+                        Ok((loss.clone(), loss.detach()))
+                    })
+                    .expect("the benchmark's loss");
+                    acc.accumulate(&current, grads);
+                    losses.extend(shards);
                 }
                 let updated = optim.step(current, acc.grads(), &AdamW::default(), 1e-4, None, 0.9999).0;
                 let _ = Tensor::cat(losses, 0).into_data(); // wait for the step to finish
@@ -94,7 +102,7 @@ pub fn run(
         timings(warmup, iters, &progress, &mut || {
             let (x, t, y) = inputs(batch, device);
             let start = Instant::now();
-            let _ = crate::on_workers(|| model.forward(x, t, y).into_data());
+            let _ = crate::on_workers(|| crate::sample::forward_by_core(&model, x, t, y).into_data());
             start.elapsed().as_secs_f64()
         })
     };

@@ -402,7 +402,7 @@ impl Generator<'_> {
         let dev = &self.device;
         let (c, side) = (self.config.in_channels(), self.config.input_size());
         let labels = s.labels(first, count, self.config.num_classes());
-        let mut network = |x, t, y| self.model.forward(x, t, y);
+        let mut network = |x, t, y| forward_by_core(&self.model, x, t, y);
         let mut denoiser = GuidedDenoiser {
             network: &mut network,
             labels: Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [count]), dev),
@@ -440,6 +440,25 @@ impl Generator<'_> {
         let pixels = bytes.convert::<f32>().as_slice::<f32>().expect("f32").iter().map(|&v| v as u8).collect();
         Images { pixels, labels, side: h, channels }
     }
+}
+
+/// `model.forward` with the batch split into one shard a core on the CPU
+/// ([`crate::on_cores`]; whole under CUDA): every sample's output is computed as it would
+/// be alone (the kernels are batch-independent), so the bytes do not change, while a small
+/// model's call no longer waits on sequential stretches and thread hand-offs (the bundled
+/// model's forward at batch 32: a fifth faster).
+pub fn forward_by_core(model: &Denoiser, x: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
+    let batch = x.dims()[0];
+    let shards = if cfg!(feature = "cuda") { 1 } else { rayon::current_num_threads().min(batch) };
+    if shards <= 1 {
+        return model.forward(x, t, y);
+    }
+    let bound = |i: usize| i * batch / shards;
+    let outputs = crate::on_cores(shards, |i| {
+        let (first, n) = (bound(i), bound(i + 1) - bound(i));
+        model.forward(x.clone().narrow(0, first, n), t.clone().narrow(0, first, n), y.clone().narrow(0, first, n))
+    });
+    Tensor::cat(outputs, 0)
 }
 
 /// Progress in images, counted per image and denoiser call, with a "decoding" phase while a

@@ -175,6 +175,56 @@ fn gradient_accumulation_equals_one_big_batch() {
     assert!(diff <= 1e-5 * scale, "accumulated gradient differs by {diff} (scale {scale})");
 }
 
+/// Every parameter's gradient in `grads`, in the model's order (None where it has none).
+fn all_gradients(model: &Denoiser, grads: &GradientsParams) -> Vec<Option<Vec<f32>>> {
+    struct Collect<'a>(&'a GradientsParams, Vec<Option<Vec<f32>>>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let g = self.0.get::<D>(param.id).map(|g| g.into_data().try_to_vec::<f32>().unwrap());
+            self.1.push(g);
+        }
+    }
+    let mut collect = Collect(grads, Vec::new());
+    model.visit(&mut collect);
+    collect.1
+}
+
+/// A training step's batch is split into one shard a core, each with its own forward and
+/// backward: the gradients are those of the whole batch on one thread (to rounding), every
+/// parameter gets one, and repeated steps give the same bits (the shards are added in order).
+#[test]
+fn sharded_gradients_are_the_whole_batchs() {
+    let _autodiff = common::autodiff_alone();
+    rayon::ThreadPoolBuilder::new().num_threads(2).build_global().ok();
+    assert!(rayon::current_num_threads() >= 2, "the shards need two threads");
+    let tmp = tempfile::tempdir().unwrap();
+    common::latents(tmp.path(), 8);
+    let dev = Device::flex().autodiff();
+    let mut cfg = tiny_recipe(tmp.path(), 1);
+    cfg.global_batch = 7;
+    let trainer = Trainer::new(TrainState::new(cfg, &dev).unwrap(), &dev).unwrap();
+    let batch = trainer.loader().unwrap().next_batch().unwrap();
+    let model = &trainer.state.model;
+    let gradients = || {
+        let (grads, stats) = trainer.gradients(&batch, 0, 7).unwrap();
+        (all_gradients(model, &grads), stats.loss)
+    };
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let (whole, loss_whole) = one_thread.install(gradients);
+    let (sharded, loss_sharded) = gradients();
+    assert!(whole.iter().all(Option::is_some), "every parameter has a gradient");
+    assert!((loss_whole - loss_sharded).abs() <= 1e-6 * loss_whole.abs(), "{loss_whole} vs {loss_sharded}");
+    for (w, s) in whole.iter().zip(&sharded) {
+        let (w, s) = (w.as_ref().unwrap(), s.as_ref().expect("a sharded gradient for every parameter"));
+        let scale = w.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+        let diff = w.iter().zip(s).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-5 * scale, "a sharded gradient differs by {diff} (scale {scale})");
+    }
+    for _ in 0..3 {
+        assert!(gradients().0 == sharded, "another step on the same batch gave other bits");
+    }
+}
+
 fn params(state: &TrainState) -> Vec<(String, Vec<f32>)> {
     let mut out: Vec<(String, Vec<f32>)> = udit::checkpoint::state_dict(&state.model)
         .into_iter()

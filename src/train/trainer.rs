@@ -22,6 +22,50 @@ use crate::process::{Process, ProcessSpec};
 use crate::rng::{Stream, below, push_normals, unit_uniform};
 use crate::sample::{Classes, Generator, Method, Settings};
 
+/// The gradients of a loss over `count` samples, the samples split into one shard a core on
+/// the CPU ([`crate::on_cores`]; one shard under CUDA): each shard runs forward and backward
+/// on its own fork of `model` (the same parameter values and ids, its own autodiff leaves, so
+/// that the shards' graphs stay apart), and the shards' gradients are added in shard order
+/// (the same bits every run on as many cores). `loss(model, first, n)` is the loss of samples
+/// `first..first + n`, already weighted by their share, and what else the shard reports.
+///
+/// Every shard finishes its forward before any starts its backward: in burn 0.22 the sweep
+/// that follows a `backward` can free the steps of an op that another thread is still
+/// registering, and that gradient is then silently lost (tracel-ai/burn#5573). Backward
+/// passes side by side are safe (each holds its own graph's lock; the sweep skips them).
+pub fn sharded_gradients<S: Send>(
+    model: &Denoiser,
+    count: usize,
+    device: &Device,
+    loss: impl Fn(&Denoiser, usize, usize) -> Result<(Tensor<1>, S)> + Sync,
+) -> Result<(GradientsParams, Vec<S>)> {
+    let shards = if cfg!(feature = "cuda") { 1 } else { rayon::current_num_threads().min(count) };
+    if shards <= 1 {
+        let (loss, report) = loss(model, 0, count)?;
+        return Ok((GradientsParams::from_grads(loss.backward(), model), vec![report]));
+    }
+    // Shard i takes samples [i * count / shards, (i + 1) * count / shards).
+    let bound = |i: usize| i * count / shards;
+    let forwards_done = std::sync::Barrier::new(shards);
+    let results = crate::on_cores(shards, |i| {
+        let model = model.clone().fork(device);
+        let forward =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loss(&model, bound(i), bound(i + 1) - bound(i))));
+        // A shard that failed or panicked still waits, so that none is left waiting for it.
+        forwards_done.wait();
+        let (loss, report) = forward.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok::<_, anyhow::Error>((GradientsParams::from_grads(loss.backward(), &model), report))
+    });
+    let mut acc = GradientsAccumulator::<Denoiser>::new();
+    let mut reports = Vec::with_capacity(shards);
+    for result in results {
+        let (grads, report) = result?;
+        acc.accumulate(model, grads);
+        reports.push(report);
+    }
+    Ok((acc.grads(), reports))
+}
+
 /// Per-sample random draws of one step.
 pub struct Draws {
     /// Gaussian diffusion: the timestep, an integer uniform in 0..T. An interpolant: a uniform
@@ -131,7 +175,7 @@ impl Trainer {
 
     /// Gradients of the mean loss over samples `first..first + count` of `batch`, in
     /// `grad_accum` rounds (each round's loss is scaled so that the sum is the mean), times
-    /// the loss scale in f16.
+    /// the loss scale in f16; each round split into one shard a core ([`sharded_gradients`]).
     pub fn gradients(&self, batch: &HostBatch, first: usize, count: usize) -> Result<(GradientsParams, StepStats)> {
         let cfg = &self.state.config;
         let rounds = cfg.grad_accum;
@@ -139,24 +183,36 @@ impl Trainer {
             bail!("{count} samples do not split into {rounds} accumulation rounds");
         }
         let micro = count / rounds;
+        let loss_scale = self.state.optim.loss_scaler.map_or(1.0, |s| s.scale);
         let mut acc = GradientsAccumulator::<Denoiser>::new();
         let mut stats = StepStats::default();
         for r in 0..rounds {
-            let (loss, mse, vb) = self.losses(batch, first + r * micro, micro)?;
-            let scale = micro as f64 / count as f64;
-            let loss_scale = self.state.optim.loss_scaler.map_or(1.0, |s| s.scale);
-            let loss = loss.mean() * (scale * loss_scale);
-            stats.mse += mse.mean().into_scalar::<f32>() as f64 * scale;
-            stats.vb += vb.mean().into_scalar::<f32>() as f64 * scale;
-            let grads = GradientsParams::from_grads(loss.backward(), &self.state.model);
+            let (grads, shards) = sharded_gradients(&self.state.model, micro, &self.device, |model, at, n| {
+                let (loss, mse, vb) = self.losses(model, batch, first + r * micro + at, n)?;
+                let scale = n as f64 / count as f64;
+                let mse = mse.mean().into_scalar::<f32>() as f64 * scale;
+                let vb = vb.mean().into_scalar::<f32>() as f64 * scale;
+                Ok((loss.mean() * (scale * loss_scale), (mse, vb)))
+            })?;
+            for (mse, vb) in shards {
+                stats.mse += mse;
+                stats.vb += vb;
+            }
             acc.accumulate(&self.state.model, grads);
         }
         stats.loss = stats.mse + stats.vb;
         Ok((acc.grads(), stats))
     }
 
-    /// Per-sample losses (total, MSE, VB) of samples `first..first + count` of `batch`.
-    fn losses(&self, batch: &HostBatch, first: usize, count: usize) -> Result<(Tensor<1>, Tensor<1>, Tensor<1>)> {
+    /// Per-sample losses (total, MSE, VB) of `model` on samples `first..first + count` of
+    /// `batch`.
+    fn losses(
+        &self,
+        model: &Denoiser,
+        batch: &HostBatch,
+        first: usize,
+        count: usize,
+    ) -> Result<(Tensor<1>, Tensor<1>, Tensor<1>)> {
         let cfg = &self.state.config;
         let [_, c, h, w] = batch.shape;
         let per = c * h * w;
@@ -189,7 +245,7 @@ impl Trainer {
             let t =
                 Tensor::<1>::from_data(TensorData::new(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), [count]), dev);
             let _autocast = autocast(cfg.precision);
-            self.state.model.forward(x, t, y.clone())
+            model.forward(x, t, y.clone())
         };
         match &self.process {
             Process::Diffusion(diffusion) => {
