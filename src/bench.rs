@@ -10,7 +10,7 @@ use crate::cost::Cost;
 use crate::model::{Denoiser, FfnForm, ModelConfig};
 use crate::progress::Progress;
 use crate::train::optim::{AdamW, OptimState};
-use crate::train::sharded_gradients;
+use crate::train::{sharded_gradients, training_shards};
 
 #[derive(Debug, serde::Serialize)]
 pub struct BenchResult {
@@ -79,7 +79,8 @@ pub fn run(
                 let mut acc = GradientsAccumulator::<Denoiser>::new();
                 let mut losses = Vec::new();
                 for (x, t, y) in rounds {
-                    let (grads, shards) = sharded_gradients(&current, micro, &device, |model, first, n| {
+                    let shards = training_shards(cfg, micro);
+                    let (grads, shards) = sharded_gradients(&current, (micro, shards), &device, |model, first, n| {
                         let x = x.clone().narrow(0, first, n);
                         let out =
                             model.forward(x.clone(), t.clone().narrow(0, first, n), y.clone().narrow(0, first, n));

@@ -17,4 +17,4 @@ mod trainer;
 pub use config::{DataSpec, LrSchedule, RecipeOverrides, RunOverrides, TrainConfig};
 pub use run::{Interrupted, LogLine, RunDir, progress, stop_on_ctrl_c, train};
 pub use state::TrainState;
-pub use trainer::{Draws, StepStats, Trainer, check_fit, draws, sharded_gradients};
+pub use trainer::{Draws, StepStats, Trainer, check_fit, draws, sharded_gradients, training_shards};

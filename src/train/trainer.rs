@@ -16,16 +16,32 @@ use crate::codec::Codec;
 use crate::data::{self, Dataset, HostBatch, Space};
 use crate::diffusion::NUM_TIMESTEPS;
 use crate::guidance::Guidance;
-use crate::model::Denoiser;
+use crate::model::{Denoiser, ModelConfig};
 use crate::precision::autocast;
 use crate::process::{Process, ProcessSpec};
 use crate::rng::{Stream, below, push_normals, unit_uniform};
 use crate::sample::{Classes, Generator, Method, Settings};
 
-/// The gradients of a loss over `count` samples, the samples split into one shard a core on
-/// the CPU ([`crate::on_cores`]; one shard under CUDA): each shard runs forward and backward
-/// on its own fork of `model` (the same parameter values and ids, its own autodiff leaves, so
-/// that the shards' graphs stay apart), and the shards' gradients are added in shard order
+/// How many shards [`sharded_gradients`] splits `count` samples of a `model` into: one a core
+/// on the CPU for models under [`SHARDED_MACS`] a sample, else one (as under CUDA).
+pub fn training_shards(model: &ModelConfig, count: usize) -> usize {
+    let small = crate::cost::Cost::of(model).macs < SHARDED_MACS;
+    if cfg!(feature = "cuda") || !small { 1 } else { rayon::current_num_threads().min(count) }
+}
+
+/// The forward MACs a sample below which a training step splits its batch across the cores.
+/// Measured on 2 cores (2026-12-06): toy and laptop models gain a sixth (DiT-64/2, 0.03
+/// GMACs: 44 -> 39 ms a step; the bundled U-DiT, 0.09: 281 -> 238 ms), S-size ones nothing
+/// (U-DiT-S, SiT-LLaMA-S/2, 6 GMACs), and DiT-B/2 (23 GMACs) loses 4% to the shards'
+/// gradient sum (a parameter-sized add per shard, 0.5 GB each) and their separate weight
+/// gradients.
+pub const SHARDED_MACS: u64 = 1_000_000_000;
+
+/// The gradients of a loss over `count` samples, the samples split into `shards` (at most
+/// one a core, [`training_shards`]) that run side by side ([`crate::on_cores`]): each shard
+/// runs forward and backward on its own fork of `model` (the same parameter values and ids,
+/// its own autodiff leaves, so that the shards' graphs stay apart), and the shards'
+/// gradients are added in shard order
 /// (the same bits every run on as many cores). `loss(model, first, n)` is the loss of samples
 /// `first..first + n`, already weighted by their share, and what else the shard reports.
 ///
@@ -35,11 +51,10 @@ use crate::sample::{Classes, Generator, Method, Settings};
 /// passes side by side are safe (each holds its own graph's lock; the sweep skips them).
 pub fn sharded_gradients<S: Send>(
     model: &Denoiser,
-    count: usize,
+    (count, shards): (usize, usize),
     device: &Device,
     loss: impl Fn(&Denoiser, usize, usize) -> Result<(Tensor<1>, S)> + Sync,
 ) -> Result<(GradientsParams, Vec<S>)> {
-    let shards = if cfg!(feature = "cuda") { 1 } else { rayon::current_num_threads().min(count) };
     if shards <= 1 {
         let (loss, report) = loss(model, 0, count)?;
         return Ok((GradientsParams::from_grads(loss.backward(), model), vec![report]));
@@ -187,13 +202,15 @@ impl Trainer {
         let mut acc = GradientsAccumulator::<Denoiser>::new();
         let mut stats = StepStats::default();
         for r in 0..rounds {
-            let (grads, shards) = sharded_gradients(&self.state.model, micro, &self.device, |model, at, n| {
-                let (loss, mse, vb) = self.losses(model, batch, first + r * micro + at, n)?;
-                let scale = n as f64 / count as f64;
-                let mse = mse.mean().into_scalar::<f32>() as f64 * scale;
-                let vb = vb.mean().into_scalar::<f32>() as f64 * scale;
-                Ok((loss.mean() * (scale * loss_scale), (mse, vb)))
-            })?;
+            let shards = training_shards(&cfg.model, micro);
+            let (grads, shards) =
+                sharded_gradients(&self.state.model, (micro, shards), &self.device, |model, at, n| {
+                    let (loss, mse, vb) = self.losses(model, batch, first + r * micro + at, n)?;
+                    let scale = n as f64 / count as f64;
+                    let mse = mse.mean().into_scalar::<f32>() as f64 * scale;
+                    let vb = vb.mean().into_scalar::<f32>() as f64 * scale;
+                    Ok((loss.mean() * (scale * loss_scale), (mse, vb)))
+                })?;
             for (mse, vb) in shards {
                 stats.mse += mse;
                 stats.vb += vb;
