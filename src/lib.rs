@@ -79,32 +79,39 @@ pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
-/// Runs `f(0)`, ..., `f(n - 1)` at once, each alone on a core: on a one-thread rayon pool of
-/// its own (one per worker of the global pool, made once), so that every parallel op inside
-/// runs in place, with no hand-offs between threads. The results come back in order. For
-/// work that splits into independent shards too small to share out op by op (a small
-/// model's training step: a third of DiT-64/2's went to sequential stretches and thread
-/// hand-offs). `f` runs in the caller's [`precision`]. At most one shard per core:
-/// `n <= rayon::current_num_threads()`.
-pub fn on_cores<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+/// How many shards [`on_cores`] splits `count` items into: one a core on the CPU (at most
+/// one an item), one under CUDA.
+pub fn core_shards(count: usize) -> usize {
+    if cfg!(feature = "cuda") { 1 } else { rayon::current_num_threads().min(count).max(1) }
+}
+
+/// Splits items `0..count` into `shards` contiguous ranges (shard i takes
+/// `i * count / shards..(i + 1) * count / shards`) and runs `f` on each at once, each alone
+/// on a core: on a one-thread rayon pool of its own (one per worker of the global pool, made
+/// once), so that every parallel op inside runs in place, with no hand-offs between threads.
+/// The results come back in shard order. For work that splits into independent shards too
+/// small to share out op by op (a small model's training step: the second core sat idle a
+/// third of DiT-64/2's, in sequential stretches and thread hand-offs). `f` runs in the
+/// caller's [`precision`]. `shards` is at most [`core_shards`]`(count)`.
+pub fn on_cores<R: Send>(count: usize, shards: usize, f: impl Fn(std::ops::Range<usize>) -> R + Sync) -> Vec<R> {
     static CORES: std::sync::OnceLock<Vec<rayon::ThreadPool>> = std::sync::OnceLock::new();
     let cores = CORES.get_or_init(|| {
         (0..rayon::current_num_threads())
             .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
             .collect()
     });
-    assert!(n <= cores.len(), "{n} shards for {} cores", cores.len());
+    assert!(shards <= cores.len().min(count), "{shards} shards of {count} items for {} cores", cores.len());
     let caller = precision::current();
-    let f = &f;
+    let (f, bound) = (&f, |i: usize| i * count / shards);
     std::thread::scope(|scope| {
-        let shards: Vec<_> = cores[..n]
+        let shards: Vec<_> = cores[..shards]
             .iter()
             .enumerate()
             .map(|(i, core)| {
                 scope.spawn(move || {
                     core.install(|| {
                         let _autocast = precision::autocast(caller);
-                        f(i)
+                        f(bound(i)..bound(i + 1))
                     })
                 })
             })

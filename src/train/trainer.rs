@@ -25,8 +25,7 @@ use crate::sample::{Classes, Generator, Method, Settings};
 /// How many shards [`sharded_gradients`] splits `count` samples of a `model` into: one a core
 /// on the CPU for models under [`SHARDED_MACS`] a sample, else one (as under CUDA).
 pub fn training_shards(model: &ModelConfig, count: usize) -> usize {
-    let small = crate::cost::Cost::of(model).macs < SHARDED_MACS;
-    if cfg!(feature = "cuda") || !small { 1 } else { rayon::current_num_threads().min(count) }
+    if crate::cost::Cost::of(model).macs < SHARDED_MACS { crate::core_shards(count) } else { 1 }
 }
 
 /// The forward MACs a sample below which a training step splits its batch across the cores.
@@ -59,13 +58,10 @@ pub fn sharded_gradients<S: Send>(
         let (loss, report) = loss(model, 0, count)?;
         return Ok((GradientsParams::from_grads(loss.backward(), model), vec![report]));
     }
-    // Shard i takes samples [i * count / shards, (i + 1) * count / shards).
-    let bound = |i: usize| i * count / shards;
     let forwards_done = std::sync::Barrier::new(shards);
-    let results = crate::on_cores(shards, |i| {
+    let results = crate::on_cores(count, shards, |r| {
         let model = model.clone().fork(device);
-        let forward =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loss(&model, bound(i), bound(i + 1) - bound(i))));
+        let forward = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loss(&model, r.start, r.len())));
         // A shard that failed or panicked still waits, so that none is left waiting for it.
         forwards_done.wait();
         let (loss, report) = forward.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
