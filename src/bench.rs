@@ -80,17 +80,18 @@ pub fn run(
                 let mut losses = Vec::new();
                 for (x, t, y) in rounds {
                     let shards = training_shards(cfg, micro);
-                    let (grads, shards) = sharded_gradients(&current, (micro, shards), &device, |model, first, n| {
-                        let x = x.clone().narrow(0, first, n);
-                        let out =
-                            model.forward(x.clone(), t.clone().narrow(0, first, n), y.clone().narrow(0, first, n));
-                        let weight = n as f64 / batch as f64;
-                        let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean() * weight;
-                        Ok((loss.clone(), loss.detach()))
-                    })
-                    .expect("the benchmark's loss");
+                    let (grads, shard_losses) =
+                        sharded_gradients(&current, micro, shards, &device, |model, first, n| {
+                            let x = x.clone().narrow(0, first, n);
+                            let out =
+                                model.forward(x.clone(), t.clone().narrow(0, first, n), y.clone().narrow(0, first, n));
+                            let weight = n as f64 / batch as f64;
+                            let loss = (out.narrow(1, 0, cfg.in_channels()) - x).square().mean() * weight;
+                            Ok((loss.clone(), loss.detach()))
+                        })
+                        .expect("the benchmark's loss");
                     acc.accumulate(&current, grads);
-                    losses.extend(shards);
+                    losses.extend(shard_losses);
                 }
                 let updated = optim.step(current, acc.grads(), &AdamW::default(), 1e-4, None, 0.9999).0;
                 let _ = Tensor::cat(losses, 0).into_data(); // wait for the step to finish

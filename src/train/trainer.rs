@@ -40,9 +40,9 @@ pub const SHARDED_MACS: u64 = 1_000_000_000;
 /// one a core, [`training_shards`]) that run side by side ([`crate::on_cores`]): each shard
 /// runs forward and backward on its own fork of `model` (the same parameter values and ids,
 /// its own autodiff leaves, so that the shards' graphs stay apart), and the shards'
-/// gradients are added in shard order
-/// (the same bits every run on as many cores). `loss(model, first, n)` is the loss of samples
-/// `first..first + n`, already weighted by their share, and what else the shard reports.
+/// gradients are added in shard order (the same bits every run on as many cores).
+/// `loss(model, first, n)` is the loss of samples `first..first + n`, already weighted by
+/// their share, and what else the shard reports.
 ///
 /// Every shard finishes its forward before any starts its backward: in burn 0.22 the sweep
 /// that follows a `backward` can free the steps of an op that another thread is still
@@ -50,7 +50,8 @@ pub const SHARDED_MACS: u64 = 1_000_000_000;
 /// passes side by side are safe (each holds its own graph's lock; the sweep skips them).
 pub fn sharded_gradients<S: Send>(
     model: &Denoiser,
-    (count, shards): (usize, usize),
+    count: usize,
+    shards: usize,
     device: &Device,
     loss: impl Fn(&Denoiser, usize, usize) -> Result<(Tensor<1>, S)> + Sync,
 ) -> Result<(GradientsParams, Vec<S>)> {
@@ -186,7 +187,8 @@ impl Trainer {
 
     /// Gradients of the mean loss over samples `first..first + count` of `batch`, in
     /// `grad_accum` rounds (each round's loss is scaled so that the sum is the mean), times
-    /// the loss scale in f16; each round split into one shard a core ([`sharded_gradients`]).
+    /// the loss scale in f16; a small model's round split into one shard a core
+    /// ([`training_shards`], [`sharded_gradients`]).
     pub fn gradients(&self, batch: &HostBatch, first: usize, count: usize) -> Result<(GradientsParams, StepStats)> {
         let cfg = &self.state.config;
         let rounds = cfg.grad_accum;
@@ -199,15 +201,15 @@ impl Trainer {
         let mut stats = StepStats::default();
         for r in 0..rounds {
             let shards = training_shards(&cfg.model, micro);
-            let (grads, shards) =
-                sharded_gradients(&self.state.model, (micro, shards), &self.device, |model, at, n| {
+            let (grads, reports) =
+                sharded_gradients(&self.state.model, micro, shards, &self.device, |model, at, n| {
                     let (loss, mse, vb) = self.losses(model, batch, first + r * micro + at, n)?;
                     let scale = n as f64 / count as f64;
                     let mse = mse.mean().into_scalar::<f32>() as f64 * scale;
                     let vb = vb.mean().into_scalar::<f32>() as f64 * scale;
                     Ok((loss.mean() * (scale * loss_scale), (mse, vb)))
                 })?;
-            for (mse, vb) in shards {
+            for (mse, vb) in reports {
                 stats.mse += mse;
                 stats.vb += vb;
             }
