@@ -69,8 +69,9 @@ pub fn run(
         let mut optim = OptimState::new(&model, crate::precision::current());
         // The step takes the model and hands back the updated one.
         let mut model = Some(model);
+        let micro = batch / grad_accum;
+        let shards = training_shards(cfg, micro);
         timings(warmup, iters, &progress, &mut || {
-            let micro = batch / grad_accum;
             let rounds: Vec<_> = (0..grad_accum).map(|_| inputs(micro, &device)).collect();
             let start = Instant::now();
             let current = model.take().expect("the model of the last step");
@@ -79,7 +80,6 @@ pub fn run(
                 let mut acc = GradientsAccumulator::<Denoiser>::new();
                 let mut losses = Vec::new();
                 for (x, t, y) in rounds {
-                    let shards = training_shards(cfg, micro);
                     let (grads, shard_losses) =
                         sharded_gradients(&current, micro, shards, &device, |model, first, n| {
                             let x = x.clone().narrow(0, first, n);

@@ -196,11 +196,11 @@ impl Trainer {
             bail!("{count} samples do not split into {rounds} accumulation rounds");
         }
         let micro = count / rounds;
+        let shards = training_shards(&cfg.model, micro);
         let loss_scale = self.state.optim.loss_scaler.map_or(1.0, |s| s.scale);
         let mut acc = GradientsAccumulator::<Denoiser>::new();
         let mut stats = StepStats::default();
         for r in 0..rounds {
-            let shards = training_shards(&cfg.model, micro);
             let (grads, reports) =
                 sharded_gradients(&self.state.model, micro, shards, &self.device, |model, at, n| {
                     let (loss, mse, vb) = self.losses(model, batch, first + r * micro + at, n)?;
